@@ -1,0 +1,128 @@
+# qtc: plain Make. Targets:
+#   make            libqtc.a, libqtc.so and the tools in bin/
+#   make test       builds and runs every test; ends with "N passed, N failed"
+#   make check      the same tests built with -fsanitize=address,undefined
+#   make bench      benchmarks (ratios against a baseline measured in the same run)
+#   make install    PREFIX=/usr/local DESTDIR= : tools, library, headers, qtc.pc, man pages
+# Options: NATIVE=1 adds -march=native; WERROR=1 makes warnings errors in the
+# library and tools too (tests always build with -Werror).
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+DEPS := openblas libzstd libcjson
+
+DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(DEPS))
+DEP_LIBS := $(shell $(PKG_CONFIG) --libs $(DEPS))
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
+        -Wformat=2 -Wundef -Wvla -Wno-unknown-pragmas
+OPT ?= -O2
+BASE_CFLAGS := -std=c11 -D_DEFAULT_SOURCE -g $(WARN) -fopenmp -fPIC -Iinclude $(DEP_CFLAGS)
+ifeq ($(NATIVE),1)
+BASE_CFLAGS += -march=native
+endif
+ifeq ($(WERROR),1)
+BASE_CFLAGS += -Werror
+endif
+
+# The sanitizer build lives in its own folder so both can coexist.
+ifeq ($(SANITIZE),1)
+BUILD := build/check
+MODE_CFLAGS := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+MODE_LDFLAGS := -fsanitize=address,undefined
+else
+BUILD := build/release
+MODE_CFLAGS := $(OPT)
+MODE_LDFLAGS :=
+endif
+
+CFLAGS_ALL := $(BASE_CFLAGS) $(MODE_CFLAGS) $(CFLAGS)
+LDLIBS_ALL := $(DEP_LIBS) -fopenmp -lm $(LDLIBS)
+
+# Library sources: every .c in the module folders except the tools' mains.
+MODULES := tensor quant convert model qat lora
+TOOLS :=
+TOOL_MAINS := $(foreach t,$(TOOLS),$(wildcard */$(t).c))
+LIB_SRC := $(filter-out $(TOOL_MAINS),$(wildcard $(addsuffix /*.c,$(MODULES))))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+
+TEST_SRC := $(wildcard tests/*.c)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+BINDIR := bin
+ifeq ($(SANITIZE),1)
+BINDIR := $(BUILD)/bin
+endif
+TOOL_BIN := $(addprefix $(BINDIR)/,$(TOOLS))
+
+.PHONY: all lib test check bench install uninstall clean unit
+all: lib $(TOOL_BIN)
+lib: $(BUILD)/libqtc.a $(BUILD)/libqtc.so
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(BUILD)/tests/%.o: tests/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Werror -Itests -MMD -MP -c $< -o $@
+
+$(BUILD)/libqtc.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libqtc.so: $(LIB_OBJ)
+	$(CC) -shared -o $@ $^ $(MODE_LDFLAGS) $(LDLIBS_ALL)
+
+$(BINDIR)/%: $(BUILD)/libqtc.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $(filter %/$*.c,$(TOOL_MAINS)) $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
+
+$(BUILD)/qtc-tests: $(TEST_OBJ) $(BUILD)/libqtc.a
+	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libqtc.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Werror -o $@ $< $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
+
+unit: $(BUILD)/qtc-tests
+
+# The runner prints each suite's count and ends with the total line.
+test: all $(BUILD)/qtc-tests
+	@QTC_BUILD=$(BUILD) QTC_BIN=$(BINDIR) sh tests/run.sh
+
+check:
+	@$(MAKE) --no-print-directory SANITIZE=1 all build/check/qtc-tests
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  QTC_BUILD=build/check QTC_BIN=build/check/bin sh tests/run.sh
+
+bench: $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+
+qtc.pc: qtc.pc.in
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define QTC_VERSION "\(.*\)"/\1/p' include/qtc/runtime.h)|' $< > $@
+
+install: all qtc.pc
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	  $(DESTDIR)$(PREFIX)/include/qtc $(DESTDIR)$(PREFIX)/share/man/man1
+	$(if $(TOOL_BIN),install -m 755 $(TOOL_BIN) $(DESTDIR)$(PREFIX)/bin/)
+	install -m 644 $(BUILD)/libqtc.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libqtc.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 include/qtc/*.h $(DESTDIR)$(PREFIX)/include/qtc/
+	install -m 644 qtc.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	$(if $(wildcard docs/man/*.1),install -m 644 docs/man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/)
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(TOOLS)) $(DESTDIR)$(PREFIX)/lib/libqtc.a \
+	  $(DESTDIR)$(PREFIX)/lib/libqtc.so $(DESTDIR)$(PREFIX)/lib/pkgconfig/qtc.pc
+	rm -rf $(DESTDIR)$(PREFIX)/include/qtc
+
+clean:
+	rm -rf build bin qtc.pc
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

@@ -1,0 +1,12 @@
+/* qtc/qtc.h: every public header of libqtc. */
+#ifndef QTC_QTC_H
+#define QTC_QTC_H
+
+#include "qtc/error.h"
+#include "qtc/graph.h"
+#include "qtc/optim.h"
+#include "qtc/rng.h"
+#include "qtc/runtime.h"
+#include "qtc/tensor.h"
+
+#endif

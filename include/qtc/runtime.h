@@ -1,0 +1,17 @@
+/* qtc/runtime.h: the library version and thread control.
+ *
+ * One setting drives both OpenMP (qtc's own loops) and OpenBLAS (matrix
+ * products), so a tool's --threads N means N cores, not N squared. Results of
+ * every op are independent of the thread count.
+ */
+#ifndef QTC_RUNTIME_H
+#define QTC_RUNTIME_H
+
+#define QTC_VERSION "0.1.0"
+
+/* Sets the threads used by qtc's loops and by OpenBLAS; n <= 0 means all cores. */
+void qtc_set_threads(int n);
+int qtc_get_threads(void);
+const char *qtc_version(void);
+
+#endif

@@ -1,0 +1,539 @@
+/* ops_nn.c: RMSNorm, rotary embeddings, causal grouped-query attention,
+ * cross-entropy and KL divergence, each with its backward.
+ *
+ * Rows are independent, so the loops are split across threads by row; every
+ * reduction that crosses rows runs serially in a fixed order, which keeps the
+ * results identical for any thread count. */
+#include "qtc/graph.h"
+
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static void assert_f32_contiguous(const qtc_tensor *t)
+{
+    assert(t->dtype == QTC_F32 && qtc_tensor_is_contiguous(t));
+    (void)t;
+}
+
+static int64_t last_dim(const qtc_tensor *t)
+{
+    return t->ndim ? t->ne[t->ndim - 1] : 1;
+}
+
+/* --- RMSNorm ------------------------------------------------------------------ */
+
+static void rmsnorm_backward(qtc_graph *g, qtc_node *n)
+{
+    qtc_tensor *xt = n->in[0], *wt = n->in[1];
+    int64_t D = last_dim(xt), rows = qtc_tensor_numel(xt) / (D ? D : 1);
+    const float *x = xt->data, *w = wt ? wt->data : NULL, *dy = n->out->grad->data;
+    const float *rstd = n->saved;
+    if (qtc_graph_needs_grad(g, xt)) {
+        float *dx = qtc_graph_grad(g, xt);
+        if (!dx)
+            return;
+        #pragma omp parallel for schedule(static) if (rows * D > 65536)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = x + r * D, *dyr = dy + r * D;
+            double dot = 0;
+            for (int64_t j = 0; j < D; j++)
+                dot += (double)(dyr[j] * (w ? w[j] : 1.0f)) * xr[j];
+            float rs = rstd[r], c = (float)(dot / (double)D) * rs * rs * rs;
+            for (int64_t j = 0; j < D; j++)
+                dx[r * D + j] += rs * dyr[j] * (w ? w[j] : 1.0f) - c * xr[j];
+        }
+    }
+    if (wt && qtc_graph_needs_grad(g, wt)) {
+        float *dw = qtc_graph_grad(g, wt);
+        if (!dw)
+            return;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < D; j++)
+                dw[j] += dy[r * D + j] * x[r * D + j] * rstd[r];
+    }
+}
+
+qtc_tensor *qtc_rmsnorm(qtc_graph *g, qtc_tensor *x, qtc_tensor *w, float eps)
+{
+    if (!x)
+        return NULL;
+    assert_f32_contiguous(x);
+    int64_t D = last_dim(x), rows = qtc_tensor_numel(x) / (D ? D : 1);
+    if (w) {
+        assert_f32_contiguous(w);
+        assert(qtc_tensor_numel(w) == D);
+    }
+    qtc_tensor *y = qtc_graph_new_tensor(g, x->ndim, x->ne);
+    float *rstd = qtc_graph_alloc(g, (size_t)rows * sizeof(float));
+    if (!y || !rstd)
+        return NULL;
+    const float *in = x->data, *wd = w ? w->data : NULL;
+    float *o = y->data;
+    #pragma omp parallel for schedule(static) if (rows * D > 65536)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = in + r * D;
+        double ss = 0;
+        for (int64_t j = 0; j < D; j++)
+            ss += (double)xr[j] * xr[j];
+        float rs = (float)(1.0 / sqrt(ss / (double)(D ? D : 1) + eps));
+        rstd[r] = rs;
+        for (int64_t j = 0; j < D; j++)
+            o[r * D + j] = xr[j] * rs * (wd ? wd[j] : 1.0f);
+    }
+    qtc_node *n = qtc_graph_record(g, "rmsnorm", rmsnorm_backward, y, w ? 2 : 1,
+                                   (qtc_tensor *[]){x, w});
+    if (n)
+        n->saved = rstd;
+    return y;
+}
+
+/* --- rotary embeddings ------------------------------------------------------------ */
+
+/* cos/sin of every (position, pair): T * (n_rot/2) of each, computed in double. */
+static float *rope_table(qtc_graph *g, int64_t T, int n_rot, int64_t pos0, float theta)
+{
+    int half = n_rot / 2;
+    float *tab = qtc_graph_alloc(g, (size_t)(2 * T * half) * sizeof(float));
+    if (!tab)
+        return NULL;
+    for (int i = 0; i < half; i++) {
+        double inv_freq = pow((double)theta, -2.0 * i / n_rot);
+        for (int64_t t = 0; t < T; t++) {
+            double angle = (double)(pos0 + t) * inv_freq;
+            tab[2 * (t * half + i)] = (float)cos(angle);
+            tab[2 * (t * half + i) + 1] = (float)sin(angle);
+        }
+    }
+    return tab;
+}
+
+/* Rotates every head of x (rows of n_head*hd, row r at table row r % T) by
+ * +angle (dir 1) or -angle (dir -1), accumulating into y when acc. */
+static void rope_apply(const float *x, float *y, int acc, int64_t rows, int64_t T, int n_head,
+                       int hd, int n_rot, qtc_rope_layout layout, const float *tab, float dir)
+{
+    int half = n_rot / 2;
+    #pragma omp parallel for schedule(static) if (rows * n_head * hd > 65536)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *cs = tab + 2 * (r % T) * half;
+        for (int h = 0; h < n_head; h++) {
+            const float *xh = x + (r * n_head + h) * hd;
+            float *yh = y + (r * n_head + h) * hd;
+            for (int i = 0; i < half; i++) {
+                int i0 = layout == QTC_ROPE_INTERLEAVED ? 2 * i : i;
+                int i1 = layout == QTC_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+                float c = cs[2 * i], s = dir * cs[2 * i + 1];
+                float a = xh[i0], b = xh[i1];
+                float y0 = a * c - b * s, y1 = a * s + b * c;
+                yh[i0] = acc ? yh[i0] + y0 : y0;
+                yh[i1] = acc ? yh[i1] + y1 : y1;
+            }
+            for (int i = n_rot; i < hd; i++)
+                yh[i] = acc ? yh[i] + xh[i] : xh[i];
+        }
+    }
+}
+
+static void rope_backward(qtc_graph *g, qtc_node *n)
+{
+    qtc_tensor *x = n->in[0];
+    float *dx = qtc_graph_grad(g, x);
+    if (!dx)
+        return;
+    int n_head = n->iarg[0], n_rot = n->iarg[1], hd = n->iarg[3];
+    int64_t T = x->ne[x->ndim - 2], rows = qtc_tensor_numel(x) / last_dim(x);
+    rope_apply(n->out->grad->data, dx, 1, rows, T, n_head, hd, n_rot,
+               (qtc_rope_layout)n->iarg[2], n->saved, -1.0f);
+}
+
+qtc_tensor *qtc_rope(qtc_graph *g, qtc_tensor *x, int n_head, int n_rot, int64_t pos0,
+                     float theta, qtc_rope_layout layout)
+{
+    if (!x)
+        return NULL;
+    assert_f32_contiguous(x);
+    assert(x->ndim >= 2 && n_head > 0 && last_dim(x) % n_head == 0);
+    int hd = (int)(last_dim(x) / n_head);
+    if (n_rot == 0)
+        n_rot = hd;
+    assert(n_rot > 0 && n_rot <= hd && n_rot % 2 == 0);
+    int64_t T = x->ne[x->ndim - 2], rows = qtc_tensor_numel(x) / last_dim(x);
+    qtc_tensor *y = qtc_graph_new_tensor(g, x->ndim, x->ne);
+    float *tab = rope_table(g, T, n_rot, pos0, theta);
+    if (!y || !tab)
+        return NULL;
+    rope_apply(x->data, y->data, 0, rows, T, n_head, hd, n_rot, layout, tab, 1.0f);
+    qtc_node *n = qtc_graph_record(g, "rope", rope_backward, y, 1, &x);
+    if (n) {
+        n->iarg[0] = n_head;
+        n->iarg[1] = n_rot;
+        n->iarg[2] = (int)layout;
+        n->iarg[3] = hd;
+        n->saved = tab;
+    }
+    return y;
+}
+
+/* --- attention ---------------------------------------------------------------------- */
+
+typedef struct attn_dims {
+    int64_t B, Tq, Tk;
+    int H, Hkv, D;
+} attn_dims;
+
+static attn_dims attn_shape(const qtc_tensor *q, const qtc_tensor *k, const qtc_tensor *v,
+                            int n_head, int n_kv_head)
+{
+    attn_dims d;
+    assert(q->ndim == 3 && k->ndim == 3 && v->ndim == 3);
+    assert(n_head > 0 && n_kv_head > 0 && n_head % n_kv_head == 0);
+    d.B = q->ne[0];
+    d.Tq = q->ne[1];
+    d.Tk = k->ne[1];
+    d.H = n_head;
+    d.Hkv = n_kv_head;
+    assert(q->ne[2] % n_head == 0);
+    d.D = (int)(q->ne[2] / n_head);
+    assert(k->ne[0] == d.B && v->ne[0] == d.B && v->ne[1] == d.Tk && d.Tk >= d.Tq);
+    assert(k->ne[2] == (int64_t)n_kv_head * d.D && v->ne[2] == k->ne[2]);
+    return d;
+}
+
+/* One head's softmax(q k^T * scale) v for query rows of one sequence.
+ * q rows have stride qs, k/v rows kvs, out rows qs. p: Tk floats per query
+ * (the probabilities are left there, zero past the causal limit). */
+static void attn_head(const float *q, const float *k, const float *v, float *out, float *p,
+                      int64_t p_stride, attn_dims d, int64_t qs, int64_t kvs, float scale)
+{
+    int64_t off = d.Tk - d.Tq;
+    for (int64_t t = 0; t < d.Tq; t++) {
+        const float *qt = q + t * qs;
+        float *pt = p + t * p_stride;
+        int64_t n = t + off + 1;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; j++) {
+            const float *kj = k + j * kvs;
+            float s = 0;
+            for (int i = 0; i < d.D; i++)
+                s += qt[i] * kj[i];
+            s *= scale;
+            pt[j] = s;
+            if (s > mx)
+                mx = s;
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < n; j++) {
+            pt[j] = expf(pt[j] - mx);
+            sum += pt[j];
+        }
+        float inv = (float)(1.0 / sum);
+        float *ot = out + t * qs;
+        for (int i = 0; i < d.D; i++)
+            ot[i] = 0;
+        for (int64_t j = 0; j < n; j++) {
+            pt[j] *= inv;
+            const float *vj = v + j * kvs;
+            for (int i = 0; i < d.D; i++)
+                ot[i] += pt[j] * vj[i];
+        }
+        if (p_stride)
+            for (int64_t j = n; j < d.Tk; j++)
+                pt[j] = 0;
+    }
+}
+
+static int max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static void attention_backward(qtc_graph *g, qtc_node *n)
+{
+    qtc_tensor *qt = n->in[0], *kt = n->in[1], *vt = n->in[2];
+    attn_dims d = attn_shape(qt, kt, vt, n->iarg[0], n->iarg[1]);
+    float *dq = qtc_graph_needs_grad(g, qt) ? qtc_graph_grad(g, qt) : NULL;
+    float *dk = qtc_graph_needs_grad(g, kt) ? qtc_graph_grad(g, kt) : NULL;
+    float *dv = qtc_graph_needs_grad(g, vt) ? qtc_graph_grad(g, vt) : NULL;
+    float *scratch = qtc_graph_alloc(g, (size_t)(max_threads() * d.Tk) * sizeof(float));
+    if (!scratch)
+        return;
+    const float *q = qt->data, *k = kt->data, *v = vt->data, *dO = n->out->grad->data;
+    const float *P = n->saved;
+    int64_t qs = (int64_t)d.H * d.D, kvs = (int64_t)d.Hkv * d.D, off = d.Tk - d.Tq;
+    int group = d.H / d.Hkv;
+    float scale = 1.0f / sqrtf((float)d.D);
+    /* one task per (sequence, kv head): it alone writes that kv head's dk/dv
+     * and its query heads' dq, so no two threads touch the same gradient */
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < d.B * d.Hkv; task++) {
+        int64_t b = task / d.Hkv;
+        int kvh = (int)(task % d.Hkv);
+        float *dp = scratch + thread_id() * d.Tk;
+        const float *kb = k + b * d.Tk * kvs + kvh * d.D, *vb = v + b * d.Tk * kvs + kvh * d.D;
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            const float *Ph = P + (b * d.H + h) * d.Tq * d.Tk;
+            for (int64_t t = 0; t < d.Tq; t++) {
+                const float *pt = Ph + t * d.Tk;
+                const float *dot = dO + (b * d.Tq + t) * qs + h * d.D;
+                const float *qrow = q + (b * d.Tq + t) * qs + h * d.D;
+                int64_t cnt = t + off + 1;
+                double sum = 0;
+                for (int64_t j = 0; j < cnt; j++) {
+                    const float *vj = vb + j * kvs;
+                    float s = 0;
+                    for (int i = 0; i < d.D; i++)
+                        s += dot[i] * vj[i];
+                    dp[j] = s;
+                    sum += (double)s * pt[j];
+                }
+                float fsum = (float)sum;
+                for (int64_t j = 0; j < cnt; j++) {
+                    float ds = pt[j] * (dp[j] - fsum) * scale; /* d(score before scaling) */
+                    if (dq) {
+                        float *dqt = dq + (b * d.Tq + t) * qs + h * d.D;
+                        const float *kj = kb + j * kvs;
+                        for (int i = 0; i < d.D; i++)
+                            dqt[i] += ds * kj[i];
+                    }
+                    if (dk) {
+                        float *dkj = dk + (b * d.Tk + j) * kvs + kvh * d.D;
+                        for (int i = 0; i < d.D; i++)
+                            dkj[i] += ds * qrow[i];
+                    }
+                    if (dv) {
+                        float *dvj = dv + (b * d.Tk + j) * kvs + kvh * d.D;
+                        for (int i = 0; i < d.D; i++)
+                            dvj[i] += pt[j] * dot[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+qtc_tensor *qtc_attention(qtc_graph *g, qtc_tensor *q, qtc_tensor *k, qtc_tensor *v,
+                          int n_head, int n_kv_head)
+{
+    if (!q || !k || !v)
+        return NULL;
+    assert_f32_contiguous(q);
+    assert_f32_contiguous(k);
+    assert_f32_contiguous(v);
+    attn_dims d = attn_shape(q, k, v, n_head, n_kv_head);
+    qtc_tensor *out = qtc_graph_new_tensor(g, 3, q->ne);
+    if (!out)
+        return NULL;
+    int record = qtc_graph_needs_grad(g, q) || qtc_graph_needs_grad(g, k) ||
+                 qtc_graph_needs_grad(g, v);
+    /* training keeps every probability for the backward; inference needs one row */
+    size_t pbytes = record ? (size_t)(d.B * d.H * d.Tq * d.Tk) * sizeof(float)
+                           : (size_t)(max_threads() * d.Tk) * sizeof(float);
+    float *P = qtc_graph_alloc(g, pbytes);
+    if (!P)
+        return NULL;
+    int64_t qs = (int64_t)d.H * d.D, kvs = (int64_t)d.Hkv * d.D;
+    int group = d.H / d.Hkv;
+    float scale = 1.0f / sqrtf((float)d.D);
+    const float *qd = q->data, *kd = k->data, *vd = v->data;
+    float *od = out->data;
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < d.B * d.H; task++) {
+        int64_t b = task / d.H;
+        int h = (int)(task % d.H), kvh = h / group;
+        const float *qb = qd + b * d.Tq * qs + h * d.D;
+        const float *kb = kd + b * d.Tk * kvs + kvh * d.D, *vb = vd + b * d.Tk * kvs + kvh * d.D;
+        float *ob = od + b * d.Tq * qs + h * d.D;
+        if (record) {
+            attn_head(qb, kb, vb, ob, P + task * d.Tq * d.Tk, d.Tk, d, qs, kvs, scale);
+        } else { /* row by row through this thread's scratch row */
+            attn_dims one = d;
+            one.Tq = 1;
+            for (int64_t t = 0; t < d.Tq; t++) {
+                one.Tk = t + (d.Tk - d.Tq) + 1;
+                attn_head(qb + t * qs, kb, vb, ob + t * qs, P + thread_id() * d.Tk, 0, one, qs,
+                          kvs, scale);
+            }
+        }
+    }
+    qtc_node *n = qtc_graph_record(g, "attention", attention_backward, out, 3,
+                                   (qtc_tensor *[]){q, k, v});
+    if (n) {
+        n->iarg[0] = n_head;
+        n->iarg[1] = n_kv_head;
+        n->saved = P;
+    }
+    return out;
+}
+
+/* --- losses ----------------------------------------------------------------------- */
+
+/* log(sum(exp(x))) of one row, with the maximum subtracted first. */
+static float log_sum_exp(const float *x, int64_t V)
+{
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < V; j++)
+        if (x[j] > mx)
+            mx = x[j];
+    double s = 0;
+    for (int64_t j = 0; j < V; j++)
+        s += expf(x[j] - mx);
+    return mx + (float)log(s);
+}
+
+typedef struct ce_saved {
+    float *lse;       /* per row */
+    int32_t *targets; /* per row, copied */
+    int64_t n_valid;
+} ce_saved;
+
+static void cross_entropy_backward(qtc_graph *g, qtc_node *n)
+{
+    qtc_tensor *lt = n->in[0];
+    float *dl = qtc_graph_grad(g, lt);
+    if (!dl)
+        return;
+    const ce_saved *s = n->saved;
+    int64_t V = last_dim(lt), rows = qtc_tensor_numel(lt) / (V ? V : 1);
+    if (s->n_valid == 0)
+        return;
+    float scale = ((const float *)n->out->grad->data)[0] / (float)s->n_valid;
+    const float *x = lt->data;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        if (s->targets[r] < 0)
+            continue;
+        const float *xr = x + r * V;
+        float *dr = dl + r * V;
+        for (int64_t j = 0; j < V; j++)
+            dr[j] += expf(xr[j] - s->lse[r]) * scale;
+        dr[s->targets[r]] -= scale;
+    }
+}
+
+qtc_tensor *qtc_cross_entropy(qtc_graph *g, qtc_tensor *logits, const qtc_tensor *targets)
+{
+    if (!logits || !targets)
+        return NULL;
+    assert_f32_contiguous(logits);
+    assert(targets->dtype == QTC_I32 && qtc_tensor_is_contiguous(targets));
+    int64_t V = last_dim(logits), rows = qtc_tensor_numel(logits) / (V ? V : 1);
+    assert(qtc_tensor_numel(targets) == rows);
+    qtc_tensor *y = qtc_graph_new_tensor(g, 0, NULL);
+    ce_saved *s = qtc_graph_alloc(g, sizeof *s);
+    float *lse = qtc_graph_alloc(g, (size_t)rows * sizeof(float));
+    int32_t *tg = qtc_graph_alloc(g, (size_t)rows * sizeof(int32_t));
+    float *loss = qtc_graph_alloc(g, (size_t)rows * sizeof(float));
+    if (!y || !s || !lse || !tg || !loss)
+        return NULL;
+    memcpy(tg, targets->data, (size_t)rows * sizeof(int32_t));
+    const float *x = logits->data;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        if (tg[r] < 0)
+            continue;
+        assert(tg[r] < V);
+        lse[r] = log_sum_exp(x + r * V, V);
+        loss[r] = lse[r] - x[r * V + tg[r]];
+    }
+    double total = 0;
+    int64_t valid = 0;
+    for (int64_t r = 0; r < rows; r++)
+        if (tg[r] >= 0) {
+            total += loss[r];
+            valid++;
+        }
+    ((float *)y->data)[0] = valid ? (float)(total / (double)valid) : 0.0f;
+    s->lse = lse;
+    s->targets = tg;
+    s->n_valid = valid;
+    qtc_node *n = qtc_graph_record(g, "cross_entropy", cross_entropy_backward, y, 1, &logits);
+    if (n)
+        n->saved = s;
+    return y;
+}
+
+typedef struct kl_saved {
+    float *lse, *lse_ref, *kl; /* per row */
+} kl_saved;
+
+static void kl_div_backward(qtc_graph *g, qtc_node *n)
+{
+    qtc_tensor *st = n->in[0], *rt = n->in[1];
+    const kl_saved *s = n->saved;
+    int64_t V = last_dim(st), rows = qtc_tensor_numel(st) / (V ? V : 1);
+    float *ds = qtc_graph_needs_grad(g, st) ? qtc_graph_grad(g, st) : NULL;
+    float *dr = qtc_graph_needs_grad(g, rt) ? qtc_graph_grad(g, rt) : NULL;
+    if (!rows)
+        return;
+    float scale = ((const float *)n->out->grad->data)[0] / (float)rows;
+    const float *x = st->data, *xr = rt->data;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t j = 0; j < V; j++) {
+            float lp = x[r * V + j] - s->lse[r], lq = xr[r * V + j] - s->lse_ref[r];
+            float p = expf(lp), q = expf(lq);
+            if (ds)
+                ds[r * V + j] += (p - q) * scale;
+            if (dr)
+                dr[r * V + j] += q * (lq - lp - s->kl[r]) * scale;
+        }
+    }
+}
+
+qtc_tensor *qtc_kl_div(qtc_graph *g, qtc_tensor *logits, qtc_tensor *ref_logits)
+{
+    if (!logits || !ref_logits)
+        return NULL;
+    assert_f32_contiguous(logits);
+    assert_f32_contiguous(ref_logits);
+    assert(qtc_tensor_same_shape(logits, ref_logits));
+    int64_t V = last_dim(logits), rows = qtc_tensor_numel(logits) / (V ? V : 1);
+    qtc_tensor *y = qtc_graph_new_tensor(g, 0, NULL);
+    kl_saved *s = qtc_graph_alloc(g, sizeof *s);
+    float *buf = qtc_graph_alloc(g, (size_t)(3 * rows) * sizeof(float));
+    if (!y || !s || !buf)
+        return NULL;
+    s->lse = buf;
+    s->lse_ref = buf + rows;
+    s->kl = buf + 2 * rows;
+    const float *x = logits->data, *xr = ref_logits->data;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        float l = log_sum_exp(x + r * V, V), lr = log_sum_exp(xr + r * V, V);
+        double kl = 0;
+        for (int64_t j = 0; j < V; j++) {
+            double lq = (double)xr[r * V + j] - lr, lp = (double)x[r * V + j] - l;
+            kl += exp(lq) * (lq - lp);
+        }
+        s->lse[r] = l;
+        s->lse_ref[r] = lr;
+        s->kl[r] = (float)kl;
+    }
+    double total = 0;
+    for (int64_t r = 0; r < rows; r++)
+        total += s->kl[r];
+    ((float *)y->data)[0] = rows ? (float)(total / (double)rows) : 0.0f;
+    qtc_node *n = qtc_graph_record(g, "kl_div", kl_div_backward, y, 2,
+                                   (qtc_tensor *[]){logits, ref_logits});
+    if (n)
+        n->saved = s;
+    return y;
+}
