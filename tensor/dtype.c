@@ -19,6 +19,14 @@ static const qtc_dtype_traits dtype_table[QTC_DTYPE_COUNT] = {
     [QTC_I16] = {"i16", 1, 2, 0, 0},
     [QTC_I32] = {"i32", 1, 4, 0, 0},
     [QTC_I64] = {"i64", 1, 8, 0, 0},
+    [QTC_Q4_0] = {"q4_0", 32, 18, 0, 1},
+    [QTC_Q4_1] = {"q4_1", 32, 20, 0, 1},
+    [QTC_Q5_0] = {"q5_0", 32, 22, 0, 1},
+    [QTC_Q5_1] = {"q5_1", 32, 24, 0, 1},
+    [QTC_Q8_0] = {"q8_0", 32, 34, 0, 1},
+    [QTC_Q4_K] = {"q4_k", 256, 144, 0, 1},
+    [QTC_Q5_K] = {"q5_k", 256, 176, 0, 1},
+    [QTC_Q6_K] = {"q6_k", 256, 210, 0, 1},
 };
 
 const qtc_dtype_traits *qtc_dtype_info(qtc_dtype t)

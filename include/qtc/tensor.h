@@ -35,7 +35,15 @@ typedef enum qtc_dtype {
     QTC_I16,
     QTC_I32,
     QTC_I64,
-    /* quantized block types are appended here by quant/ (issue: qconv) */
+    /* ggml's block types: layouts in quant/ggml_blocks.h, kernels in quant/ */
+    QTC_Q4_0,
+    QTC_Q4_1,
+    QTC_Q5_0,
+    QTC_Q5_1,
+    QTC_Q8_0,
+    QTC_Q4_K,
+    QTC_Q5_K,
+    QTC_Q6_K,
     QTC_DTYPE_COUNT
 } qtc_dtype;
 
