@@ -43,7 +43,7 @@ LDLIBS_ALL := $(DEP_LIBS) -fopenmp -lm $(LDLIBS)
 
 # Library sources: every .c in the module folders except the tools' mains.
 MODULES := tensor quant convert model qat lora
-TOOLS :=
+TOOLS := qconv
 TOOL_MAINS := $(foreach t,$(TOOLS),$(wildcard */$(t).c))
 LIB_SRC := $(filter-out $(TOOL_MAINS),$(wildcard $(addsuffix /*.c,$(MODULES))))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

@@ -1,0 +1,28 @@
+/* formats.h: what the format files of convert/ share (private to convert/). */
+#ifndef QTC_CONVERT_FORMATS_H
+#define QTC_CONVERT_FORMATS_H
+
+#include "qtc/convert.h"
+
+/* Appends a tensor entry to m (growing the array). */
+qtc_tensor_entry *model_add_entry(qtc_model_file *m, qtc_error *err);
+/* Adds an input to m and opens it; returns its index or -1. */
+int model_add_input(qtc_model_file *m, const char *path, qtc_error *err);
+
+/* Each parser reads input `in` of m and appends its tensors (and metadata). */
+qtc_status safetensors_parse(qtc_model_file *m, int in, qtc_error *err);
+qtc_status gguf_parse(qtc_model_file *m, int in, qtc_error *err);
+qtc_status llama2c_parse(qtc_model_file *m, int in, qtc_error *err);
+/* The JSON header of a safetensors file for entries laid out in the
+ * reference writer's order: fills order[] (entry indices in file order) and
+ * offsets[] (relative to the data section) and returns a malloc'd header
+ * (space-padded to a multiple of 8) of *len bytes, or NULL. */
+char *safetensors_header(const qtc_out_entry *e, int n, const qtc_kvs *meta, int *order,
+                         uint64_t *offsets, uint64_t *len, qtc_error *err);
+const char *safetensors_dtype_name(qtc_dtype t);
+
+/* Bytes of a tensor of this type and shape, or SIZE_MAX on overflow or a row
+ * that is not whole blocks. */
+size_t entry_nbytes(qtc_dtype t, int ndim, const int64_t *ne);
+
+#endif

@@ -1,0 +1,168 @@
+/* qtc/convert.h: model files in and out (safetensors, GGUF v3, llama2.c, HF
+ * folders), their metadata, and the llama configuration they describe.
+ *
+ * Reading: qtc_model_open recognises the format by its bytes (a folder is an
+ * HF folder) and lists the tensors under their canonical HF names and HF
+ * layouts: llama2.c and GGUF names are mapped, and their interleaved rotary
+ * q/k rows are permuted into HF's rotate-half order when a tensor is loaded.
+ * Every header field is checked against the file size before use; a bad file
+ * gives QTC_ERR_INPUT with the file, the tensor and the offset.
+ *
+ * Writing: qtc_writer_open takes the full list of output tensors (names, types,
+ * shapes) up front, lays out the file, and then accepts the tensors one at a
+ * time in any order (qtc_writer_put), so memory stays near one tensor. GGUF
+ * output maps names to llama.cpp's and permutes q/k rows back. Nothing is
+ * visible at the destination until qtc_writer_commit.
+ */
+#ifndef QTC_CONVERT_H
+#define QTC_CONVERT_H
+
+#include <stdint.h>
+
+#include "qtc/io.h"
+#include "qtc/tensor.h"
+
+typedef enum qtc_format {
+    QTC_FMT_UNKNOWN = 0,
+    QTC_FMT_SAFETENSORS,
+    QTC_FMT_GGUF,
+    QTC_FMT_LLAMA2C,
+    QTC_FMT_HF /* a folder: config.json + model.safetensors or shards */
+} qtc_format;
+
+const char *qtc_format_name(qtc_format f);
+/* "safetensors", "gguf", "hf"; QTC_FMT_UNKNOWN when not a writable format. */
+qtc_format qtc_format_from_name(const char *name);
+/* The format a path's extension asks for (.gguf, .safetensors, a trailing '/'
+ * for an HF folder; a .zst suffix is looked through); QTC_FMT_UNKNOWN if none. */
+qtc_format qtc_format_from_path(const char *path);
+
+/* --- metadata: GGUF's typed key/value pairs ------------------------------------ */
+
+enum {
+    QTC_KV_U8 = 0, QTC_KV_I8 = 1, QTC_KV_U16 = 2, QTC_KV_I16 = 3, QTC_KV_U32 = 4, QTC_KV_I32 = 5,
+    QTC_KV_F32 = 6, QTC_KV_BOOL = 7, QTC_KV_STRING = 8, QTC_KV_ARRAY = 9, QTC_KV_U64 = 10,
+    QTC_KV_I64 = 11, QTC_KV_F64 = 12
+};
+
+typedef struct qtc_str {
+    uint64_t len;
+    char *ptr; /* owned by the qtc_kvs; NUL-terminated for convenience */
+} qtc_str;
+
+typedef struct qtc_kv {
+    char *key;
+    uint32_t type;      /* QTC_KV_*; for arrays, QTC_KV_ARRAY */
+    uint32_t elem_type; /* arrays: the element type (not nested arrays) */
+    uint64_t count;     /* arrays: elements; scalars: 1 */
+    void *vals;         /* numbers: count packed little-endian values; strings: count qtc_str */
+} qtc_kv;
+
+typedef struct qtc_kvs {
+    qtc_kv *kv;
+    int n, cap;
+} qtc_kvs;
+
+void qtc_kvs_free(qtc_kvs *k);
+const qtc_kv *qtc_kvs_get(const qtc_kvs *k, const char *key);
+/* Reads a scalar number (any numeric type) as double / int64; 0 when the key is
+ * missing or not a number (use qtc_kvs_get to tell). */
+double qtc_kvs_num(const qtc_kvs *k, const char *key, double fallback);
+/* A string value, or NULL. */
+const char *qtc_kvs_str(const qtc_kvs *k, const char *key);
+/* Setters replace an existing key. They return QTC_ERR_NOMEM on failure. */
+qtc_status qtc_kvs_set_num(qtc_kvs *k, const char *key, uint32_t type, double v);
+qtc_status qtc_kvs_set_str(qtc_kvs *k, const char *key, const char *v);
+/* Copies an array (numbers: count values of elem_type; strings: count qtc_str). */
+qtc_status qtc_kvs_set_array(qtc_kvs *k, const char *key, uint32_t elem_type, uint64_t count,
+                             const void *vals);
+qtc_status qtc_kvs_copy(qtc_kvs *dst, const qtc_kv *kv);
+int qtc_kv_type_size(uint32_t type);
+/* A value as double (numbers, bools). */
+double qtc_kv_num_at(const qtc_kv *kv, uint64_t i);
+
+/* --- the llama configuration ---------------------------------------------------------- */
+
+typedef struct qtc_llama_config {
+    int dim, hidden, n_layers, n_heads, n_kv_heads, vocab, ctx;
+    int head_dim;       /* dim / n_heads unless the config says otherwise */
+    int n_rot;          /* rotary dims per head (head_dim unless partial) */
+    float norm_eps, rope_theta;
+    int tied;           /* the output head is the token embedding */
+    int bos_id, eos_id; /* -1 when unknown */
+} qtc_llama_config;
+
+/* --- reading -------------------------------------------------------------------------- */
+
+typedef struct qtc_tensor_entry {
+    char name[QTC_NAME_MAX]; /* canonical (HF) name */
+    qtc_dtype dtype;
+    int ndim;
+    int64_t ne[QTC_MAX_DIMS];  /* HF order, outermost first */
+    const unsigned char *data; /* the stored bytes, inside a mapped input */
+    size_t nbytes;
+    int rope_heads;            /* >0: rows are interleaved-rotary for this many heads */
+    int input;                 /* index into the model's inputs (for messages) */
+} qtc_tensor_entry;
+
+typedef struct qtc_model_file {
+    qtc_format format;
+    char path[4096];
+    qtc_in *inputs;
+    int n_inputs;
+    qtc_tensor_entry *tensors;
+    int n_tensors;
+    qtc_llama_config config;
+    int has_config;
+    qtc_kvs meta;        /* GGUF KVs, or safetensors __metadata__ (strings) */
+    char *config_json;   /* an HF folder's config.json, carried along */
+    char *tokenizer_json;/* an HF folder's tokenizer.json, carried along */
+    char *tokenizer_bin; /* a llama2.c tokenizer beside the checkpoint (path), or NULL */
+} qtc_model_file;
+
+qtc_model_file *qtc_model_open(const char *path, qtc_error *err);
+void qtc_model_close(qtc_model_file *m);
+/* Index of a tensor by canonical name, or -1. */
+int qtc_model_find(const qtc_model_file *m, const char *name);
+/* Tensor i in HF layout: a view of the mapped bytes, or a copy when its rows
+ * had to be permuted. Free with qtc_tensor_free. */
+qtc_tensor *qtc_model_tensor(const qtc_model_file *m, int i, qtc_error *err);
+
+/* Parses an HF config.json (LlamaForCausalLM and close relatives). */
+qtc_status qtc_config_from_json(qtc_llama_config *c, const char *json, const char *what, qtc_error *err);
+/* Reads llama.* keys of GGUF metadata. */
+qtc_status qtc_config_from_gguf(qtc_llama_config *c, const qtc_kvs *kv, const char *what, qtc_error *err);
+
+/* The q/k row permutations between HF's rotate-half layout and the
+ * interleaved one (llama2.c, GGUF), for rows of row_bytes bytes grouped in
+ * n_head heads: within a head, interleaved row 2i+s is HF row s*hd/2 + i. */
+void qtc_rope_rows_to_hf(const void *src, void *dst, int64_t rows, size_t row_bytes, int n_head);
+void qtc_rope_rows_from_hf(const void *src, void *dst, int64_t rows, size_t row_bytes, int n_head);
+
+/* --- writing -------------------------------------------------------------------------- */
+
+typedef struct qtc_out_entry {
+    char name[QTC_NAME_MAX]; /* canonical (HF) name */
+    qtc_dtype dtype;
+    int ndim;
+    int64_t ne[QTC_MAX_DIMS];
+} qtc_out_entry;
+
+typedef struct qtc_model_writer qtc_model_writer;
+
+/* Lays out the output. src supplies the configuration, tokenizer and metadata
+ * to carry along (may be NULL); extra holds metadata to add (safetensors:
+ * string values go into __metadata__; GGUF: KVs). For safetensors the tensors
+ * are ordered as the reference writer orders them (alignment, then name). */
+qtc_model_writer *qtc_writer_open(const char *path, qtc_format fmt, int compress,
+                                  const qtc_model_file *src, const qtc_out_entry *entries, int n,
+                                  const qtc_kvs *extra, qtc_error *err);
+/* Writes tensor i of the list; t has the entry's dtype and shape, HF layout. */
+qtc_status qtc_writer_put(qtc_model_writer *w, int i, const qtc_tensor *t, qtc_error *err);
+/* Checks that every tensor was written, then makes the output visible. Frees w. */
+qtc_status qtc_writer_commit(qtc_model_writer *w, qtc_error *err);
+void qtc_writer_abort(qtc_model_writer *w);
+/* The llama.cpp name of an HF tensor name ("blk.0.attn_q.weight"), or NULL. */
+const char *qtc_gguf_name(const char *hf_name, char *buf, size_t cap);
+
+#endif
