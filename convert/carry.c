@@ -76,27 +76,34 @@ qtc_status carry_tokenizer_from_llama2c(qtc_kvs *kv, const char *path, int vocab
             rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: token %d: length %d runs past the end", path, i, len);
             goto done;
         }
+        const unsigned char *text = in.data + pos;
+        size_t n = (size_t)len;
+        pos += n;
+        if (i == 1 || i == 2) { /* llama2.c's export wraps <s> and </s> in newlines */
+            for (; n && text[0] == '\n'; n--)
+                text++;
+            for (; n && text[n - 1] == '\n'; n--)
+                ;
+        }
         /* SentencePiece marks spaces with U+2581; llama2.c stores plain spaces */
         size_t spaces = 0;
-        for (int32_t j = 0; j < len; j++)
-            spaces += in.data[pos + (size_t)j] == ' ';
-        tokens[i].ptr = malloc((size_t)len + 2 * spaces + 1);
+        for (size_t j = 0; j < n; j++)
+            spaces += text[j] == ' ';
+        tokens[i].ptr = malloc(n + 2 * spaces + 1);
         if (!tokens[i].ptr) {
             rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
             goto done;
         }
         size_t o = 0;
-        for (int32_t j = 0; j < len; j++) {
-            unsigned char ch = in.data[pos + (size_t)j];
-            if (ch == ' ') {
+        for (size_t j = 0; j < n; j++) {
+            if (text[j] == ' ') {
                 memcpy(tokens[i].ptr + o, "\xe2\x96\x81", 3);
                 o += 3;
             } else
-                tokens[i].ptr[o++] = (char)ch;
+                tokens[i].ptr[o++] = (char)text[j];
         }
         tokens[i].ptr[o] = '\0';
         tokens[i].len = o;
-        pos += (size_t)len;
         const char *t = tokens[i].ptr;
         types[i] = i == 0 ? 2 /* unknown */ : (i == 1 || i == 2) ? 3 /* control */
                  : (o == 6 && strncmp(t, "<0x", 3) == 0 && t[5] == '>') ? 6 /* byte */ : 1;

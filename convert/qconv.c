@@ -25,7 +25,7 @@
 static const char *usage_text =
     "usage: qconv IN [-o OUT|-] [--to TYPE] [--format safetensors|gguf|hf]\n"
     "             [--tensor-type REGEX=TYPE ...] [--threads N] [--zstd]\n"
-    "             [--inspect] [--json] [--log-json FILE]\n"
+    "             [--tokenizer FILE] [--inspect] [--json] [--log-json FILE]\n"
     "\n"
     "IN is a safetensors file, a GGUF file, a llama2.c checkpoint, an HF folder, or - for\n"
     "standard input; any of them may be a zstd frame. The format is read from the bytes.\n"
@@ -40,6 +40,8 @@ static const char *usage_text =
     "                       (first match wins; applies to 1-D tensors too)\n"
     "  --threads N          threads (default: all cores); the output does not depend on it\n"
     "  --zstd               compress the output (also implied by a .zst extension)\n"
+    "  --tokenizer FILE     a llama2.c tokenizer.bin to carry along (default: the one beside a\n"
+    "                       llama2.c checkpoint; needed when the checkpoint comes through a pipe)\n"
     "  --inspect            print the model's tensors, types, shapes, bits per weight, metadata\n"
     "  --json               --inspect, or the conversion summary, as one JSON document on stdout\n"
     "  --log-json FILE      one JSON object per event (each tensor, the summary) to FILE\n"
@@ -269,8 +271,23 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
         }
         double se = 0, x2 = 0, mx = 0;
         const qtc_tensor *put = src;
-        if (out_t != e->dtype) {
+        int is_weight = qtc_dtype_info(e->dtype)->is_float || qtc_dtype_info(e->dtype)->is_quantized;
+        if (is_weight) { /* NaN or Inf weights are refused whatever the target type */
             f = qtc_tensor_to_f32(src, &err);
+            int64_t bad = f ? qtc_tensor_find_nonfinite(f) : -1;
+            if (!f || bad >= 0) {
+                if (f)
+                    qtc_error_set(&err, QTC_ERR_NUMERIC, "%s: tensor '%s': element %lld is %s", m->path, e->name,
+                                  (long long)bad, isnan(((float *)f->data)[bad]) ? "NaN" : "infinite");
+                qtc_tensor_free(src);
+                qtc_tensor_free(f);
+                rc = fail(&err);
+                break;
+            }
+        }
+        if (out_t != e->dtype) {
+            if (!f)
+                f = qtc_tensor_to_f32(src, &err);
             q = f ? (qtc_dtype_info(out_t)->is_float && !qtc_dtype_info(out_t)->is_quantized && out_t != QTC_F16 && out_t != QTC_BF16
                          ? qtc_tensor_convert(f, out_t, &err)
                          : qtc_tensor_quantize(f, out_t, &err))
@@ -293,14 +310,10 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
                     mx = fabs(d);
             }
             put = q;
-        } else if (qtc_dtype_info(e->dtype)->is_float || qtc_dtype_info(e->dtype)->is_quantized) {
-            /* stored as is: no error, but count the weights for the totals */
-            f = qtc_tensor_to_f32(src, &err);
-            if (f) {
-                const float *a = f->data;
-                for (int64_t k = 0; k < qtc_tensor_numel(f); k++)
-                    x2 += (double)a[k] * a[k];
-            }
+        } else if (f) { /* stored as is: no error, but its weights count in the totals */
+            const float *a = f->data;
+            for (int64_t k = 0; k < qtc_tensor_numel(f); k++)
+                x2 += (double)a[k] * a[k];
         }
         if (qtc_writer_put(w, i, put, &err) != QTC_OK)
             rc = fail(&err);
@@ -384,8 +397,9 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, 'j'}, {"zstd", no_argument, 0, 'z'},
         {"inspect", no_argument, 0, 'i'},       {"json", no_argument, 0, 'J'},
         {"log-json", required_argument, 0, 'L'}, {"help", no_argument, 0, 'h'},
+        {"tokenizer", required_argument, 0, 'k'},
         {0, 0, 0, 0}};
-    const char *out = NULL, *log_path = NULL;
+    const char *out = NULL, *log_path = NULL, *tokenizer = NULL;
     int have_to = 0, as_json = 0, do_inspect = 0, compress = 0, n_rules = 0, threads = 0;
     qtc_dtype to = QTC_F32;
     qtc_format fmt = QTC_FMT_UNKNOWN;
@@ -425,6 +439,7 @@ int main(int argc, char **argv)
         case 'i': do_inspect = 1; break;
         case 'J': as_json = 1; break;
         case 'L': log_path = optarg; break;
+        case 'k': tokenizer = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: die_usage("bad option");
         }
@@ -452,6 +467,10 @@ int main(int argc, char **argv)
     qtc_error err;
     qtc_model_file *m = qtc_model_open(in, &err);
     int rc;
+    if (m && tokenizer) {
+        free(m->tokenizer_bin);
+        m->tokenizer_bin = strdup(tokenizer);
+    }
     if (!m)
         rc = fail(&err);
     else if (do_inspect)
