@@ -194,3 +194,144 @@ done:
     cJSON_Delete(o);
     return rc;
 }
+
+/* tokenizer.ggml.* keys from an HF tokenizer.json with a BPE model.
+ * SentencePiece-style vocabularies (byte_fallback, U+2581 for spaces) become
+ * GGUF "llama" vocabularies: SentencePiece orders ids by descending score, so
+ * the n-th ordinary token gets score -n (what llama2.c's export writes);
+ * byte and special tokens score 0. Byte-level BPE (GPT-2 style) becomes a
+ * "gpt2" vocabulary with its merges. */
+qtc_status carry_tokenizer_from_json(qtc_kvs *kv, const char *json, const qtc_llama_config *c, qtc_error *err)
+{
+    cJSON *root = cJSON_Parse(json);
+    cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
+    qtc_status rc = QTC_OK;
+    qtc_str *tokens = NULL, *mstr = NULL;
+    float *scores = NULL;
+    int32_t *types = NULL;
+    char **merge_buf = NULL;
+    int n = 0, n_merges = 0;
+    if (!cJSON_IsObject(vocab) || !cJSON_IsString(type) || strcmp(type->valuestring, "BPE") != 0) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "tokenizer.json: not a BPE model with a vocab");
+        goto done;
+    }
+    n = cJSON_GetArraySize(vocab);
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    int max_id = -1;
+    for (const cJSON *t = vocab->child; t; t = t->next)
+        if (cJSON_IsNumber(t) && t->valueint > max_id)
+            max_id = t->valueint;
+    for (const cJSON *a = cJSON_IsArray(added) ? added->child : NULL; a; a = a->next) {
+        int id = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(a, "id"));
+        if (id > max_id)
+            max_id = id;
+    }
+    n = max_id + 1;
+    if (c && c->vocab > n)
+        n = c->vocab;
+    if (n <= 0 || n > (1 << 24)) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "tokenizer.json: %d tokens", n);
+        goto done;
+    }
+    tokens = calloc((size_t)n, sizeof *tokens);
+    scores = calloc((size_t)n, sizeof *scores);
+    types = calloc((size_t)n, sizeof *types);
+    if (!tokens || !scores || !types)
+        goto nomem;
+    for (const cJSON *t = vocab->child; t; t = t->next) {
+        int id = (int)cJSON_GetNumberValue(t);
+        if (id < 0 || id >= n || tokens[id].ptr) {
+            rc = qtc_error_set(err, QTC_ERR_INPUT, "tokenizer.json: token '%s' has a bad or repeated id", t->string);
+            goto done;
+        }
+        tokens[id].ptr = t->string;
+        tokens[id].len = strlen(t->string);
+        types[id] = 1;
+    }
+    const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
+    for (const cJSON *a = cJSON_IsArray(added) ? added->child : NULL; a; a = a->next) {
+        int id = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(a, "id"));
+        const cJSON *content = cJSON_GetObjectItem(a, "content");
+        if (id < 0 || id >= n || !cJSON_IsString(content))
+            continue;
+        tokens[id].ptr = content->valuestring;
+        tokens[id].len = strlen(content->valuestring);
+        types[id] = cJSON_IsTrue(cJSON_GetObjectItem(a, "special")) ? 3 : 4;
+        if (cJSON_IsString(unk) && strcmp(unk->valuestring, content->valuestring) == 0)
+            types[id] = 2;
+    }
+    for (int i = 0; i < n; i++)
+        if (!tokens[i].ptr) { /* a hole in the ids: an unused slot, as llama.cpp's converter pads */
+            static char pad[32];
+            snprintf(pad, sizeof pad, "[PAD%d]", i);
+            tokens[i].ptr = strdup(pad);
+            tokens[i].len = strlen(pad);
+            types[i] = 5;
+        }
+    int spm = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"));
+    int ordinary = 0;
+    for (int i = 0; i < n; i++) {
+        const char *t = tokens[i].ptr;
+        if (spm && types[i] == 1 && tokens[i].len == 6 && strncmp(t, "<0x", 3) == 0 && t[5] == '>')
+            types[i] = 6;
+        if (spm && types[i] == 1)
+            scores[i] = -(float)ordinary++; /* -0.0 first, as llama2.c writes */
+    }
+    if (qtc_kvs_set_str(kv, "tokenizer.ggml.model", spm ? "llama" : "gpt2") ||
+        qtc_kvs_set_array(kv, "tokenizer.ggml.tokens", QTC_KV_STRING, (uint64_t)n, tokens) ||
+        (spm && qtc_kvs_set_array(kv, "tokenizer.ggml.scores", QTC_KV_F32, (uint64_t)n, scores)) ||
+        qtc_kvs_set_array(kv, "tokenizer.ggml.token_type", QTC_KV_I32, (uint64_t)n, types))
+        goto nomem;
+    if (!spm && cJSON_IsArray(merges)) {
+        n_merges = cJSON_GetArraySize(merges);
+        mstr = calloc((size_t)(n_merges ? n_merges : 1), sizeof *mstr);
+        merge_buf = calloc((size_t)(n_merges ? n_merges : 1), sizeof *merge_buf);
+        if (!mstr || !merge_buf)
+            goto nomem;
+        int i = 0;
+        for (const cJSON *mg = merges->child; mg; mg = mg->next, i++) {
+            if (cJSON_IsString(mg)) {
+                mstr[i].ptr = mg->valuestring;
+            } else if (cJSON_IsArray(mg) && cJSON_GetArraySize(mg) == 2) { /* newer ["a", "b"] form */
+                const char *a = cJSON_GetStringValue(cJSON_GetArrayItem(mg, 0)), *b = cJSON_GetStringValue(cJSON_GetArrayItem(mg, 1));
+                if (!a || !b)
+                    continue;
+                merge_buf[i] = malloc(strlen(a) + strlen(b) + 2);
+                if (!merge_buf[i])
+                    goto nomem;
+                sprintf(merge_buf[i], "%s %s", a, b);
+                mstr[i].ptr = merge_buf[i];
+            } else
+                continue;
+            mstr[i].len = strlen(mstr[i].ptr);
+        }
+        if (qtc_kvs_set_array(kv, "tokenizer.ggml.merges", QTC_KV_STRING, (uint64_t)n_merges, mstr))
+            goto nomem;
+    }
+    if (c && c->bos_id >= 0 && qtc_kvs_set_num(kv, "tokenizer.ggml.bos_token_id", QTC_KV_U32, c->bos_id))
+        goto nomem;
+    if (c && c->eos_id >= 0 && qtc_kvs_set_num(kv, "tokenizer.ggml.eos_token_id", QTC_KV_U32, c->eos_id))
+        goto nomem;
+    for (int i = 0; i < n; i++)
+        if (types[i] == 2 && qtc_kvs_set_num(kv, "tokenizer.ggml.unknown_token_id", QTC_KV_U32, i))
+            goto nomem;
+    goto done;
+nomem:
+    rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+done:
+    for (int i = 0; types && i < n; i++)
+        if (types[i] == 5)
+            free(tokens[i].ptr);
+    for (int i = 0; merge_buf && i < n_merges; i++)
+        free(merge_buf[i]);
+    free(merge_buf);
+    free(mstr);
+    free(tokens);
+    free(scores);
+    free(types);
+    cJSON_Delete(root);
+    return rc;
+}

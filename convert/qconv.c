@@ -245,7 +245,7 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
             return 1;
         }
     }
-    if (fmt == QTC_FMT_GGUF && !(m->meta.n && qtc_kvs_get(&m->meta, "tokenizer.ggml.tokens")) && !m->tokenizer_bin)
+    if (fmt == QTC_FMT_GGUF && !qtc_kvs_get(&m->meta, "tokenizer.ggml.tokens") && !m->tokenizer_bin && !m->tokenizer_json)
         fprintf(stderr, "qconv: warning: %s has no tokenizer qtc can carry into GGUF; llama.cpp will not load the output\n", m->path);
     qtc_kvs extra = {0};
     qtc_kvs_set_str(&extra, "qtc.source_format", qtc_format_name(m->format));

@@ -164,6 +164,9 @@ static qtc_status gguf_metadata(qtc_kvs *kv, const qtc_model_file *src, const qt
     if (!have_tok && src->tokenizer_bin &&
         carry_tokenizer_from_llama2c(kv, src->tokenizer_bin, c->vocab, err) != QTC_OK)
         return err->code;
+    if (!have_tok && !src->tokenizer_bin && src->tokenizer_json &&
+        carry_tokenizer_from_json(kv, src->tokenizer_json, c, err) != QTC_OK)
+        return err->code;
     for (int i = 0; extra && i < extra->n; i++)
         if (qtc_kvs_copy(kv, &extra->kv[i]) != QTC_OK)
             return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");

@@ -383,3 +383,48 @@ TEST(zstd_input_of_any_format_is_decompressed)
     free(raw);
     free(z);
 }
+
+/* 1 when key holds the same type, count and bytes in both. */
+static int same_kv(const qtc_kvs *a, const qtc_kvs *b, const char *key)
+{
+    const qtc_kv *x = qtc_kvs_get(a, key), *y = qtc_kvs_get(b, key);
+    if (!x || !y || x->type != y->type || x->elem_type != y->elem_type || x->count != y->count)
+        return 0;
+    uint32_t t = x->type == QTC_KV_ARRAY ? x->elem_type : x->type;
+    if (t != QTC_KV_STRING)
+        return memcmp(x->vals, y->vals, (size_t)x->count * (size_t)qtc_kv_type_size(t)) == 0;
+    for (uint64_t i = 0; i < x->count; i++) {
+        const qtc_str *s = (const qtc_str *)x->vals + i, *u = (const qtc_str *)y->vals + i;
+        if (s->len != u->len || memcmp(s->ptr, u->ptr, s->len) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+TEST(gguf_from_the_hf_folder_and_from_llama2c_carry_the_same_vocabulary)
+{
+    /* tokenizer.json (BPE, byte fallback) and tok512.bin are two encodings of one
+     * vocabulary: both must become the same tokenizer.ggml.* keys, bit for bit */
+    qtc_error err;
+    qtc_model_file *l2c = qtc_model_open(shared_path("models/stories260K/stories260K.bin"), &err);
+    qtc_model_file *hf = qtc_model_open(shared_path("models/stories260K-hf"), &err);
+    CHECK(l2c && hf);
+    CHECK_MSG(copy_model(l2c, tmp("from-l2c.gguf"), QTC_FMT_GGUF, 0, &err) == QTC_OK, "%s", err.msg);
+    CHECK_MSG(copy_model(hf, tmp("from-hf.gguf"), QTC_FMT_GGUF, 0, &err) == QTC_OK, "%s", err.msg);
+    qtc_model_file *a = qtc_model_open(tmp("from-l2c.gguf"), &err), *b = qtc_model_open(tmp("from-hf.gguf"), &err);
+    CHECK(a && b);
+    const char *keys[] = {"tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                          "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id",
+                          "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        CHECK_MSG(same_kv(&a->meta, &b->meta, keys[i]), "%s differs", keys[i]);
+    const qtc_kv *types = qtc_kvs_get(&a->meta, "tokenizer.ggml.token_type");
+    CHECK(qtc_kv_num_at(types, 0) == 2 && qtc_kv_num_at(types, 1) == 3 && qtc_kv_num_at(types, 3) == 6 &&
+          qtc_kv_num_at(types, 300) == 1);
+    char why[256];
+    CHECK_MSG(same_tensors(a, b, why, sizeof why), "%s", why);
+    qtc_model_close(l2c);
+    qtc_model_close(hf);
+    qtc_model_close(a);
+    qtc_model_close(b);
+}

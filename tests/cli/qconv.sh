@@ -137,10 +137,11 @@ if [ -d tests/oracle/node_modules/@huggingface/gguf ] && command -v node >/dev/n
         ft=${t#*:}
         check "@huggingface/gguf reads the $name file" sh -c "'$Q' '$T/s-$name.gguf' --inspect --json | node tests/oracle/gguf_oracle.mjs '$T/s-$name.gguf' $ft"
     done
+    check "@huggingface/gguf reads the GGUF made from the HF folder" sh -c "'$Q' '$M/stories260K-hf' --to q8_0 -o '$T/hf-q8.gguf' 2>/dev/null && '$Q' '$T/hf-q8.gguf' --inspect --json | node tests/oracle/gguf_oracle.mjs '$T/hf-q8.gguf' 7"
     check "@huggingface/gguf reads the tiny-random conversion" sh -c "'$Q' '$T/tiny-q8.gguf' --inspect --json | node tests/oracle/gguf_oracle.mjs '$T/tiny-q8.gguf'"
 else
     echo "skip: @huggingface/gguf not installed (npm install --prefix tests/oracle)" >&2
-    skip=$((skip + 12))
+    skip=$((skip + 13))
 fi
 no_temps "after all runs"
 
