@@ -41,6 +41,15 @@ endif
 CFLAGS_ALL := $(BASE_CFLAGS) $(MODE_CFLAGS) $(CFLAGS)
 LDLIBS_ALL := $(DEP_LIBS) -fopenmp -lm $(LDLIBS)
 
+# V=1 shows the full command lines
+ifeq ($(V),1)
+Q :=
+say = @true
+else
+Q := @
+say = @printf '  %-6s %s\n'
+endif
+
 # Library sources: every .c in the module folders except the tools' mains.
 MODULES := tensor quant convert model qat lora
 TOOLS := qconv
@@ -65,30 +74,40 @@ lib: $(BUILD)/libqtc.a $(BUILD)/libqtc.so
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+	$(say) CC $<
+	$(Q)$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
 
 $(BUILD)/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Werror -Itests -MMD -MP -c $< -o $@
+	$(say) CC $<
+	$(Q)$(CC) $(CFLAGS_ALL) -Werror -Itests -MMD -MP -c $< -o $@
 
 $(BUILD)/libqtc.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	rm -f $@
-	ar rcs $@ $^
+	$(say) AR $@
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/libqtc.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(MODE_LDFLAGS) $(LDLIBS_ALL)
+	$(say) LD $@
+	$(Q)$(CC) -shared -o $@ $^ $(MODE_LDFLAGS) $(LDLIBS_ALL)
 
-$(BINDIR)/%: $(BUILD)/libqtc.a
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -o $@ $(filter %/$*.c,$(TOOL_MAINS)) $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
+# a tool links its main's object (compiled with dependency tracking) and the library
+define TOOL_RULE
+$(BINDIR)/$(notdir $(basename $(1))): $(BUILD)/$(1:.c=.o) $(BUILD)/libqtc.a
+	@mkdir -p $$(dir $$@)
+	$$(say) LD $$@
+	$$(Q)$$(CC) -o $$@ $$^ $$(MODE_LDFLAGS) $$(LDLIBS_ALL)
+endef
+$(foreach m,$(TOOL_MAINS),$(eval $(call TOOL_RULE,$(m))))
 
 $(BUILD)/qtc-tests: $(TEST_OBJ) $(BUILD)/libqtc.a
-	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
+	$(say) LD $@
+	$(Q)$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libqtc.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Werror -o $@ $< $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
+	$(say) CC $<
+	$(Q)$(CC) $(CFLAGS_ALL) -Werror -o $@ $< $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
 
 unit: $(BUILD)/qtc-tests
 
@@ -125,4 +144,4 @@ uninstall:
 clean:
 	rm -rf build bin qtc.pc
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TOOL_MAINS:%.c=$(BUILD)/%.d)

@@ -11,6 +11,7 @@
 #include "formats.h"
 
 int llama2c_detect(const qtc_in *in);
+qtc_status qlayout_fold(qtc_model_file *m, qtc_error *err);
 
 const char *qtc_format_name(qtc_format f)
 {
@@ -196,6 +197,18 @@ void qtc_rope_rows_from_hf(const void *src, void *dst, int64_t rows, size_t row_
 qtc_tensor *qtc_model_tensor(const qtc_model_file *m, int i, qtc_error *err)
 {
     const qtc_tensor_entry *e = &m->tensors[i];
+    if (e->qparts.scheme_set) { /* a quantized layout: dequantized on load */
+        qtc_qweight q;
+        if (qtc_model_qweight(m, i, &q, err) != QTC_OK)
+            return NULL;
+        qtc_tensor *t = qtc_tensor_new(QTC_F32, 2, e->ne, err);
+        if (t) {
+            qtc_tensor_set_name(t, e->name);
+            qtc_qweight_dequantize(&q, t->data);
+        }
+        qtc_qweight_free(&q);
+        return t;
+    }
     int64_t rows = e->ndim ? e->ne[0] : 1;
     if (e->rope_heads <= 0 || e->ndim != 2) {
         qtc_tensor *t = qtc_tensor_wrap(e->dtype, e->ndim, e->ne, (void *)(uintptr_t)e->data, NULL, err);
@@ -414,6 +427,8 @@ qtc_model_file *qtc_model_open(const char *path, qtc_error *err)
                                "%s: unknown model format (not safetensors, GGUF, llama2.c or a zstd frame of one)", f->name);
         }
     }
+    if (rc == QTC_OK && (m->format == QTC_FMT_SAFETENSORS || m->format == QTC_FMT_HF))
+        rc = qlayout_fold(m, err);
     if (rc != QTC_OK) {
         qtc_model_close(m);
         return NULL;

@@ -4,6 +4,7 @@
  * known), so tensors can then arrive in any order and go straight to their
  * offsets. GGUF gets llama.cpp's names and keys, and q/k rows in the
  * interleaved rotary order llama.cpp expects. */
+#include <cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,28 @@ struct qtc_model_writer {
     char dir[4096], tmpdir[4096];
     char *config_json, *tokenizer_json;
 };
+
+/* The config JSON with extra's "qtc.quantization_config" (JSON text), if any,
+ * set as its quantization_config. malloc'd; NULL on failure. */
+static char *config_with_quant(const char *config_json, const qtc_kvs *extra)
+{
+    const char *qc = extra ? qtc_kvs_str(extra, "qtc.quantization_config") : NULL;
+    if (!qc)
+        return strdup(config_json);
+    cJSON *o = cJSON_Parse(config_json), *q = cJSON_Parse(qc);
+    char *out = NULL;
+    if (cJSON_IsObject(o) && q) {
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "quantization_config");
+        cJSON_AddItemToObject(o, "quantization_config", q);
+        q = NULL;
+        char *j = cJSON_Print(o);
+        out = j ? strdup(j) : NULL;
+        cJSON_free(j);
+    }
+    cJSON_Delete(q);
+    cJSON_Delete(o);
+    return out;
+}
 
 /* --- a growable byte buffer for GGUF headers ------------------------------------- */
 
@@ -240,7 +263,9 @@ static qtc_status layout_safetensors(qtc_model_writer *w, const qtc_model_file *
         goto nomem;
     if (lone_file && src) { /* a single file keeps what a folder would hold beside it */
         if (src->has_config) {
-            cfg = src->config_json ? strdup(src->config_json) : carry_config_json(&src->config);
+            char *plain = src->config_json ? strdup(src->config_json) : carry_config_json(&src->config);
+            cfg = plain ? config_with_quant(plain, extra) : NULL;
+            free(plain);
             if (!cfg || qtc_kvs_set_str(&meta, "qtc.config", cfg))
                 goto nomem;
         }
@@ -266,7 +291,8 @@ static qtc_status layout_safetensors(qtc_model_writer *w, const qtc_model_file *
         qtc_kvs_free(&tok);
     }
     for (int i = 0; extra && i < extra->n; i++)
-        if (extra->kv[i].type == QTC_KV_STRING && qtc_kvs_copy(&meta, &extra->kv[i]))
+        if (extra->kv[i].type == QTC_KV_STRING && strcmp(extra->kv[i].key, "qtc.quantization_config") != 0 &&
+            qtc_kvs_copy(&meta, &extra->kv[i]))
             goto nomem;
     uint64_t len;
     header = safetensors_header(w->e, w->n, &meta, order, w->offsets, &len, err);
@@ -338,8 +364,11 @@ qtc_model_writer *qtc_writer_open(const char *path, qtc_format fmt, int compress
                 goto fail;
             }
         }
-        if (src && src->has_config)
-            w->config_json = src->config_json ? strdup(src->config_json) : carry_config_json(&src->config);
+        if (src && src->has_config) {
+            char *plain = src->config_json ? strdup(src->config_json) : carry_config_json(&src->config);
+            w->config_json = plain ? config_with_quant(plain, extra) : NULL;
+            free(plain);
+        }
         if (src && src->tokenizer_json)
             w->tokenizer_json = strdup(src->tokenizer_json);
         char file[4200];

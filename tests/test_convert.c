@@ -13,6 +13,7 @@
 #include "harness.h"
 #include "qtc/convert.h"
 #include "qtc/quant.h"
+#include "qtc/rng.h"
 
 static char tmpdir[256];
 
@@ -427,4 +428,75 @@ TEST(gguf_from_the_hf_folder_and_from_llama2c_carry_the_same_vocabulary)
     qtc_model_close(hf);
     qtc_model_close(a);
     qtc_model_close(b);
+}
+
+TEST(quantized_layouts_write_and_read_back_exactly)
+{
+    /* every scheme, on rows of 172 (partial last groups) and 64: what is read back
+     * from the file is the qweight that was written, and dequantizes the same */
+    const char *names[] = {"int8", "int8-tensor", "int8-g32-asym", "int4-g32", "int4-g32-asym", "int4-tensor-asym",
+                           "int3-g32", "int2-g64-asym", "int4", "nf4", "nf4-single"};
+    enum { R = 64, C = 172 };
+    static float w[R * C], a[R * C];
+    qtc_rng r;
+    qtc_rng_seed(&r, 41);
+    for (int i = 0; i < R * C; i++)
+        w[i] = (float)(0.05 * qtc_rng_normal(&r) + (i % 7 == 0 ? 0.02 : 0));
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        qtc_qscheme s;
+        qtc_qweight q, back;
+        qtc_error err;
+        CHECK(qtc_qscheme_parse(names[k], &s) == 0);
+        CHECK(qtc_qweight_quantize(w, R, C, &s, &q, &err) == QTC_OK);
+        int n = qtc_qlayout_count(&s);
+        qtc_out_entry e[8];
+        qtc_tensor *parts[8];
+        CHECK(qtc_qlayout_entries(&s, "model.layers.0.mlp.down_proj.weight", R, C, e) == 0);
+        CHECK_MSG(qtc_qlayout_pack(&q, "model.layers.0.mlp.down_proj.weight", parts, &err) == QTC_OK, "%s", err.msg);
+        qtc_kvs extra = {0};
+        char *qc = qtc_qlayout_hf_config(&s);
+        qtc_kvs_set_str(&extra, "qtc.quantization_config", qc);
+        free(qc);
+        qtc_model_file *src = qtc_model_open(shared_path("models/stories260K/stories260K.bin"), &err); /* for the config */
+        qtc_model_writer *wr = qtc_writer_open(tmp("q.safetensors"), QTC_FMT_SAFETENSORS, 0, src, e, n, &extra, &err);
+        CHECK_MSG(wr, "%s", err.msg);
+        for (int i = 0; i < n; i++)
+            CHECK(qtc_writer_put(wr, i, parts[i], &err) == QTC_OK);
+        CHECK_MSG(qtc_writer_commit(wr, &err) == QTC_OK, "%s", err.msg);
+        qtc_model_file *m = qtc_model_open(tmp("q.safetensors"), &err);
+        CHECK_MSG(m && m->n_tensors == 1 && m->tensors[0].qparts.scheme_set, "%s: %s", names[k], m ? "not folded" : err.msg);
+        CHECK(strcmp(m->tensors[0].name, "model.layers.0.mlp.down_proj.weight") == 0);
+        CHECK_MSG(!memcmp(&m->tensors[0].scheme, &s, sizeof s), "%s: scheme read back differs", names[k]);
+        CHECK(qtc_model_qweight(m, 0, &back, &err) == QTC_OK);
+        CHECK_MSG(memcmp(back.q, q.q, R * C) == 0, "%s: values differ", names[k]);
+        qtc_qweight_dequantize(&q, a);
+        qtc_tensor *t = qtc_model_tensor(m, 0, &err);
+        CHECK_MSG(t && memcmp(t->data, a, sizeof a) == 0, "%s: dequantized weights differ", names[k]);
+        qtc_tensor_free(t);
+        for (int i = 0; i < n; i++)
+            qtc_tensor_free(parts[i]);
+        qtc_qweight_free(&q);
+        qtc_qweight_free(&back);
+        qtc_kvs_free(&extra);
+        qtc_model_close(m);
+        qtc_model_close(src);
+    }
+}
+
+TEST(quantized_layouts_with_inconsistent_parts_are_rejected)
+{
+    static char b[4096];
+    size_t n;
+    const char *cases[][2] = {
+        {"{\"m.weight_scale\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+         "\"m.weight\":{\"dtype\":\"I8\",\"shape\":[2,4],\"data_offsets\":[24,32]}}", "inconsistent"},
+        {"{\"m.weight_scale\":{\"dtype\":\"F32\",\"shape\":[2,1],\"data_offsets\":[0,8]},"
+         "\"m.weight_packed\":{\"dtype\":\"I32\",\"shape\":[2,1],\"data_offsets\":[8,16]}}", "weight_shape"},
+        {"{\"w.weight.quant_state.bitsandbytes__nf4\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[0,8]}}", "quant state"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        n = st_file(b, sizeof b, cases[i][0], i == 0 ? 32 : i == 1 ? 16 : 8);
+        if (!rejects(cases[i][1], b, n, cases[i][1]))
+            return;
+    }
 }

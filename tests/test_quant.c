@@ -1,5 +1,6 @@
 /* test_quant.c: ggml block types against ggml's own output (golden files),
  * round-trip error bounds, special inputs and the fallback policy. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,4 +198,202 @@ TEST(tensor_quantize_reads_strided_and_half_inputs)
     qtc_tensor_free(b);
     qtc_tensor_free(h);
     qtc_tensor_free(hq);
+}
+
+/* --- integer and NF4 schemes ------------------------------------------------------- */
+
+TEST(scheme_names_parse_and_print_back)
+{
+    const char *names[] = {"int8", "int8-tensor", "int4-g32", "int4-g64-asym", "int8-g128", "int3-g32",
+                           "int2-g64-asym", "int8-tensor-asym", "nf4", "nf4-single"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        qtc_qscheme s;
+        char back[64];
+        CHECK_MSG(qtc_qscheme_parse(names[i], &s) == 0, "%s", names[i]);
+        qtc_qscheme_name(&s, back, sizeof back);
+        CHECK_MSG(strcmp(back, names[i]) == 0, "%s printed as %s", names[i], back);
+    }
+    qtc_qscheme s;
+    CHECK(qtc_qscheme_parse("int9", &s) != 0 && qtc_qscheme_parse("int4-g0", &s) != 0 &&
+          qtc_qscheme_parse("int4-gx", &s) != 0 && qtc_qscheme_parse("q4_0", &s) != 0);
+    qtc_qscheme_parse("int4-g32", &s);
+    CHECK(fabs(qtc_qscheme_bpw(&s, 64, 64) - 5.0) < 1e-12); /* 4 bits + an f32 scale per 32 */
+    qtc_qscheme_parse("nf4", &s);
+    CHECK(fabs(qtc_qscheme_bpw(&s, 4096, 4096) - (4 + (8 + 32.0 / 256) / 64)) < 1e-9); /* 4.127 */
+}
+
+TEST(int_qparams_are_pytorchs_minmax_observer_values)
+{
+    float x[5] = {-1.0f, 0.25f, 3.0f, 0.5f, -0.5f};
+    float s;
+    int z;
+    qtc_int_qparams(x, 5, 8, 1, &s, &z); /* max |x| / 127.5 */
+    CHECK(s == 3.0f / 127.5f && z == 0);
+    qtc_int_qparams(x, 5, 8, 0, &s, &z); /* (3 - -1) / 255, z = -128 - round(-1 / s) */
+    CHECK(s == 4.0f / 255.0f && z == -128 - (int)nearbyintf(-1.0f / s));
+    float pos[3] = {1.0f, 2.0f, 4.0f}; /* the range is widened to include 0 */
+    qtc_int_qparams(pos, 3, 4, 0, &s, &z);
+    CHECK(s == 4.0f / 15.0f && z == -8);
+    float zeros[4] = {0};
+    qtc_int_qparams(zeros, 4, 4, 1, &s, &z);
+    CHECK(s == FLT_EPSILON && z == 0);
+    /* rounding half to even through the float reciprocal, clamped (the QAT boundary cases) */
+    CHECK(qtc_int_quantize_one(63.7f, 2.0f, 0, 8) == 127 && qtc_int_quantize_one(63.75f, 2.0f, 0, 8) == 127);
+    CHECK(qtc_int_quantize_one(-64.25f, 2.0f, 0, 8) == -128 && qtc_int_quantize_one(-64.3f, 2.0f, 0, 8) == -128);
+    CHECK(qtc_int_quantize_one(0.25f, 2.0f, 0, 8) == 0 && qtc_int_quantize_one(0.75f, 2.0f, 0, 8) == 2);
+    CHECK(qtc_int_quantize_one(1e30f, 1e10f, 3, 4) == 7 && qtc_int_quantize_one(-1e30f, 1e10f, 3, 4) == -8);
+}
+
+/* The same quantization written plainly in double precision: scale and zero
+ * point per group, q = clamp(round(x / s) + z). Equal to qtc's except where
+ * x / s sits within 1e-4 of a rounding tie (float and double may disagree). */
+static int int_matches_reference(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s, const qtc_qweight *q)
+{
+    int qmin = QTC_QMIN(s->bits), qmax = QTC_QMAX(s->bits);
+    int64_t g = s->group > 0 ? s->group : s->group == 0 ? cols : rows * cols;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c0 = 0; c0 < cols; c0 += g) {
+            const float *x = s->group < 0 ? w : w + r * cols + c0;
+            int64_t len = s->group < 0 ? rows * cols : (c0 + g <= cols ? g : cols - c0);
+            double lo = 0, hi = 0;
+            for (int64_t j = 0; j < len; j++) {
+                lo = fmin(lo, x[j]);
+                hi = fmax(hi, x[j]);
+            }
+            double sc = s->symmetric ? fmax(-lo, hi) / ((qmax - qmin) / 2.0) : (hi - lo) / (qmax - qmin);
+            sc = fmax(sc, FLT_EPSILON);
+            double z = s->symmetric ? 0 : fmin(qmax, fmax(qmin, qmin - nearbyint(lo / sc)));
+            for (int64_t j = 0; j < len; j++) {
+                double t = x[j] / sc;
+                int want = (int)fmin(qmax, fmax(qmin, nearbyint(t) + z));
+                int64_t at = s->group < 0 ? j : r * cols + c0 + j;
+                if (q->q[at] != want && fabs(fabs(t - floor(t)) - 0.5) > 1e-4) {
+                    test_fail(__FILE__, __LINE__, "element %lld: q %d, reference %d (x/s = %.6f)", (long long)at, q->q[at], want, t);
+                    return 0;
+                }
+            }
+            if (s->group < 0)
+                return 1;
+        }
+    return 1;
+}
+
+TEST(int_schemes_match_a_double_reference_with_partial_last_groups)
+{
+    const char *names[] = {"int8", "int8-tensor", "int8-tensor-asym", "int4-g32", "int4-g32-asym", "int4-g64",
+                           "int4-g128-asym", "int3-g32", "int2-g32-asym", "int8-g32"};
+    enum { R = 7, C = 172 }; /* stories260K's down-projection width: 172 = 5 * 32 + 12 */
+    static float w[R * C], back[R * C];
+    qtc_rng r;
+    qtc_rng_seed(&r, 17);
+    for (int i = 0; i < R * C; i++)
+        w[i] = (float)(qtc_rng_normal(&r) * (i % 13 == 0 ? 4 : 1) + (i % 5 == 0 ? 0.3 : 0));
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        qtc_qscheme s;
+        qtc_qweight q;
+        qtc_error err;
+        CHECK(qtc_qscheme_parse(names[k], &s) == 0);
+        CHECK_MSG(qtc_qweight_quantize(w, R, C, &s, &q, &err) == QTC_OK, "%s", err.msg);
+        if (!int_matches_reference(w, R, C, &s, &q)) {
+            test_fail(__FILE__, __LINE__, "%s", names[k]);
+            qtc_qweight_free(&q);
+            return;
+        }
+        qtc_qweight_dequantize(&q, back);
+        /* every value is within half a step of its group's scale (unless clamped at qmax) */
+        qtc_quant_error e = qtc_quant_error_of(w, back, R * C);
+        double bound = 1.1 * 4.0 / (1 << s.bits) * (s.group < 0 ? 2.5 : 1.3);
+        CHECK_MSG(e.rms_rel < bound, "%s: relative RMS error %.4f > %.4f", names[k], e.rms_rel, bound);
+        qtc_qweight_free(&q);
+    }
+}
+
+TEST(int_per_group_beats_per_channel_and_asymmetric_wins_on_skewed_rows)
+{
+    enum { R = 16, C = 256 };
+    static float w[R * C], back[R * C];
+    qtc_rng r;
+    qtc_rng_seed(&r, 23);
+    for (int i = 0; i < R * C; i++) /* an outlier every 128 values, and a positive skew */
+        w[i] = (float)(fabs(qtc_rng_normal(&r)) + (i % 128 == 5 ? 12 : 0));
+    double err[4];
+    const char *names[4] = {"int4", "int4-g32", "int4-g32-asym", "int4-tensor"};
+    for (int k = 0; k < 4; k++) {
+        qtc_qscheme s;
+        qtc_qweight q;
+        qtc_qscheme_parse(names[k], &s);
+        CHECK(qtc_qweight_quantize(w, R, C, &s, &q, NULL) == QTC_OK);
+        qtc_qweight_dequantize(&q, back);
+        err[k] = qtc_quant_error_of(w, back, R * C).rms_rel;
+        qtc_qweight_free(&q);
+    }
+    CHECK_MSG(err[1] < err[0] && err[2] < err[1] && err[0] < err[3], "errors %g %g %g %g", err[0], err[1], err[2], err[3]);
+}
+
+TEST(nf4_codes_are_bitsandbytes_published_values)
+{
+    /* QLoRA's NF4 table as bitsandbytes hard-codes it */
+    const double want[16] = {-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                             -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                             0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                             0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0};
+    for (int i = 0; i < 16; i++)
+        CHECK(qtc_nf4_code[i] == (float)want[i]);
+    float map[256];
+    qtc_dynamic_map(map);
+    int zeros = 0;
+    for (int i = 0; i < 256; i++) {
+        if (i)
+            CHECK(map[i] >= map[i - 1]);
+        zeros += map[i] == 0.0f;
+    }
+    CHECK(map[255] == 1.0f && zeros == 1 && map[0] > -1.0f && map[0] < -0.99f);
+    CHECK(fabsf(map[128] - 1e-6f * 0.55f) < 1e-9f); /* the smallest positive value: 1e-6 * mean(0.1, 1) */
+}
+
+TEST(nf4_picks_the_nearest_code_per_block_and_double_quant_keeps_absmax_close)
+{
+    enum { R = 12, C = 100 }; /* 1200 values: 18 full blocks of 64 and a partial one */
+    static float w[R * C], back[R * C];
+    qtc_rng r;
+    qtc_rng_seed(&r, 31);
+    for (int i = 0; i < R * C; i++)
+        w[i] = (float)(0.02 * qtc_rng_normal(&r) * (1 + i / 300));
+    qtc_qscheme single, dq;
+    qtc_qscheme_parse("nf4-single", &single);
+    qtc_qscheme_parse("nf4", &dq);
+    qtc_qweight q;
+    CHECK(qtc_qweight_quantize(w, R, C, &single, &q, NULL) == QTC_OK);
+    CHECK(q.n_blocks == 19);
+    for (int64_t b = 0; b < q.n_blocks; b++) {
+        double am = 0;
+        for (int64_t j = b * 64; j < (b + 1) * 64 && j < R * C; j++)
+            am = fmax(am, fabs(w[j]));
+        CHECK(q.scale[b] == (float)am);
+        for (int64_t j = b * 64; j < (b + 1) * 64 && j < R * C; j++) { /* nearest code, in double */
+            double v = w[j] / am, best = 1e9;
+            int bi = 0;
+            for (int c = 0; c < 16; c++)
+                if (fabs(v - qtc_nf4_code[c]) < best) {
+                    best = fabs(v - qtc_nf4_code[c]);
+                    bi = c;
+                }
+            double gap = fabs(fabs(v - qtc_nf4_code[bi]) - fabs(v - qtc_nf4_code[(uint8_t)q.q[j]]));
+            CHECK_MSG(q.q[j] == bi || gap < 1e-6, "element %lld: code %d, nearest %d", (long long)j, q.q[j], bi);
+        }
+    }
+    qtc_qweight_dequantize(&q, back);
+    double e_single = qtc_quant_error_of(w, back, R * C).rms_rel;
+    qtc_qweight_free(&q);
+    CHECK(qtc_qweight_quantize(w, R, C, &dq, &q, NULL) == QTC_OK);
+    float map[256];
+    qtc_dynamic_map(map);
+    for (int64_t b = 0; b < q.n_blocks; b++) { /* the absmax a reader rebuilds, within the map's resolution */
+        float rebuilt = map[q.absmax_q[b]] * q.nested_absmax[0] + q.nested_offset;
+        CHECK(q.scale[b] == rebuilt);
+    }
+    qtc_qweight_dequantize(&q, back);
+    double e_dq = qtc_quant_error_of(w, back, R * C).rms_rel;
+    CHECK_MSG(e_single < 0.12 && e_dq < e_single * 1.05, "nf4 errors: single %g, double %g", e_single, e_dq);
+    qtc_qweight_free(&q);
 }

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "qtc/io.h"
+#include "qtc/quant.h"
 #include "qtc/tensor.h"
 
 typedef enum qtc_format {
@@ -94,6 +95,18 @@ typedef struct qtc_llama_config {
 
 /* --- reading -------------------------------------------------------------------------- */
 
+/* The stored parts of a weight kept in a quantized layout (compressed-tensors
+ * or bitsandbytes), checked for size when the file was opened. */
+typedef struct qtc_qparts {
+    int scheme_set;                  /* 1 when the entry is a quantized weight */
+    const unsigned char *packed;     /* INT: i8 values or i32 words; NF4: nibble pairs */
+    const unsigned char *scale;      /* INT: f32 scales */
+    const unsigned char *zero;       /* INT asymmetric: i8 values or i32 words (dim 0) */
+    const unsigned char *absmax;     /* NF4: f32, or u8 codes when double-quantized */
+    const unsigned char *nested_absmax, *nested_map, *quant_map; /* NF4: f32 */
+    float nested_offset;             /* NF4 double quant */
+} qtc_qparts;
+
 typedef struct qtc_tensor_entry {
     char name[QTC_NAME_MAX]; /* canonical (HF) name */
     qtc_dtype dtype;
@@ -103,6 +116,10 @@ typedef struct qtc_tensor_entry {
     size_t nbytes;
     int rope_heads;            /* >0: rows are interleaved-rotary for this many heads */
     int input;                 /* index into the model's inputs (for messages) */
+    int hidden;                /* a part of a quantized weight, listed under that weight */
+    qtc_qscheme scheme;        /* for a quantized weight (qparts.scheme_set): dtype is f32,
+                                  the logical type, and qtc_model_tensor dequantizes */
+    qtc_qparts qparts;
 } qtc_tensor_entry;
 
 typedef struct qtc_model_file {
@@ -127,6 +144,10 @@ int qtc_model_find(const qtc_model_file *m, const char *name);
 /* Tensor i in HF layout: a view of the mapped bytes, or a copy when its rows
  * had to be permuted. Free with qtc_tensor_free. */
 qtc_tensor *qtc_model_tensor(const qtc_model_file *m, int i, qtc_error *err);
+
+/* The stored form of quantized weight i (qparts.scheme_set): unpacked into q
+ * (caller frees with qtc_qweight_free). */
+qtc_status qtc_model_qweight(const qtc_model_file *m, int i, qtc_qweight *q, qtc_error *err);
 
 /* Parses an HF config.json (LlamaForCausalLM and close relatives). */
 qtc_status qtc_config_from_json(qtc_llama_config *c, const char *json, const char *what, qtc_error *err);
@@ -164,5 +185,29 @@ qtc_status qtc_writer_commit(qtc_model_writer *w, qtc_error *err);
 void qtc_writer_abort(qtc_model_writer *w);
 /* The llama.cpp name of an HF tensor name ("blk.0.attn_q.weight"), or NULL. */
 const char *qtc_gguf_name(const char *hf_name, char *buf, size_t cap);
+
+/* --- quantized layouts in safetensors --------------------------------------------------
+ * Integer schemes use compressed-tensors' layout: 8 bits as `<module>.weight` (i8) with
+ * `<module>.weight_scale` (f32, [out, groups], [1] per tensor) and, when asymmetric,
+ * `<module>.weight_zero_point` (i8, the scale's shape); fewer bits as
+ * `<module>.weight_packed` (i32 [out, ceil(in / (32/bits))], values + 2^(bits-1), LSB
+ * first along the input dimension), `weight_scale`, `weight_shape` (i32 [2]) and an
+ * asymmetric `weight_zero_point` packed the same way along dimension 0.
+ * NF4 uses bitsandbytes' layout: `<module>.weight` (u8 [ceil(n/2), 1], the first value in
+ * the high nibble), `.weight.absmax` (f32, or u8 codes with double quantization),
+ * `.weight.quant_map` (f32 [16]), `.weight.nested_absmax`, `.weight.nested_quant_map`
+ * and `.weight.quant_state.bitsandbytes__nf4` (u8, the JSON of blocksize, shape, dtype,
+ * nested_blocksize, nested_dtype, nested_offset). */
+
+/* How many stored tensors a weight of this scheme becomes, and their entries
+ * (-1 when a part's name would be too long). */
+int qtc_qlayout_count(const qtc_qscheme *s);
+int qtc_qlayout_entries(const qtc_qscheme *s, const char *weight_name, int64_t rows, int64_t cols,
+                         qtc_out_entry *out);
+/* The stored tensors of q, in the order of qtc_qlayout_entries (caller frees each). */
+qtc_status qtc_qlayout_pack(const qtc_qweight *q, const char *weight_name, qtc_tensor **out, qtc_error *err);
+/* The quantization_config an HF config.json gets for a model whose linear layers use s
+ * (a cJSON object as malloc'd text). */
+char *qtc_qlayout_hf_config(const qtc_qscheme *s);
 
 #endif

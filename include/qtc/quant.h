@@ -49,4 +49,72 @@ typedef struct qtc_quant_error {
 } qtc_quant_error;
 qtc_quant_error qtc_quant_error_of(const float *x, const float *q, int64_t n);
 
+
+/* --- qtc's own schemes: integers per tensor, channel or group, and NF4 ------- */
+
+typedef enum qtc_qkind { QTC_QK_INT = 0, QTC_QK_NF4 = 1 } qtc_qkind;
+
+typedef struct qtc_qscheme {
+    qtc_qkind kind;
+    int bits;         /* INT: 2 to 8; NF4: 4 */
+    int group;        /* INT: elements per group along a row (the input dimension), 0 for one
+                         group per row (per channel), -1 for the whole tensor; the last group
+                         of a row may be partial. NF4: the block size (64), over the flattened tensor */
+    int symmetric;    /* INT: zero point 0 */
+    int double_quant; /* NF4: absmax values quantized in blocks of 256 (QLoRA's double quantization) */
+} qtc_qscheme;
+
+/* Parses a scheme name: int8 (per channel, symmetric), int8-tensor, intB-gG
+ * (B in 2..8, G in 32/64/128 or any positive size), each with an optional
+ * -asym suffix; nf4 (double quantization) and nf4-single. Returns 0 on success. */
+int qtc_qscheme_parse(const char *name, qtc_qscheme *s);
+void qtc_qscheme_name(const qtc_qscheme *s, char *buf, size_t cap);
+/* Stored bits per weight, counting scales and zero points (f32 scales, int8
+ * zero points; NF4: packed codes plus its absmax statistics). */
+double qtc_qscheme_bpw(const qtc_qscheme *s, int64_t rows, int64_t cols);
+
+/* The integer range of a bit width: [-2^(b-1), 2^(b-1) - 1]. */
+#define QTC_QMIN(bits) (-(1 << ((bits) - 1)))
+#define QTC_QMAX(bits) ((1 << ((bits) - 1)) - 1)
+
+/* A weight matrix quantized with a scheme. */
+typedef struct qtc_qweight {
+    qtc_qscheme s;
+    int64_t rows, cols;   /* [out, in] */
+    int64_t n_groups;     /* INT: groups per row (1 per channel; per tensor: 1 in all) */
+    int8_t *q;            /* INT: rows*cols values in [qmin, qmax]; NF4: codes 0..15 */
+    float *scale;         /* INT: rows*n_groups (per tensor: 1); NF4: absmax per block as used */
+    int8_t *zero;         /* INT asymmetric: like scale; NULL when symmetric */
+    int64_t n_blocks;     /* NF4: blocks of s.group over rows*cols */
+    uint8_t *absmax_q;    /* NF4 double quant: n_blocks codes into the dynamic map */
+    float *nested_absmax; /* NF4 double quant: per 256 blocks */
+    float nested_offset;  /* NF4 double quant: the mean absmax subtracted first */
+} qtc_qweight;
+
+/* Scale and zero point of one group as PyTorch's min-max observers compute
+ * them: the range is widened to include 0; symmetric scale = max|x| /
+ * ((qmax - qmin) / 2), asymmetric scale = (max - min) / (qmax - qmin) with
+ * zero point qmin - round(min / scale) clamped to the range; scales are at
+ * least FLT_EPSILON. */
+void qtc_int_qparams(const float *x, int64_t n, int bits, int symmetric, float *scale, int *zero);
+/* clamp(nearbyint(x * (1/scale)) + zero, qmin, qmax): the rounding of
+ * PyTorch's fake quantization (the reciprocal is a float32). */
+int qtc_int_quantize_one(float x, float inv_scale, int zero, int bits);
+
+/* Quantizes w (rows x cols, f32) with s into q (fields allocated here).
+ * QTC_ERR_NUMERIC on NaN or Inf. */
+qtc_status qtc_qweight_quantize(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
+                                qtc_qweight *q, qtc_error *err);
+/* Dequantizes into w (rows x cols): (q - zero) * scale; NF4: code[q] * absmax. */
+void qtc_qweight_dequantize(const qtc_qweight *q, float *w);
+/* Allocates the arrays of q for its scheme and shape (zeroed); QTC_ERR_NOMEM. */
+qtc_status qtc_qweight_alloc(qtc_qweight *q, qtc_error *err);
+void qtc_qweight_free(qtc_qweight *q);
+
+/* bitsandbytes' NF4 code values (create_normal_map(offset=0.9677083)). */
+extern const float qtc_nf4_code[16];
+/* bitsandbytes' signed dynamic 8-bit map (create_dynamic_map()), the code for
+ * the double-quantized absmax values: 256 sorted values in [-1, 1]. */
+void qtc_dynamic_map(float map[256]);
+
 #endif

@@ -110,6 +110,22 @@ done
 if grep -q "model.embed_tokens.weight *q8_0" "$T/out" && grep -q "model.norm.weight *f16" "$T/out" &&
     grep -q "q_proj.weight *q4_0" "$T/out"; then ok; else bad "--tensor-type rules"; fi
 
+# --- integer and NF4 schemes (safetensors, HF folders) ---------------------------------------
+for t in int8 int8-tensor-asym int4-g32 int4-g32-asym int4-g128 int3-g32 int2-g64-asym nf4 nf4-single; do
+    expect 0 "--to $t" "$Q" "$L2C" --to "$t" -o "$T/s-$t.safetensors"
+    expect 0 "$t read back" "$Q" "$T/s-$t.safetensors" --to f32 -o "$T/deq-$t.safetensors"
+done
+expect 1 "schemes cannot go to GGUF" "$Q" "$L2C" --to int4-g32 -o "$T/x.gguf"
+stderr_has "schemes cannot go to GGUF" "GGUF cannot hold int4-g32"
+expect 0 "int4 HF folder" "$Q" "$L2C" --to int4-g32 -o "$T/hf-int4/"
+check "HF config carries quantization_config" python3 -c "
+import json; q=json.load(open('$T/hf-int4/config.json'))['quantization_config']
+assert q['quant_method']=='compressed-tensors' and q['config_groups']['group_0']['weights']['group_size']==32"
+"$Q" "$T/hf-int4" --inspect >"$T/out" 2>&1
+if grep -q "down_proj.weight *int4-g32" "$T/out"; then ok; else bad "inspect shows the scheme"; fi
+"$Q" "$T/s-nf4.safetensors" -o "$T/nf4-copy.safetensors" 2>"$T/err"
+stderr_has "a quantized layout is copied exactly" "total: .* rel rms err 0.000e+00"
+
 # --- machine-readable output ------------------------------------------------------------
 expect 0 "--json summary" "$Q" "$L2C" --to q8_0 -o "$T/j.gguf" --json --log-json "$T/log.jsonl"
 check "--json parses" python3 -c "import json,sys; d=json.load(open('$T/out')); assert 8.5 < d['bits_per_weight'] < 11 and d['rel_rms_err'] < 0.01"
@@ -127,9 +143,12 @@ if [ -n "$NUMPY_PY" ]; then
     check "numpy reads the safetensors and finds the checkpoint's values" "$NUMPY_PY" tests/oracle/safetensors_oracle.py "$T/s.safetensors" "$L2C"
     check "numpy: the same through GGUF and back" sh -c "'$Q' '$T/s-f32.gguf' -o '$T/back.safetensors' 2>/dev/null && '$NUMPY_PY' tests/oracle/safetensors_oracle.py '$T/back.safetensors' '$L2C'"
     check "numpy: f16 values" "$NUMPY_PY" tests/oracle/safetensors_oracle.py "$T/hf/model.safetensors" "$L2C"
+    for t in int8 int8-tensor-asym int4-g32 int4-g32-asym int4-g128 int3-g32 int2-g64-asym nf4 nf4-single; do
+        check "numpy decodes the $t layout as qtc does" "$NUMPY_PY" tests/oracle/qlayout_oracle.py "$T/s-$t.safetensors" "$T/deq-$t.safetensors"
+    done
 else
     echo "skip: numpy not installed" >&2
-    skip=$((skip + 3))
+    skip=$((skip + 12))
 fi
 if [ -d tests/oracle/node_modules/@huggingface/gguf ] && command -v node >/dev/null; then
     for t in f32:0 f16:1 bf16:32 q8_0:7 q4_0:2 q4_1:3 q5_0:8 q5_1:9 q4_k:8 q5_k:9 q6_k:7; do
