@@ -3,6 +3,8 @@
  * permutations. */
 #include <cJSON.h>
 #include <dirent.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,6 +229,19 @@ qtc_tensor *qtc_model_tensor(const qtc_model_file *m, int i, qtc_error *err)
     qtc_tensor_set_name(t, e->name);
     qtc_rope_rows_to_hf(e->data, t->data, rows, e->nbytes / (size_t)rows, e->rope_heads);
     return t;
+}
+
+void qtc_model_forget(const qtc_model_file *m, int i)
+{
+    const qtc_tensor_entry *e = &m->tensors[i];
+    const qtc_in *in = &m->inputs[e->input];
+    if (!in->map || !e->nbytes)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)e->data + page - 1) / page * page; /* whole pages inside the tensor only */
+    uintptr_t hi = ((uintptr_t)e->data + e->nbytes) / page * page;
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
 /* --- opening -------------------------------------------------------------------------------- */

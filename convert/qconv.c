@@ -301,9 +301,10 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
     if (!src)
         return err->code;
     int is_weight = qtc_dtype_info(e->dtype)->is_float || qtc_dtype_info(e->dtype)->is_quantized;
-    if (is_weight) { /* NaN or Inf weights are refused whatever the target */
+    int measured = !p->out.is_scheme && (p->out.dtype != e->dtype || e->qparts.scheme_set);
+    if (is_weight) { /* NaN or Inf weights are refused whatever the target (measured: checked there) */
         f = src->dtype == QTC_F32 ? src : qtc_tensor_to_f32(src, err);
-        int64_t bad = f ? qtc_tensor_find_nonfinite(f) : -1;
+        int64_t bad = f && !measured ? qtc_tensor_find_nonfinite(f) : -1;
         if (!f) {
             rc = err->code;
             goto done;
@@ -334,17 +335,16 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
     }
     const qtc_tensor *put = src;
     if (p->out.dtype != e->dtype || e->qparts.scheme_set) {
-        q = qtc_dtype_info(p->out.dtype)->is_quantized || p->out.dtype == QTC_F32 || p->out.dtype == QTC_F16 ||
-                    p->out.dtype == QTC_BF16
-                ? qtc_tensor_quantize(f, p->out.dtype, err)
-                : qtc_tensor_convert(src, p->out.dtype, err);
-        back = q ? qtc_tensor_to_f32(q, err) : NULL;
-        if (!back) {
-            rc = err->code;
+        qtc_quant_error qe;
+        q = qtc_tensor_quantize_measured(f, p->out.dtype, &qe, err);
+        if (!q) {
+            rc = qtc_error_prefix(err, "%s", m->path);
             goto done;
         }
-        if (f)
-            accumulate_error(f->data, back->data, qtc_tensor_numel(f), se, x2, mx);
+        *se += qe.sum_sq_err;
+        *x2 += qe.sum_sq_ref;
+        if (qe.max_abs > *mx)
+            *mx = qe.max_abs;
         put = q;
     } else if (f) { /* stored as is: no error, but its weights count in the totals */
         accumulate_error(f->data, f->data, qtc_tensor_numel(f), se, x2, mx);
@@ -452,6 +452,7 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
             rc = fail(&err);
             goto done;
         }
+        qtc_model_forget(m, i);
         double cnt = shape_numel(e->ne, e->ndim), rel = x2 > 0 ? sqrt(se / x2) : sqrt(se);
         double bpw = p->out.is_scheme ? qtc_qscheme_bpw(&p->out.scheme, e->ne[0], e->ne[1]) : qtc_dtype_bpw(p->out.dtype);
         double b_in = e->qparts.scheme_set ? ceil(qtc_qscheme_bpw(&e->scheme, e->ne[0], e->ne[1]) * cnt / 8) : (double)e->nbytes;

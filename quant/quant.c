@@ -6,6 +6,10 @@
 
 #include "qtc/quant.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 qtc_dtype qtc_dtype_fallback(qtc_dtype want, int64_t row_len)
 {
     /* llama.cpp's rule for K-quants on rows that are not a multiple of 256,
@@ -116,6 +120,92 @@ qtc_quant_error qtc_quant_error_of(const float *x, const float *q, int64_t n)
         if (fabs(d) > mx)
             mx = fabs(d);
     }
-    qtc_quant_error e = {sx > 0 ? sqrt(se / sx) : sqrt(se), mx};
+    qtc_quant_error e = {sx > 0 ? sqrt(se / sx) : sqrt(se), mx, se, sx};
     return e;
+}
+
+qtc_tensor *qtc_tensor_quantize_measured(const qtc_tensor *x, qtc_dtype t, qtc_quant_error *e, qtc_error *err)
+{
+    const qtc_dtype_traits *tr = qtc_dtype_info(t);
+    int64_t n = x->ndim ? x->ne[x->ndim - 1] : 1;
+    if (!tr || (!tr->is_quantized && t != QTC_F32 && t != QTC_F16 && t != QTC_BF16) || n % tr->block_size) {
+        qtc_error_set(err, QTC_ERR_USAGE, "tensor '%s': cannot store rows of %lld as %s", x->name, (long long)n,
+                      tr ? tr->name : "an unknown type");
+        return NULL;
+    }
+    qtc_tensor *src = x->dtype == QTC_F32 && qtc_tensor_is_contiguous(x) ? NULL : qtc_tensor_to_f32(x, err);
+    if (!src && !(x->dtype == QTC_F32 && qtc_tensor_is_contiguous(x)))
+        return NULL;
+    const float *xs = src ? src->data : x->data;
+    int64_t rows = n ? qtc_tensor_numel(x) / n : 0;
+    qtc_tensor *y = qtc_tensor_new(t, x->ndim ? x->ndim : 1, x->ndim ? x->ne : QTC_SHAPE(1), err);
+    double *row_stats = malloc((size_t)(3 * rows + 1) * sizeof(double));
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    float *scratch = malloc((size_t)(threads * n + 1) * sizeof(float));
+    if (!y || !row_stats || !scratch) {
+        qtc_error_set(err, QTC_ERR_NOMEM, "out of memory quantizing tensor '%s'", x->name);
+        goto fail;
+    }
+    qtc_tensor_set_name(y, x->name);
+    size_t row_bytes = qtc_dtype_row_size(t, n);
+    int64_t bad = -1;
+    #pragma omp parallel for schedule(static) if (rows * n > 65536)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = xs + r * n;
+        int64_t j = 0;
+        while (j < n && isfinite(xr[j]))
+            j++;
+        if (j < n) {
+            #pragma omp critical
+            if (bad < 0 || r * n + j < bad)
+                bad = r * n + j;
+            continue;
+        }
+        void *yr = (char *)y->data + (size_t)r * row_bytes;
+        qtc_quantize_row(t, xr, yr, n, NULL);
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *back = scratch + (int64_t)tid * n;
+        qtc_dequantize_row(t, yr, back, n);
+        double se = 0, sx = 0, mx = 0;
+        for (int64_t k = 0; k < n; k++) {
+            double d = (double)back[k] - (double)xr[k];
+            se += d * d;
+            sx += (double)xr[k] * xr[k];
+            if (fabs(d) > mx)
+                mx = fabs(d);
+        }
+        row_stats[3 * r] = se;
+        row_stats[3 * r + 1] = sx;
+        row_stats[3 * r + 2] = mx;
+    }
+    if (bad >= 0) {
+        qtc_error_set(err, QTC_ERR_NUMERIC, "tensor '%s': element %lld is %s", x->name, (long long)bad,
+                      isnan(xs[bad]) ? "NaN" : "infinite");
+        goto fail;
+    }
+    double se = 0, sx = 0, mx = 0; /* rows in order: the same sums for any thread count */
+    for (int64_t r = 0; r < rows; r++) {
+        se += row_stats[3 * r];
+        sx += row_stats[3 * r + 1];
+        if (row_stats[3 * r + 2] > mx)
+            mx = row_stats[3 * r + 2];
+    }
+    if (e)
+        *e = (qtc_quant_error){sx > 0 ? sqrt(se / sx) : sqrt(se), mx, se, sx};
+    free(row_stats);
+    free(scratch);
+    qtc_tensor_free(src);
+    return y;
+fail:
+    free(row_stats);
+    free(scratch);
+    qtc_tensor_free(src);
+    qtc_tensor_free(y);
+    return NULL;
 }

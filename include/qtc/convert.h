@@ -149,6 +149,11 @@ qtc_tensor *qtc_model_tensor(const qtc_model_file *m, int i, qtc_error *err);
  * (caller frees with qtc_qweight_free). */
 qtc_status qtc_model_qweight(const qtc_model_file *m, int i, qtc_qweight *q, qtc_error *err);
 
+/* Tells the kernel tensor i's mapped pages are not needed any more, so a
+ * conversion that visits each tensor once keeps its resident memory near one
+ * tensor (the pages are read again if touched). */
+void qtc_model_forget(const qtc_model_file *m, int i);
+
 /* Parses an HF config.json (LlamaForCausalLM and close relatives). */
 qtc_status qtc_config_from_json(qtc_llama_config *c, const char *json, const char *what, qtc_error *err);
 /* Reads llama.* keys of GGUF metadata. */

@@ -44,10 +44,19 @@ qtc_tensor *qtc_tensor_to_f32(const qtc_tensor *x, qtc_error *err);
 
 /* Error statistics of a quantized tensor against its source, in double. */
 typedef struct qtc_quant_error {
-    double rms_rel;   /* sqrt(sum (q - x)^2 / sum x^2); 0 when x is all zeros */
-    double max_abs;   /* max |q - x| */
+    double rms_rel;    /* sqrt(sum (q - x)^2 / sum x^2); 0 when x is all zeros */
+    double max_abs;    /* max |q - x| */
+    double sum_sq_err; /* sum (q - x)^2, for totals over many tensors */
+    double sum_sq_ref; /* sum x^2 */
 } qtc_quant_error;
 qtc_quant_error qtc_quant_error_of(const float *x, const float *q, int64_t n);
+
+/* qtc_tensor_quantize that also measures the stored values' error against x,
+ * row by row in the same parallel pass (nothing dequantized is kept), and
+ * refuses NaN or Inf for every target type (QTC_ERR_NUMERIC naming the tensor
+ * and the element). t may be any float or ggml type. The statistics do not
+ * depend on the thread count. */
+qtc_tensor *qtc_tensor_quantize_measured(const qtc_tensor *x, qtc_dtype t, qtc_quant_error *e, qtc_error *err);
 
 
 /* --- qtc's own schemes: integers per tensor, channel or group, and NF4 ------- */
