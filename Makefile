@@ -2,6 +2,7 @@
 #   make            libqtc.a, libqtc.so and the tools in bin/
 #   make test       builds and runs every test; ends with "N passed, N failed"
 #   make check      the same tests built with -fsanitize=address,undefined
+#   make demo       qconv's pipeline on ../shared/models/stories260K (examples/demo.sh)
 #   make bench      benchmarks (ratios against a baseline measured in the same run)
 #   make install    PREFIX=/usr/local DESTDIR= : tools, library, headers, qtc.pc, man pages
 # Options: NATIVE=1 adds -march=native; WERROR=1 makes warnings errors in the
@@ -68,7 +69,7 @@ BINDIR := $(BUILD)/bin
 endif
 TOOL_BIN := $(addprefix $(BINDIR)/,$(TOOLS))
 
-.PHONY: all lib test check bench install uninstall clean unit
+.PHONY: all lib test check bench install uninstall clean unit demo
 all: lib $(TOOL_BIN)
 lib: $(BUILD)/libqtc.a $(BUILD)/libqtc.so
 
@@ -120,7 +121,11 @@ check:
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  QTC_BUILD=build/check QTC_BIN=build/check/bin sh tests/run.sh
 
-bench: $(BENCH_BIN)
+# the README's first command: qconv's main pipeline on stories260K
+demo: all
+	@QTC_BIN=$(BINDIR) sh examples/demo.sh build/demo
+
+bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
 
 qtc.pc: qtc.pc.in

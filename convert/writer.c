@@ -465,6 +465,9 @@ qtc_status qtc_writer_commit(qtc_model_writer *w, qtc_error *err)
         if (rc == QTC_OK && w->config_json)
             rc = write_text(dir, "config.json", w->config_json, err);
         if (rc == QTC_OK && w->tmpdir[0]) {
+            mode_t mask = umask(0); /* mkdtemp makes 0700 folders; give the usual 0777 & ~umask */
+            umask(mask);
+            chmod(w->tmpdir, 0777 & ~mask);
             if (rename(w->tmpdir, w->dir) != 0)
                 rc = qtc_error_set(err, QTC_ERR_IO, "%s: cannot move the finished folder into place: %s", w->dir,
                                    strerror(errno));

@@ -500,3 +500,56 @@ TEST(quantized_layouts_with_inconsistent_parts_are_rejected)
             return;
     }
 }
+
+TEST(sharded_hf_folders_are_read_through_their_index)
+{
+    /* two shards written with qtc's writer, an index naming them */
+    qtc_error err;
+    qtc_model_file *src = qtc_model_open(shared_path("models/stories260K-hf"), &err);
+    CHECK_MSG(src, "%s", err.msg);
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", tmp("sharded"));
+    mkdir(dir, 0755);
+    int half = src->n_tensors / 2;
+    char path[600], index[8192] = "{\"metadata\":{\"total_size\":1040128},\"weight_map\":{";
+    size_t o = strlen(index);
+    for (int s = 0; s < 2; s++) {
+        int lo = s ? half : 0, hi = s ? src->n_tensors : half;
+        qtc_out_entry e[64];
+        for (int i = lo; i < hi; i++) {
+            snprintf(e[i - lo].name, sizeof e[i - lo].name, "%s", src->tensors[i].name);
+            e[i - lo].dtype = src->tensors[i].dtype;
+            e[i - lo].ndim = src->tensors[i].ndim;
+            memcpy(e[i - lo].ne, src->tensors[i].ne, sizeof e[i - lo].ne);
+            o += (size_t)snprintf(index + o, sizeof index - o, "%s\"%s\":\"model-0000%d-of-00002.safetensors\"",
+                                  o > 60 ? "," : "", src->tensors[i].name, s + 1);
+        }
+        snprintf(path, sizeof path, "%s/model-0000%d-of-00002.safetensors", dir, s + 1);
+        qtc_model_writer *w = qtc_writer_open(path, QTC_FMT_SAFETENSORS, 0, NULL, e, hi - lo, NULL, &err);
+        CHECK_MSG(w, "%s", err.msg);
+        for (int i = lo; i < hi; i++) {
+            qtc_tensor *t = qtc_model_tensor(src, i, &err);
+            CHECK(qtc_writer_put(w, i - lo, t, &err) == QTC_OK);
+            qtc_tensor_free(t);
+        }
+        CHECK(qtc_writer_commit(w, &err) == QTC_OK);
+    }
+    snprintf(index + o, sizeof index - o, "}}");
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    CHECK(write_file(path, index, strlen(index)));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    CHECK(write_file(path, src->config_json, strlen(src->config_json)));
+    qtc_model_file *m = qtc_model_open(dir, &err);
+    CHECK_MSG(m && m->n_inputs == 2, "%s", m ? "not two shards" : err.msg);
+    char why[256];
+    CHECK_MSG(same_tensors(src, m, why, sizeof why), "%s", why);
+    qtc_model_close(m);
+    /* an index naming a tensor its shard does not hold */
+    index[strlen(index) - 2] = '\0';
+    strcat(index, ",\"ghost.weight\":\"model-00001-of-00002.safetensors\"}}");
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    CHECK(write_file(path, index, strlen(index)));
+    m = qtc_model_open(dir, &err);
+    CHECK(!m && err.code == QTC_ERR_INPUT && strstr(err.msg, "ghost.weight"));
+    qtc_model_close(src);
+}
