@@ -71,6 +71,13 @@ static void die_usage(const char *msg)
     exit(1);
 }
 
+static void print_json(const cJSON *o)
+{
+    char *js = cJSON_Print(o);
+    printf("%s\n", js ? js : "null");
+    cJSON_free(js);
+}
+
 static int fail(const qtc_error *err)
 {
     fprintf(stderr, "qconv: error: %s\n", err->msg);
@@ -219,9 +226,7 @@ static int inspect(const qtc_model_file *m, int as_json)
     cJSON_AddNumberToObject(root, "weights", total_w);
     cJSON_AddNumberToObject(root, "bits_per_weight", bpw);
     if (as_json) {
-        char *s = cJSON_Print(root);
-        printf("%s\n", s);
-        cJSON_free(s);
+        print_json(root);
     } else {
         printf("%.0f weights, %.3f bits per weight, %.0f bytes of tensor data\n", total_w, bpw, total_bits / 8);
     }
@@ -275,17 +280,15 @@ static void plan_tensor(const qtc_tensor_entry *e, const target *to, const rule 
     p->keep_q = p->out.is_scheme && e->qparts.scheme_set && !memcmp(&p->out.scheme, &e->scheme, sizeof e->scheme);
 }
 
-/* Squared error and reference energy of q against x, and the largest difference. */
-static void accumulate_error(const float *x, const float *q, int64_t n, double *se, double *x2, double *mx)
+/* Adds one tensor's error statistics to the totals. */
+static void accumulate_error(qtc_quant_error e, double *se, double *x2, double *mx)
 {
-    for (int64_t k = 0; k < n; k++) {
-        double d = (double)q[k] - (double)x[k];
-        *se += d * d;
-        *x2 += (double)x[k] * x[k];
-        if (fabs(d) > *mx)
-            *mx = fabs(d);
-    }
+    *se += e.sum_sq_err;
+    *x2 += e.sum_sq_ref;
+    if (e.max_abs > *mx)
+        *mx = e.max_abs;
 }
+
 
 /* Converts input tensor i as planned and writes its entries. Fills the error
  * statistics and the bytes written. */
@@ -324,7 +327,7 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
             rc = err->code;
         if (rc == QTC_OK) {
             qtc_qweight_dequantize(&qw, back->data);
-            accumulate_error(f->data, back->data, qtc_tensor_numel(f), se, x2, mx);
+            accumulate_error(qtc_quant_error_of(f->data, back->data, qtc_tensor_numel(f)), se, x2, mx);
             rc = qtc_qlayout_pack(&qw, e->name, parts, err);
         }
         for (int k = 0; rc == QTC_OK && k < p->count; k++) {
@@ -341,13 +344,10 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
             rc = qtc_error_prefix(err, "%s", m->path);
             goto done;
         }
-        *se += qe.sum_sq_err;
-        *x2 += qe.sum_sq_ref;
-        if (qe.max_abs > *mx)
-            *mx = qe.max_abs;
+        accumulate_error(qe, se, x2, mx);
         put = q;
     } else if (f) { /* stored as is: no error, but its weights count in the totals */
-        accumulate_error(f->data, f->data, qtc_tensor_numel(f), se, x2, mx);
+        accumulate_error(qtc_quant_error_of(f->data, f->data, qtc_tensor_numel(f)), se, x2, mx);
     }
     rc = qtc_writer_put(w, p->first, put, err);
     *bytes_out += (double)qtc_tensor_nbytes(put);
@@ -509,9 +509,7 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
     cJSON_AddNumberToObject(summary, "bytes_in", bytes_in);
     cJSON_AddNumberToObject(summary, "bytes_out", bytes_out);
     if (as_json) {
-        char *js = cJSON_Print(summary);
-        printf("%s\n", js);
-        cJSON_free(js);
+        print_json(summary);
     } else {
         fprintf(stderr, "total: %.0f weights, %.3f bits per weight, rel rms err %.3e, max abs err %.3e, %.0f -> %.0f bytes\n",
                 weights, weights ? bits / weights : 0, rel, max_abs, bytes_in, bytes_out);

@@ -55,16 +55,34 @@ static uint8_t to_u8(float v)
 
 /* --- 32-element blocks --------------------------------------------------------- */
 
+/* The value of largest magnitude, with its sign (the first of equals). */
+static float signed_absmax(const float *x, int n)
+{
+    float amax = 0, max = 0;
+    for (int j = 0; j < n; j++)
+        if (amax < fabsf(x[j])) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    return max;
+}
+
+static void min_max(const float *x, int n, float *min, float *max)
+{
+    *min = FLT_MAX;
+    *max = -FLT_MAX;
+    for (int j = 0; j < n; j++) {
+        if (x[j] < *min)
+            *min = x[j];
+        if (x[j] > *max)
+            *max = x[j];
+    }
+}
+
 static void quantize_q4_0(const float *x, block_q4_0 *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += QK4_0) {
-        float amax = 0, max = 0; /* max: the signed value of largest magnitude */
-        for (int j = 0; j < QK4_0; j++)
-            if (amax < fabsf(x[j])) {
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
-        const float d = max / -8, id = d ? 1.0f / d : 0.0f;
+        const float d = signed_absmax(x, QK4_0) / -8, id = d ? 1.0f / d : 0.0f;
         y[i].d = fp16(d);
         for (int j = 0; j < QK4_0 / 2; j++) {
             uint8_t q0 = (uint8_t)MIN(15, to_i8(x[j] * id + 8.5f));
@@ -88,13 +106,8 @@ static void dequantize_q4_0(const block_q4_0 *x, float *y, int64_t nb)
 static void quantize_q4_1(const float *x, block_q4_1 *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += QK4_1) {
-        float min = FLT_MAX, max = -FLT_MAX;
-        for (int j = 0; j < QK4_1; j++) {
-            if (x[j] < min)
-                min = x[j];
-            if (x[j] > max)
-                max = x[j];
-        }
+        float min, max;
+        min_max(x, QK4_1, &min, &max);
         const float d = (max - min) / 15, id = d ? 1.0f / d : 0.0f;
         y[i].d = fp16(d);
         y[i].m = fp16(min);
@@ -120,13 +133,7 @@ static void dequantize_q4_1(const block_q4_1 *x, float *y, int64_t nb)
 static void quantize_q5_0(const float *x, block_q5_0 *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += QK5_0) {
-        float amax = 0, max = 0;
-        for (int j = 0; j < QK5_0; j++)
-            if (amax < fabsf(x[j])) {
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
-        const float d = max / -16, id = d ? 1.0f / d : 0.0f;
+        const float d = signed_absmax(x, QK5_0) / -16, id = d ? 1.0f / d : 0.0f;
         y[i].d = fp16(d);
         uint32_t qh = 0;
         for (int j = 0; j < QK5_0 / 2; j++) {
@@ -157,13 +164,8 @@ static void dequantize_q5_0(const block_q5_0 *x, float *y, int64_t nb)
 static void quantize_q5_1(const float *x, block_q5_1 *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += QK5_1) {
-        float min = FLT_MAX, max = -FLT_MAX;
-        for (int j = 0; j < QK5_1; j++) {
-            if (x[j] < min)
-                min = x[j];
-            if (x[j] > max)
-                max = x[j];
-        }
+        float min, max;
+        min_max(x, QK5_1, &min, &max);
         const float d = (max - min) / 31, id = d ? 1.0f / d : 0.0f;
         y[i].d = fp16(d);
         y[i].m = fp16(min);

@@ -172,17 +172,10 @@ qtc_tensor *qtc_tensor_quantize_measured(const qtc_tensor *x, qtc_dtype t, qtc_q
 #endif
         float *back = scratch + (int64_t)tid * n;
         qtc_dequantize_row(t, yr, back, n);
-        double se = 0, sx = 0, mx = 0;
-        for (int64_t k = 0; k < n; k++) {
-            double d = (double)back[k] - (double)xr[k];
-            se += d * d;
-            sx += (double)xr[k] * xr[k];
-            if (fabs(d) > mx)
-                mx = fabs(d);
-        }
-        row_stats[3 * r] = se;
-        row_stats[3 * r + 1] = sx;
-        row_stats[3 * r + 2] = mx;
+        qtc_quant_error re = qtc_quant_error_of(xr, back, n);
+        row_stats[3 * r] = re.sum_sq_err;
+        row_stats[3 * r + 1] = re.sum_sq_ref;
+        row_stats[3 * r + 2] = re.max_abs;
     }
     if (bad >= 0) {
         qtc_error_set(err, QTC_ERR_NUMERIC, "tensor '%s': element %lld is %s", x->name, (long long)bad,
