@@ -89,10 +89,13 @@ int check_close_f(const char *what, const float *got, const double *want, int64_
 
 const char *shared_path(const char *rel)
 {
-    static char buf[4096];
+    /* a few rotating buffers, so two paths can be used in one call */
+    static char buf[4][4096];
+    static int next;
+    char *b = buf[next++ % 4];
     const char *dir = getenv("QTC_SHARED");
-    snprintf(buf, sizeof buf, "%s/%s", dir ? dir : "../shared", rel);
-    return buf;
+    snprintf(b, sizeof buf[0], "%s/%s", dir ? dir : "../shared", rel);
+    return b;
 }
 
 static int selected(const char *name, int argc, char **argv)

@@ -52,7 +52,8 @@ int check_close_f(const char *what, const float *got, const double *want, int64_
         }                                                                 \
     } while (0)
 
-/* Path of a file under ../shared (QTC_SHARED overrides the folder). */
+/* Path of a file under ../shared (QTC_SHARED overrides the folder); the
+ * result stays valid for the next three calls. */
 const char *shared_path(const char *rel);
 
 #endif

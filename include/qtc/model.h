@@ -1,0 +1,75 @@
+/* qtc/model.h: the llama model, tokenizers and evaluation.
+ *
+ * A qtc_llama holds the configuration and f32 weights in HF layout (loaded from
+ * any format qtc reads; quantized weights are dequantized on load). Its
+ * forward pass is built from qtc_graph ops, so the same code trains (with
+ * recording on) and evaluates (recording off). Generation decodes one token at
+ * a time against a KV cache.
+ */
+#ifndef QTC_MODEL_H
+#define QTC_MODEL_H
+
+#include "qtc/convert.h"
+#include "qtc/graph.h"
+
+typedef struct qtc_llama_layer {
+    qtc_tensor *attn_norm;            /* (dim) */
+    qtc_tensor *wq;                   /* (n_heads*head_dim, dim) */
+    qtc_tensor *wk, *wv;              /* (n_kv_heads*head_dim, dim) */
+    qtc_tensor *wo;                   /* (dim, n_heads*head_dim) */
+    qtc_tensor *ffn_norm;             /* (dim) */
+    qtc_tensor *w_gate, *w_up;        /* (hidden, dim) */
+    qtc_tensor *w_down;               /* (dim, hidden) */
+} qtc_llama_layer;
+
+typedef struct qtc_llama {
+    qtc_llama_config c;
+    qtc_tensor *embed;                /* (vocab, dim) */
+    qtc_llama_layer *layers;          /* n_layers */
+    qtc_tensor *norm;                 /* (dim) */
+    qtc_tensor *output;               /* (vocab, dim); the embedding when tied */
+    /* KV cache for generation: per layer (ctx, n_kv_heads*head_dim), allocated on first use */
+    float *k_cache, *v_cache;
+    int64_t cache_len;
+} qtc_llama;
+
+/* Loads a llama from a path any qtc reader accepts (or an open model file).
+ * Errors name the file and the missing or misshapen tensor. */
+qtc_llama *qtc_llama_load(const char *path, qtc_error *err);
+qtc_llama *qtc_llama_from_model(const qtc_model_file *m, qtc_error *err);
+void qtc_llama_free(qtc_llama *m);
+/* Every weight tensor, in a fixed order (for optimizers and checkpoints). */
+int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap);
+
+/* Logits (B, T, vocab) of token windows (B, T) (i32), token t of every window
+ * at position pos0 + t. */
+qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0);
+
+/* Generation: feeds one token at position pos (0 restarts the cache) and
+ * returns the next-token logits (vocab floats, valid until the next call). */
+const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t pos, qtc_error *err);
+
+/* --- tokenizers ------------------------------------------------------------------------ */
+
+typedef struct qtc_tokenizer qtc_tokenizer;
+
+/* A llama2.c tokenizer.bin (tok512.bin): SentencePiece-style BPE by score with
+ * byte fallback tokens <0x00>..<0xFF> at ids 3..258. */
+qtc_tokenizer *qtc_tokenizer_load_llama2c(const char *path, int vocab, qtc_error *err);
+/* The tokenizer a model file carries or has beside it (llama2.c), or NULL with
+ * a clear error. */
+qtc_tokenizer *qtc_tokenizer_for_model(const qtc_model_file *m, qtc_error *err);
+void qtc_tokenizer_free(qtc_tokenizer *t);
+int qtc_tokenizer_vocab(const qtc_tokenizer *t);
+int qtc_tokenizer_bos(const qtc_tokenizer *t);
+int qtc_tokenizer_eos(const qtc_tokenizer *t);
+/* Encodes UTF-8 text; returns the token count (ids written up to cap), or -1
+ * with an error. bos/eos add those tokens. */
+int64_t qtc_tokenizer_encode(const qtc_tokenizer *t, const char *text, int bos, int eos, int32_t *ids,
+                             int64_t cap, qtc_error *err);
+/* The text of token id following prev (a space after BOS is dropped, byte
+ * tokens become their byte). Returns a pointer valid until the next call
+ * with the same buf. */
+const char *qtc_tokenizer_piece(const qtc_tokenizer *t, int32_t prev, int32_t id, char buf[8]);
+
+#endif

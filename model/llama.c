@@ -1,0 +1,232 @@
+/* llama.c: the llama family (RMSNorm, rotary embeddings in HF's rotate-half
+ * layout, grouped-query attention, SwiGLU MLP, tied or separate output head)
+ * built from qtc_graph ops, and token-by-token decoding with a KV cache.
+ * Left out for now: biases (Mistral/Qwen2), rope scaling, sliding windows. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qtc/model.h"
+
+void qtc_llama_free(qtc_llama *m)
+{
+    if (!m)
+        return;
+    if (m->output != m->embed)
+        qtc_tensor_free(m->output);
+    qtc_tensor_free(m->embed);
+    qtc_tensor_free(m->norm);
+    for (int l = 0; m->layers && l < m->c.n_layers; l++) {
+        qtc_llama_layer *L = &m->layers[l];
+        qtc_tensor *all[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->ffn_norm, L->w_gate, L->w_up, L->w_down};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            qtc_tensor_free(all[i]);
+    }
+    free(m->layers);
+    free(m->k_cache);
+    free(m->v_cache);
+    free(m);
+}
+
+/* Loads tensor `name` as a contiguous f32 copy of the expected shape. */
+static qtc_tensor *take(const qtc_model_file *f, const char *name, int64_t rows, int64_t cols, qtc_error *err)
+{
+    int i = qtc_model_find(f, name);
+    if (i < 0) {
+        qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s' is missing", f->path, name);
+        return NULL;
+    }
+    const qtc_tensor_entry *e = &f->tensors[i];
+    int ndim = cols ? 2 : 1;
+    if (e->ndim != ndim || e->ne[0] != rows || (cols && e->ne[1] != cols)) {
+        qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s' has shape [%lld, %lld], the configuration needs [%lld, %lld]",
+                      f->path, name, (long long)e->ne[0], (long long)(e->ndim > 1 ? e->ne[1] : 0), (long long)rows,
+                      (long long)cols);
+        return NULL;
+    }
+    qtc_tensor *t = qtc_model_tensor(f, i, err), *x = t ? qtc_tensor_to_f32(t, err) : NULL;
+    qtc_tensor_free(t);
+    if (x && qtc_tensor_find_nonfinite(x) >= 0) {
+        qtc_error_set(err, QTC_ERR_NUMERIC, "%s: tensor '%s': element %lld is not finite", f->path, name,
+                      (long long)qtc_tensor_find_nonfinite(x));
+        qtc_tensor_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+qtc_llama *qtc_llama_from_model(const qtc_model_file *f, qtc_error *err)
+{
+    if (!f->has_config) {
+        qtc_error_set(err, QTC_ERR_INPUT, "%s: no llama configuration (config.json, GGUF llama.* keys or a llama2.c header)", f->path);
+        return NULL;
+    }
+    qtc_llama *m = calloc(1, sizeof *m);
+    if (!m || !(m->layers = calloc((size_t)f->config.n_layers, sizeof *m->layers))) {
+        free(m);
+        qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    m->c = f->config;
+    const qtc_llama_config *c = &m->c;
+    const int64_t D = c->dim, H = c->hidden, QD = (int64_t)c->n_heads * c->head_dim,
+                  KV = (int64_t)c->n_kv_heads * c->head_dim;
+    char name[QTC_NAME_MAX];
+    if (!(m->embed = take(f, "model.embed_tokens.weight", c->vocab, D, err)) ||
+        !(m->norm = take(f, "model.norm.weight", D, 0, err)))
+        goto fail;
+    if (qtc_model_find(f, "lm_head.weight") >= 0) {
+        if (!(m->output = take(f, "lm_head.weight", c->vocab, D, err)))
+            goto fail;
+    } else {
+        m->output = m->embed;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        qtc_llama_layer *L = &m->layers[l];
+        struct {
+            qtc_tensor **dst;
+            const char *part;
+            int64_t rows, cols;
+        } want[] = {
+            {&L->attn_norm, "input_layernorm", D, 0}, {&L->wq, "self_attn.q_proj", QD, D},
+            {&L->wk, "self_attn.k_proj", KV, D},      {&L->wv, "self_attn.v_proj", KV, D},
+            {&L->wo, "self_attn.o_proj", D, QD},      {&L->ffn_norm, "post_attention_layernorm", D, 0},
+            {&L->w_gate, "mlp.gate_proj", H, D},      {&L->w_up, "mlp.up_proj", H, D},
+            {&L->w_down, "mlp.down_proj", D, H},
+        };
+        for (size_t k = 0; k < sizeof want / sizeof *want; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, want[k].part);
+            if (!(*want[k].dst = take(f, name, want[k].rows, want[k].cols, err)))
+                goto fail;
+        }
+    }
+    return m;
+fail:
+    qtc_llama_free(m);
+    return NULL;
+}
+
+qtc_llama *qtc_llama_load(const char *path, qtc_error *err)
+{
+    qtc_model_file *f = qtc_model_open(path, err);
+    if (!f)
+        return NULL;
+    qtc_llama *m = qtc_llama_from_model(f, err);
+    qtc_model_close(f);
+    return m;
+}
+
+int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap)
+{
+    int n = 0;
+#define ADD(t) do { if (n < cap) out[n] = (t); n++; } while (0)
+    ADD(m->embed);
+    for (int l = 0; l < m->c.n_layers; l++) {
+        qtc_llama_layer *L = &m->layers[l];
+        ADD(L->attn_norm);
+        ADD(L->wq);
+        ADD(L->wk);
+        ADD(L->wv);
+        ADD(L->wo);
+        ADD(L->ffn_norm);
+        ADD(L->w_gate);
+        ADD(L->w_up);
+        ADD(L->w_down);
+    }
+    ADD(m->norm);
+    if (m->output != m->embed)
+        ADD(m->output);
+#undef ADD
+    return n;
+}
+
+/* The first half of a block: the attention inputs of x (B, T, dim), with q and
+ * k rotated for positions pos0 + t. */
+static void qkv(const qtc_llama *m, qtc_graph *g, const qtc_llama_layer *L, qtc_tensor *x, int64_t pos0,
+                qtc_tensor **q, qtc_tensor **k, qtc_tensor **v)
+{
+    const qtc_llama_config *c = &m->c;
+    qtc_tensor *h = qtc_rmsnorm(g, x, L->attn_norm, c->norm_eps);
+    *q = qtc_rope(g, qtc_matmul(g, h, L->wq, 0, 1), c->n_heads, c->n_rot, pos0, c->rope_theta, QTC_ROPE_HALF);
+    *k = qtc_rope(g, qtc_matmul(g, h, L->wk, 0, 1), c->n_kv_heads, c->n_rot, pos0, c->rope_theta, QTC_ROPE_HALF);
+    *v = qtc_matmul(g, h, L->wv, 0, 1);
+}
+
+/* The second half: attention of q over keys k and values v (this window's, or
+ * a cache's), the output projection and the MLP, both residual. */
+static qtc_tensor *attend_and_mlp(const qtc_llama *m, qtc_graph *g, const qtc_llama_layer *L, qtc_tensor *x,
+                                  qtc_tensor *q, qtc_tensor *k, qtc_tensor *v)
+{
+    const qtc_llama_config *c = &m->c;
+    qtc_tensor *a = qtc_attention(g, q, k, v, c->n_heads, c->n_kv_heads);
+    x = qtc_add(g, x, qtc_matmul(g, a, L->wo, 0, 1));
+    qtc_tensor *h = qtc_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
+    qtc_tensor *mlp = qtc_swiglu(g, qtc_matmul(g, h, L->w_gate, 0, 1), qtc_matmul(g, h, L->w_up, 0, 1));
+    return qtc_add(g, x, qtc_matmul(g, mlp, L->w_down, 0, 1));
+}
+
+qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)
+{
+    qtc_tensor *x = qtc_embedding(g, m->embed, tokens);
+    for (int l = 0; l < m->c.n_layers; l++) {
+        qtc_tensor *q, *k, *v;
+        qkv(m, g, &m->layers[l], x, pos0, &q, &k, &v);
+        x = attend_and_mlp(m, g, &m->layers[l], x, q, k, v);
+    }
+    x = qtc_rmsnorm(g, x, m->norm, m->c.norm_eps);
+    return qtc_matmul(g, x, m->output, 0, 1);
+}
+
+const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t pos, qtc_error *err)
+{
+    const qtc_llama_config *c = &m->c;
+    const int64_t kv = (int64_t)c->n_kv_heads * c->head_dim, ctx = c->ctx;
+    if (pos < 0 || pos >= ctx)
+        return qtc_error_set(err, QTC_ERR_USAGE, "position %lld is outside the model's context of %lld", (long long)pos,
+                             (long long)ctx), NULL;
+    if (token < 0 || token >= c->vocab)
+        return qtc_error_set(err, QTC_ERR_INPUT, "token %d is outside the vocabulary of %d", token, c->vocab), NULL;
+    if (!m->k_cache) {
+        m->k_cache = calloc((size_t)(c->n_layers * ctx * kv), sizeof(float));
+        m->v_cache = calloc((size_t)(c->n_layers * ctx * kv), sizeof(float));
+        if (!m->k_cache || !m->v_cache)
+            return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the KV cache"), NULL;
+    }
+    qtc_graph_reset(g);
+    qtc_graph_set_recording(g, 0);
+    qtc_tensor ids = {0};
+    ids.dtype = QTC_I32;
+    ids.ndim = 2;
+    ids.ne[0] = ids.ne[1] = ids.ne[2] = ids.ne[3] = 1;
+    ids.nb[0] = ids.nb[1] = ids.nb[2] = ids.nb[3] = 1;
+    ids.data = &token;
+    qtc_tensor *x = qtc_embedding(g, m->embed, &ids);
+    for (int l = 0; l < c->n_layers && x; l++) {
+        float *kc = m->k_cache + (int64_t)l * ctx * kv, *vc = m->v_cache + (int64_t)l * ctx * kv;
+        /* the cache up to and including this position, as (1, pos + 1, kv) views */
+        qtc_tensor kall = {0}, vall = {0};
+        kall.dtype = vall.dtype = QTC_F32;
+        kall.ndim = vall.ndim = 3;
+        int64_t shape[4] = {1, pos + 1, kv, 1}, strides[4] = {(pos + 1) * kv, kv, 1, 1};
+        memcpy(kall.ne, shape, sizeof shape);
+        memcpy(vall.ne, shape, sizeof shape);
+        memcpy(kall.nb, strides, sizeof strides);
+        memcpy(vall.nb, strides, sizeof strides);
+        kall.data = kc;
+        vall.data = vc;
+        /* k and v of this token go into the cache before attention reads it */
+        qtc_tensor *q, *k, *v;
+        qkv(m, g, &m->layers[l], x, pos, &q, &k, &v);
+        if (!k || !v)
+            break;
+        memcpy(kc + pos * kv, k->data, (size_t)kv * sizeof(float));
+        memcpy(vc + pos * kv, v->data, (size_t)kv * sizeof(float));
+        x = attend_and_mlp(m, g, &m->layers[l], x, q, &kall, &vall);
+    }
+    x = qtc_rmsnorm(g, x, m->norm, c->norm_eps);
+    qtc_tensor *logits = qtc_matmul(g, x, m->output, 0, 1);
+    if (qtc_graph_status(g, err) != QTC_OK || !logits)
+        return NULL;
+    m->cache_len = pos + 1;
+    return logits->data;
+}

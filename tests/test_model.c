@@ -1,0 +1,331 @@
+/* test_model.c: the llama model against the README's greedy text (from the
+ * llama2.c checkpoint, the HF folder and a GGUF written by qtc), against an
+ * independent double-precision forward, the KV-cache path against the full
+ * forward, gradients against finite differences, and the llama2.c tokenizer. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "qtc/model.h"
+#include "qtc/runtime.h"
+
+static char *readme_greedy_text(void)
+{
+    FILE *f = fopen(shared_path("models/README.md"), "rb");
+    if (!f)
+        return NULL;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *a = strstr(buf, "gives exactly:\n```\n");
+    if (!a)
+        return NULL;
+    a += strlen("gives exactly:\n```\n");
+    char *b = strstr(a, "\n```");
+    if (!b)
+        return NULL;
+    *b = '\0';
+    return a;
+}
+
+/* Greedy decoding from BOS, up to n tokens, stopping at BOS (as llama2.c's run.c). */
+static char *greedy(qtc_llama *m, const qtc_tokenizer *t, int n)
+{
+    qtc_error err;
+    qtc_graph *g = qtc_graph_new(&err);
+    char *out = calloc(1, 16 * (size_t)n + 1), buf[8];
+    int32_t tok = qtc_tokenizer_bos(t);
+    for (int pos = 0; pos < n; pos++) {
+        const float *lg = qtc_llama_step(m, g, tok, pos, &err);
+        if (!lg)
+            break;
+        int best = 0;
+        for (int i = 1; i < m->c.vocab; i++)
+            if (lg[i] > lg[best])
+                best = i;
+        if (best == qtc_tokenizer_bos(t))
+            break;
+        strcat(out, qtc_tokenizer_piece(t, tok, best, buf));
+        tok = best;
+    }
+    qtc_graph_free(g);
+    return out;
+}
+
+static int greedy_matches(const char *path, const char *label)
+{
+    qtc_error err;
+    const char *want = readme_greedy_text();
+    qtc_model_file *f = qtc_model_open(path, &err);
+    qtc_llama *m = f ? qtc_llama_from_model(f, &err) : NULL;
+    qtc_tokenizer *t = qtc_tokenizer_load_llama2c(shared_path("models/stories260K/tok512.bin"), 512, &err);
+    int ok = want && m && t;
+    if (!ok)
+        test_fail(__FILE__, __LINE__, "%s: %s", label, err.msg);
+    char *got = ok ? greedy(m, t, 200) : NULL;
+    if (ok && strcmp(got, want) != 0) {
+        size_t i = 0;
+        while (got[i] == want[i])
+            i++;
+        test_fail(__FILE__, __LINE__, "%s: greedy text differs at byte %zu: ...%.30s", label, i, got + (i > 10 ? i - 10 : 0));
+        ok = 0;
+    }
+    free(got);
+    qtc_tokenizer_free(t);
+    qtc_llama_free(m);
+    qtc_model_close(f);
+    return ok;
+}
+
+TEST(greedy_generation_of_stories260K_is_the_readme_text_from_every_format)
+{
+    CHECK(greedy_matches(shared_path("models/stories260K/stories260K.bin"), "llama2.c"));
+    CHECK(greedy_matches(shared_path("models/stories260K-hf"), "HF folder"));
+    /* and from a GGUF written by qtc (interleaved q/k rows, llama.cpp names) */
+    qtc_error err;
+    qtc_model_file *src = qtc_model_open(shared_path("models/stories260K/stories260K.bin"), &err);
+    CHECK(src);
+    qtc_out_entry *e = calloc((size_t)src->n_tensors, sizeof *e);
+    for (int i = 0; i < src->n_tensors; i++) {
+        snprintf(e[i].name, sizeof e[i].name, "%s", src->tensors[i].name);
+        e[i].dtype = QTC_F32;
+        e[i].ndim = src->tensors[i].ndim;
+        memcpy(e[i].ne, src->tensors[i].ne, sizeof e[i].ne);
+    }
+    char path[] = "/tmp/qtc-model-test-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    qtc_model_writer *w = qtc_writer_open(path, QTC_FMT_GGUF, 0, src, e, src->n_tensors, NULL, &err);
+    CHECK_MSG(w, "%s", err.msg);
+    for (int i = 0; i < src->n_tensors; i++) {
+        qtc_tensor *t = qtc_model_tensor(src, i, &err);
+        CHECK(qtc_writer_put(w, i, t, &err) == QTC_OK);
+        qtc_tensor_free(t);
+    }
+    CHECK(qtc_writer_commit(w, &err) == QTC_OK);
+    CHECK(greedy_matches(path, "GGUF"));
+    remove(path);
+    free(e);
+    qtc_model_close(src);
+}
+
+/* --- an independent double-precision forward ---------------------------------------- */
+
+static double *dcopy(const qtc_tensor *t)
+{
+    int64_t n = qtc_tensor_numel(t);
+    double *d = malloc((size_t)n * sizeof *d);
+    for (int64_t i = 0; i < n; i++)
+        d[i] = ((const float *)t->data)[i];
+    return d;
+}
+
+static void d_rmsnorm(const double *x, const double *w, double *y, int D, double eps)
+{
+    double ss = 0;
+    for (int i = 0; i < D; i++)
+        ss += x[i] * x[i];
+    double r = 1 / sqrt(ss / D + eps);
+    for (int i = 0; i < D; i++)
+        y[i] = x[i] * r * w[i];
+}
+
+static void d_linear(const double *W, const double *x, double *y, int out, int in)
+{
+    for (int o = 0; o < out; o++) {
+        double s = 0;
+        for (int i = 0; i < in; i++)
+            s += W[(int64_t)o * in + i] * x[i];
+        y[o] = s;
+    }
+}
+
+/* HF rotate-half rotation of each head of v (n_head heads of hd) at position pos. */
+static void d_rope(double *v, int n_head, int hd, int pos, double theta)
+{
+    for (int h = 0; h < n_head; h++)
+        for (int i = 0; i < hd / 2; i++) {
+            double a = pos * pow(theta, -2.0 * i / hd), *x = v + h * hd;
+            double x0 = x[i], x1 = x[i + hd / 2];
+            x[i] = x0 * cos(a) - x1 * sin(a);
+            x[i + hd / 2] = x0 * sin(a) + x1 * cos(a);
+        }
+}
+
+/* logits (T, V) of tokens at positions 0..T-1, everything in double */
+static double *reference_forward(const qtc_llama *m, const int32_t *tok, int T)
+{
+    const qtc_llama_config *c = &m->c;
+    int D = c->dim, H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim, V = c->vocab;
+    double *x = calloc((size_t)T * D, sizeof *x), *h = malloc((size_t)D * sizeof *h), *E = dcopy(m->embed);
+    double *q = malloc((size_t)T * nh * hd * sizeof *q), *k = malloc((size_t)T * nkv * hd * sizeof *k);
+    double *v = malloc((size_t)T * nkv * hd * sizeof *v), *att = malloc((size_t)nh * hd * sizeof *att);
+    double *g = malloc((size_t)H * sizeof *g), *u = malloc((size_t)H * sizeof *u), *o = malloc((size_t)D * sizeof *o);
+    double *sc = malloc((size_t)T * sizeof *sc);
+    for (int t = 0; t < T; t++)
+        memcpy(x + (int64_t)t * D, E + (int64_t)tok[t] * D, (size_t)D * sizeof *x);
+    for (int l = 0; l < c->n_layers; l++) {
+        const qtc_llama_layer *L = &m->layers[l];
+        double *an = dcopy(L->attn_norm), *wq = dcopy(L->wq), *wk = dcopy(L->wk), *wv = dcopy(L->wv), *wo = dcopy(L->wo);
+        double *fn = dcopy(L->ffn_norm), *wg = dcopy(L->w_gate), *wu = dcopy(L->w_up), *wd = dcopy(L->w_down);
+        for (int t = 0; t < T; t++) {
+            d_rmsnorm(x + (int64_t)t * D, an, h, D, c->norm_eps);
+            d_linear(wq, h, q + (int64_t)t * nh * hd, nh * hd, D);
+            d_linear(wk, h, k + (int64_t)t * nkv * hd, nkv * hd, D);
+            d_linear(wv, h, v + (int64_t)t * nkv * hd, nkv * hd, D);
+            d_rope(q + (int64_t)t * nh * hd, nh, hd, t, c->rope_theta);
+            d_rope(k + (int64_t)t * nkv * hd, nkv, hd, t, c->rope_theta);
+        }
+        for (int t = 0; t < T; t++) {
+            for (int hh = 0; hh < nh; hh++) {
+                int kvh = hh / (nh / nkv);
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    double s = 0;
+                    for (int i = 0; i < hd; i++)
+                        s += q[((int64_t)t * nh + hh) * hd + i] * k[((int64_t)j * nkv + kvh) * hd + i];
+                    sc[j] = s / sqrt((double)hd);
+                    mx = fmax(mx, sc[j]);
+                }
+                for (int j = 0; j <= t; j++)
+                    sum += (sc[j] = exp(sc[j] - mx));
+                for (int i = 0; i < hd; i++) {
+                    double a = 0;
+                    for (int j = 0; j <= t; j++)
+                        a += sc[j] / sum * v[((int64_t)j * nkv + kvh) * hd + i];
+                    att[hh * hd + i] = a;
+                }
+            }
+            d_linear(wo, att, o, D, nh * hd);
+            for (int i = 0; i < D; i++)
+                x[(int64_t)t * D + i] += o[i];
+            d_rmsnorm(x + (int64_t)t * D, fn, h, D, c->norm_eps);
+            d_linear(wg, h, g, H, D);
+            d_linear(wu, h, u, H, D);
+            for (int i = 0; i < H; i++)
+                g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+            d_linear(wd, g, o, D, H);
+            for (int i = 0; i < D; i++)
+                x[(int64_t)t * D + i] += o[i];
+        }
+        free(an); free(wq); free(wk); free(wv); free(wo); free(fn); free(wg); free(wu); free(wd);
+    }
+    double *nw = dcopy(m->norm), *W = dcopy(m->output), *logits = malloc((size_t)T * V * sizeof *logits);
+    for (int t = 0; t < T; t++) {
+        d_rmsnorm(x + (int64_t)t * D, nw, h, D, c->norm_eps);
+        d_linear(W, h, logits + (int64_t)t * V, V, D);
+    }
+    free(nw); free(W); free(x); free(h); free(E); free(q); free(k); free(v); free(att); free(g); free(u); free(o); free(sc);
+    return logits;
+}
+
+static const int32_t window[] = {1, 403, 407, 261, 378, 274, 427, 285, 330, 1, 259, 302, 300, 34, 299, 415, 265};
+#define WINDOW_T ((int)(sizeof window / sizeof *window))
+
+TEST(forward_logits_match_an_independent_double_precision_forward)
+{
+    qtc_error err;
+    qtc_llama *m = qtc_llama_load(shared_path("models/stories260K/stories260K.bin"), &err);
+    CHECK_MSG(m, "%s", err.msg);
+    qtc_graph *g = qtc_graph_new(&err);
+    qtc_tensor *ids = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(1, WINDOW_T), (void *)(uintptr_t)window, NULL, &err);
+    qtc_graph_set_recording(g, 0);
+    qtc_tensor *logits = qtc_llama_forward(m, g, ids, 0);
+    CHECK(logits && logits->ne[2] == 512);
+    double *want = reference_forward(m, window, WINDOW_T);
+    double scale = 0;
+    for (int i = 0; i < WINDOW_T * 512; i++)
+        scale = fmax(scale, fabs(want[i]));
+    CHECK_CLOSE("logits", (float *)logits->data, want, WINDOW_T * 512, 0, 1e-4 * scale);
+    /* the KV-cache path gives the same logits at every position */
+    qtc_graph *g2 = qtc_graph_new(&err);
+    for (int t = 0; t < WINDOW_T; t++) {
+        const float *lg = qtc_llama_step(m, g2, window[t], t, &err);
+        CHECK(lg);
+        CHECK_CLOSE("cached logits", lg, want + (int64_t)t * 512, 512, 0, 1e-4 * scale);
+    }
+    free(want);
+    qtc_tensor_free(ids);
+    qtc_graph_free(g);
+    qtc_graph_free(g2);
+    qtc_llama_free(m);
+}
+
+TEST(model_gradients_match_finite_differences_of_the_double_forward)
+{
+    qtc_error err;
+    qtc_llama *m = qtc_llama_load(shared_path("models/stories260K/stories260K.bin"), &err);
+    CHECK_MSG(m, "%s", err.msg);
+    enum { T = 9 };
+    int32_t tok[T], tgt[T];
+    for (int t = 0; t < T; t++) {
+        tok[t] = window[t];
+        tgt[t] = window[t + 1];
+    }
+    qtc_tensor *ids = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(1, T), tok, NULL, &err);
+    qtc_tensor *targets = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(1, T), tgt, NULL, &err);
+    qtc_tensor *params[64];
+    int np = qtc_llama_params(m, params, 64);
+    for (int i = 0; i < np; i++)
+        CHECK(qtc_tensor_require_grad(params[i], &err) == QTC_OK);
+    qtc_graph *g = qtc_graph_new(&err);
+    qtc_tensor *loss = qtc_cross_entropy(g, qtc_llama_forward(m, g, ids, 0), targets);
+    CHECK(qtc_graph_backward(g, loss, &err) == QTC_OK);
+    /* a few weights of different kinds: d loss / d w by central differences in double */
+    struct {
+        qtc_tensor *t;
+        int64_t i;
+    } probes[] = {{m->layers[0].wq, 77}, {m->layers[2].wk, 100}, {m->layers[4].w_down, 3000},
+                  {m->layers[1].attn_norm, 5}, {m->embed, 403 * 64 + 7}, {m->norm, 11}};
+    for (size_t p = 0; p < sizeof probes / sizeof *probes; p++) {
+        float *w = probes[p].t->data, w0 = w[probes[p].i];
+        double lp = 0, lm = 0, h = 1e-3;
+        for (int s = 0; s < 2; s++) {
+            w[probes[p].i] = w0 + (float)(s ? -h : h);
+            double *lg = reference_forward(m, tok, T), l = 0;
+            for (int t = 0; t < T; t++) {
+                double mx = -1e300, sum = 0;
+                for (int v = 0; v < 512; v++)
+                    mx = fmax(mx, lg[t * 512 + v]);
+                for (int v = 0; v < 512; v++)
+                    sum += exp(lg[t * 512 + v] - mx);
+                l += mx + log(sum) - lg[t * 512 + tgt[t]];
+            }
+            free(lg);
+            *(s ? &lm : &lp) = l / T;
+        }
+        w[probes[p].i] = w0;
+        double num = (lp - lm) / (2 * h), got = ((float *)probes[p].t->grad->data)[probes[p].i];
+        CHECK_MSG(fabs(got - num) <= 2e-3 * fabs(num) + 1e-6, "probe %zu: gradient %.8g, finite difference %.8g", p, got, num);
+    }
+    qtc_tensor_free(ids);
+    qtc_tensor_free(targets);
+    qtc_graph_free(g);
+    qtc_llama_free(m);
+}
+
+TEST(llama2c_tokenizer_encodes_as_run_c_and_decodes_back)
+{
+    qtc_error err;
+    qtc_tokenizer *t = qtc_tokenizer_load_llama2c(shared_path("models/stories260K/tok512.bin"), 512, &err);
+    CHECK_MSG(t, "%s", err.msg);
+    int32_t ids[256];
+    const char *lines[] = {"Once upon a time, there was a little girl named Lily.", "Lily's mom said, \"Lily, let's go.\"",
+                           "naïve café \xe2\x80\x94 日本", "a", "  two  spaces\tand a tab\n"};
+    for (size_t k = 0; k < sizeof lines / sizeof *lines; k++) {
+        int64_t n = qtc_tokenizer_encode(t, lines[k], 1, 0, ids, 256, &err);
+        CHECK(n > 1 && n < 256 && ids[0] == 1);
+        char text[1024] = "", buf[8];
+        for (int64_t i = 1; i < n; i++)
+            strcat(text, qtc_tokenizer_piece(t, ids[i - 1], ids[i], buf));
+        CHECK_MSG(strcmp(text, lines[k]) == 0, "'%s' decoded as '%s'", lines[k], text);
+    }
+    /* merges happen: far fewer tokens than characters for English */
+    int64_t n = qtc_tokenizer_encode(t, lines[0], 0, 0, ids, 256, &err);
+    CHECK_MSG(n < 30, "%lld tokens", (long long)n);
+    CHECK(qtc_tokenizer_encode(t, "", 1, 1, ids, 256, &err) == 2);
+    qtc_tokenizer_free(t);
+}
