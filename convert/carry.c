@@ -49,7 +49,7 @@ char *carry_config_json(const qtc_llama_config *c)
 
 /* The llama2.c tokenizer: i32 max_token_length, then per token f32 score,
  * i32 length, bytes. */
-qtc_status carry_tokenizer_from_llama2c(qtc_kvs *kv, const char *path, int vocab, qtc_error *err)
+qtc_status qtc_tokenizer_kvs_from_llama2c(qtc_kvs *kv, const char *path, int vocab, qtc_error *err)
 {
     qtc_in in;
     if (qtc_in_open(&in, path, err) != QTC_OK)
@@ -334,4 +334,24 @@ done:
     free(types);
     cJSON_Delete(root);
     return rc;
+}
+
+qtc_status qtc_model_tokenizer_kvs(const qtc_model_file *m, qtc_kvs *out, qtc_error *err)
+{
+    qtc_error_clear(err);
+    int have = 0;
+    for (int i = 0; i < m->meta.n; i++)
+        if (strncmp(m->meta.kv[i].key, "tokenizer.", 10) == 0) {
+            if (qtc_kvs_copy(out, &m->meta.kv[i]) != QTC_OK)
+                return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+            have = 1;
+        }
+    if (have)
+        return QTC_OK;
+    if (m->tokenizer_bin && m->has_config)
+        return qtc_tokenizer_kvs_from_llama2c(out, m->tokenizer_bin, m->config.vocab, err);
+    if (m->tokenizer_json)
+        return carry_tokenizer_from_json(out, m->tokenizer_json, m->has_config ? &m->config : NULL, err);
+    return qtc_error_set(err, QTC_ERR_INPUT, "%s: no tokenizer (GGUF tokenizer keys, tokenizer.json, or a llama2.c tokenizer.bin beside it)",
+                         m->path);
 }

@@ -6,8 +6,6 @@
 
 /* An HF config.json for a llama configuration (malloc'd). */
 char *carry_config_json(const qtc_llama_config *c);
-/* tokenizer.ggml.* keys from a llama2.c tokenizer.bin of `vocab` tokens. */
-qtc_status carry_tokenizer_from_llama2c(qtc_kvs *kv, const char *path, int vocab, qtc_error *err);
 /* tokenizer.ggml.* keys from an HF tokenizer.json (BPE); c gives vocab size,
  * BOS and EOS (may be NULL). */
 qtc_status carry_tokenizer_from_json(qtc_kvs *kv, const char *json, const qtc_llama_config *c, qtc_error *err);

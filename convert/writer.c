@@ -176,20 +176,18 @@ static qtc_status gguf_metadata(qtc_kvs *kv, const qtc_model_file *src, const qt
               qtc_kvs_set_num(kv, "llama.attention.value_length", QTC_KV_U32, c->head_dim);
     if (bad)
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-    /* the tokenizer: from a GGUF (or qtc safetensors) source, else tokenizer.bin */
-    int have_tok = 0;
-    for (int i = 0; i < src->meta.n; i++)
-        if (strncmp(src->meta.kv[i].key, "tokenizer.", 10) == 0) {
-            if (qtc_kvs_copy(kv, &src->meta.kv[i]) != QTC_OK)
+    /* the tokenizer, from whatever the source has (a model without one still converts) */
+    qtc_kvs tok = {0};
+    qtc_error tok_err;
+    if (qtc_model_tokenizer_kvs(src, &tok, &tok_err) == QTC_OK)
+        for (int i = 0; i < tok.n; i++)
+            if (qtc_kvs_copy(kv, &tok.kv[i]) != QTC_OK) {
+                qtc_kvs_free(&tok);
                 return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-            have_tok = 1;
-        }
-    if (!have_tok && src->tokenizer_bin &&
-        carry_tokenizer_from_llama2c(kv, src->tokenizer_bin, c->vocab, err) != QTC_OK)
-        return err->code;
-    if (!have_tok && !src->tokenizer_bin && src->tokenizer_json &&
-        carry_tokenizer_from_json(kv, src->tokenizer_json, c, err) != QTC_OK)
-        return err->code;
+            }
+    qtc_kvs_free(&tok);
+    if (tok_err.code != QTC_OK && tok_err.code != QTC_ERR_INPUT)
+        return qtc_error_set(err, tok_err.code, "%s", tok_err.msg);
     for (int i = 0; extra && i < extra->n; i++)
         if (qtc_kvs_copy(kv, &extra->kv[i]) != QTC_OK)
             return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
@@ -272,13 +270,10 @@ static qtc_status layout_safetensors(qtc_model_writer *w, const qtc_model_file *
         if (src->tokenizer_json && qtc_kvs_set_str(&meta, "qtc.tokenizer", src->tokenizer_json))
             goto nomem;
         qtc_kvs tok = {0};
-        for (int i = 0; i < src->meta.n; i++)
-            if (strncmp(src->meta.kv[i].key, "tokenizer.", 10) == 0 && qtc_kvs_copy(&tok, &src->meta.kv[i]))
-                goto nomem;
-        if (!tok.n && src->tokenizer_bin && src->has_config &&
-            carry_tokenizer_from_llama2c(&tok, src->tokenizer_bin, src->config.vocab, err) != QTC_OK) {
-            qtc_kvs_free(&tok);
-            rc = err->code;
+        qtc_error tok_err;
+        if (!src->tokenizer_json && qtc_model_tokenizer_kvs(src, &tok, &tok_err) != QTC_OK &&
+            tok_err.code != QTC_ERR_INPUT) { /* tokenizer.json travels as itself, below */
+            rc = qtc_error_set(err, tok_err.code, "%s", tok_err.msg);
             goto done;
         }
         if (tok.n) {

@@ -1,9 +1,11 @@
-/* tokenizer.c: the llama2.c tokenizer (SentencePiece-style BPE over a scored
- * vocabulary with byte fallback), encoding and decoding as llama2.c's run.c
- * does: a leading space is added to non-empty text, the text is split into
- * UTF-8 characters (unknown ones become their bytes, ids 3 + byte), and the
- * adjacent pair whose merge has the highest score is merged until none can be.
- * Left out for now: GGUF vocabularies and HF tokenizer.json (issue: model). */
+/* tokenizer.c: SentencePiece-style BPE over a scored vocabulary with byte
+ * fallback (GGUF's "llama" vocabularies; llama2.c's tokenizer.bin and HF
+ * tokenizer.json of that kind reach here as the same GGUF keys), encoding and
+ * decoding as llama2.c's run.c does: a leading space is added to non-empty
+ * text, the text is split into UTF-8 characters (unknown ones become their
+ * byte tokens), and the adjacent pair whose merge has the highest score is
+ * merged until none can be. Control and unknown tokens never match text.
+ * Left out for now: byte-level BPE ("gpt2" vocabularies). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,9 +20,12 @@ typedef struct piece_ref {
 
 struct qtc_tokenizer {
     int vocab;
-    char **pieces;
+    char **pieces;     /* with plain spaces, as text has them */
     float *scores;
-    piece_ref *sorted; /* by piece, for lookup */
+    piece_ref *sorted; /* ordinary pieces by text, for lookup */
+    int n_sorted;
+    int byte_id[256];  /* the <0xXX> token of each byte, or -1 */
+    int16_t *byte_of;  /* per token: the byte it stands for, or -1 */
     int bos, eos;
 };
 
@@ -33,6 +38,7 @@ void qtc_tokenizer_free(qtc_tokenizer *t)
     free(t->pieces);
     free(t->scores);
     free(t->sorted);
+    free(t->byte_of);
     free(t);
 }
 
@@ -41,60 +47,88 @@ static int by_piece(const void *a, const void *b)
     return strcmp(((const piece_ref *)a)->piece, ((const piece_ref *)b)->piece);
 }
 
-qtc_tokenizer *qtc_tokenizer_load_llama2c(const char *path, int vocab, qtc_error *err)
+/* A tokenizer from GGUF tokenizer.ggml.* keys of model "llama". */
+static qtc_tokenizer *from_kvs(const qtc_kvs *kv, const char *what, qtc_error *err)
 {
-    qtc_in in;
-    if (qtc_in_open(&in, path, err) != QTC_OK)
+    const char *model = qtc_kvs_str(kv, "tokenizer.ggml.model");
+    const qtc_kv *tokens = qtc_kvs_get(kv, "tokenizer.ggml.tokens"), *scores = qtc_kvs_get(kv, "tokenizer.ggml.scores");
+    const qtc_kv *types = qtc_kvs_get(kv, "tokenizer.ggml.token_type");
+    if (!model || strcmp(model, "llama") != 0 || !tokens || tokens->elem_type != QTC_KV_STRING) {
+        qtc_error_set(err, QTC_ERR_INPUT, "%s: tokenizer model '%s' is not supported yet (qtc reads SentencePiece-style \"llama\" vocabularies)",
+                      what, model ? model : "?");
         return NULL;
-    qtc_tokenizer *t = calloc(1, sizeof *t);
-    if (!t || vocab <= 0 || vocab > (1 << 24))
-        goto nomem;
-    t->vocab = vocab;
-    t->bos = 1;
-    t->eos = 2;
-    t->pieces = calloc((size_t)vocab, sizeof *t->pieces);
-    t->scores = calloc((size_t)vocab, sizeof *t->scores);
-    t->sorted = calloc((size_t)vocab, sizeof *t->sorted);
-    if (!t->pieces || !t->scores || !t->sorted)
-        goto nomem;
-    size_t pos = 4;
-    for (int i = 0; i < vocab; i++) {
-        int32_t len;
-        if (in.size < pos + 8) {
-            qtc_error_set(err, QTC_ERR_INPUT, "%s: token %d: the file ends at byte %zu", path, i, in.size);
-            goto fail;
-        }
-        memcpy(&t->scores[i], in.data + pos, 4);
-        memcpy(&len, in.data + pos + 4, 4);
-        pos += 8;
-        if (len < 0 || (size_t)len > in.size - pos) {
-            qtc_error_set(err, QTC_ERR_INPUT, "%s: token %d: length %d runs past the end", path, i, len);
-            goto fail;
-        }
-        if (!(t->pieces[i] = malloc((size_t)len + 1)))
-            goto nomem;
-        memcpy(t->pieces[i], in.data + pos, (size_t)len);
-        t->pieces[i][len] = '\0';
-        pos += (size_t)len;
-        t->sorted[i] = (piece_ref){t->pieces[i], i};
     }
-    qsort(t->sorted, (size_t)vocab, sizeof *t->sorted, by_piece);
-    qtc_in_close(&in);
+    int n = (int)tokens->count;
+    if ((scores && scores->count != tokens->count) || (types && types->count != tokens->count) || n <= 0 || n > (1 << 24)) {
+        qtc_error_set(err, QTC_ERR_INPUT, "%s: tokenizer arrays disagree in length", what);
+        return NULL;
+    }
+    qtc_tokenizer *t = calloc(1, sizeof *t);
+    if (!t)
+        goto nomem;
+    t->vocab = n;
+    t->bos = (int)qtc_kvs_num(kv, "tokenizer.ggml.bos_token_id", 1);
+    t->eos = (int)qtc_kvs_num(kv, "tokenizer.ggml.eos_token_id", 2);
+    t->pieces = calloc((size_t)n, sizeof *t->pieces);
+    t->scores = calloc((size_t)n, sizeof *t->scores);
+    t->sorted = calloc((size_t)n, sizeof *t->sorted);
+    t->byte_of = malloc((size_t)n * sizeof *t->byte_of);
+    if (!t->pieces || !t->scores || !t->sorted || !t->byte_of)
+        goto nomem;
+    for (int b = 0; b < 256; b++)
+        t->byte_id[b] = -1;
+    for (int i = 0; i < n; i++) {
+        const qtc_str *src = (const qtc_str *)tokens->vals + i;
+        char *p = malloc(src->len + 1);
+        if (!p)
+            goto nomem;
+        size_t o = 0; /* U+2581 back to a space */
+        for (uint64_t j = 0; j < src->len; j++) {
+            if (j + 2 < src->len && !memcmp(src->ptr + j, "\xe2\x96\x81", 3)) {
+                p[o++] = ' ';
+                j += 2;
+            } else
+                p[o++] = src->ptr[j];
+        }
+        p[o] = '\0';
+        t->pieces[i] = p;
+        t->scores[i] = scores ? (float)qtc_kv_num_at(scores, (uint64_t)i) : 0;
+        int type = types ? (int)qtc_kv_num_at(types, (uint64_t)i) : 1;
+        unsigned int byte;
+        t->byte_of[i] = -1;
+        if (type == 6 && o == 6 && sscanf(p, "<0x%02X>", &byte) == 1) {
+            t->byte_id[byte] = i;
+            t->byte_of[i] = (int16_t)byte;
+        }
+        else if (type == 1 || type == 4) /* ordinary and user-defined pieces match text */
+            t->sorted[t->n_sorted++] = (piece_ref){p, i};
+    }
+    qsort(t->sorted, (size_t)t->n_sorted, sizeof *t->sorted, by_piece);
     return t;
 nomem:
     qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-fail:
-    qtc_in_close(&in);
     qtc_tokenizer_free(t);
     return NULL;
 }
 
+qtc_tokenizer *qtc_tokenizer_load_llama2c(const char *path, int vocab, qtc_error *err)
+{
+    qtc_kvs kv = {0};
+    qtc_tokenizer *t = NULL;
+    if (qtc_tokenizer_kvs_from_llama2c(&kv, path, vocab, err) == QTC_OK)
+        t = from_kvs(&kv, path, err);
+    qtc_kvs_free(&kv);
+    return t;
+}
+
 qtc_tokenizer *qtc_tokenizer_for_model(const qtc_model_file *m, qtc_error *err)
 {
-    if (m->tokenizer_bin)
-        return qtc_tokenizer_load_llama2c(m->tokenizer_bin, m->config.vocab, err);
-    qtc_error_set(err, QTC_ERR_INPUT, "%s: no tokenizer qtc can use (give --tokenizer FILE, a llama2.c tokenizer.bin)", m->path);
-    return NULL;
+    qtc_kvs kv = {0};
+    qtc_tokenizer *t = NULL;
+    if (qtc_model_tokenizer_kvs(m, &kv, err) == QTC_OK)
+        t = from_kvs(&kv, m->path, err);
+    qtc_kvs_free(&kv);
+    return t;
 }
 
 int qtc_tokenizer_vocab(const qtc_tokenizer *t)
@@ -115,7 +149,7 @@ int qtc_tokenizer_eos(const qtc_tokenizer *t)
 static int lookup(const qtc_tokenizer *t, const char *s)
 {
     piece_ref key = {s, 0};
-    const piece_ref *r = bsearch(&key, t->sorted, (size_t)t->vocab, sizeof key, by_piece);
+    const piece_ref *r = bsearch(&key, t->sorted, (size_t)t->n_sorted, sizeof key, by_piece);
     return r ? r->id : -1;
 }
 
@@ -149,9 +183,9 @@ int64_t qtc_tokenizer_encode(const qtc_tokenizer *t, const char *text, int bos, 
         if (id >= 0) {
             tok[n++] = id;
         } else {
-            for (size_t b = 0; b < clen; b++) { /* byte fallback: <0x00> is id 3 */
-                int bid = (unsigned char)text[i + b] + 3;
-                if (bid >= t->vocab) {
+            for (size_t b = 0; b < clen; b++) { /* byte fallback */
+                int bid = t->byte_id[(unsigned char)text[i + b]];
+                if (bid < 0) {
                     free(tok);
                     free(buf);
                     qtc_error_set(err, QTC_ERR_INPUT, "byte 0x%02x at offset %zu has no token", (unsigned char)text[i + b], i + b);
@@ -199,14 +233,13 @@ const char *qtc_tokenizer_piece(const qtc_tokenizer *t, int32_t prev, int32_t id
 {
     if (id < 0 || id >= t->vocab)
         return "";
-    const char *p = t->pieces[id];
-    if (prev == t->bos && p[0] == ' ')
-        p++;
-    unsigned int byte;
-    if (strlen(p) == 6 && sscanf(p, "<0x%02X>", &byte) == 1) {
-        buf[0] = (char)byte;
+    if (t->byte_of[id] >= 0) { /* a byte token is its byte */
+        buf[0] = (char)t->byte_of[id];
         buf[1] = '\0';
         return buf;
     }
+    const char *p = t->pieces[id];
+    if (prev == t->bos && p[0] == ' ')
+        p++;
     return p;
 }

@@ -329,3 +329,30 @@ TEST(llama2c_tokenizer_encodes_as_run_c_and_decodes_back)
     CHECK(qtc_tokenizer_encode(t, "", 1, 1, ids, 256, &err) == 2);
     qtc_tokenizer_free(t);
 }
+
+TEST(tokenizers_from_tok512_tokenizer_json_and_gguf_encode_alike)
+{
+    /* the same vocabulary through three sources: llama2.c's file, the HF folder's
+     * tokenizer.json, and the GGUF keys qtc writes */
+    qtc_error err;
+    qtc_tokenizer *a = qtc_tokenizer_load_llama2c(shared_path("models/stories260K/tok512.bin"), 512, &err);
+    qtc_model_file *hf = qtc_model_open(shared_path("models/stories260K-hf"), &err);
+    qtc_tokenizer *b = hf ? qtc_tokenizer_for_model(hf, &err) : NULL;
+    CHECK_MSG(a && b, "%s", err.msg);
+    const char *texts[] = {"Once upon a time, there was a little girl named Lily.",
+                           "The end!\n\"Why?\" asked Tom. 3 + 4 = 7 \xe2\x82\xac", "  "};
+    for (size_t k = 0; k < sizeof texts / sizeof *texts; k++) {
+        int32_t x[256], y[256];
+        int64_t nx = qtc_tokenizer_encode(a, texts[k], 1, 0, x, 256, &err);
+        int64_t ny = qtc_tokenizer_encode(b, texts[k], 1, 0, y, 256, &err);
+        CHECK_MSG(nx == ny && memcmp(x, y, (size_t)nx * sizeof *x) == 0, "'%s': %lld vs %lld tokens", texts[k],
+                  (long long)nx, (long long)ny);
+    }
+    qtc_model_file *none = qtc_model_open(shared_path("models/stories260K-hf/model.safetensors"), &err);
+    CHECK(none);
+    CHECK(!qtc_tokenizer_for_model(none, &err) && err.code == QTC_ERR_INPUT && strstr(err.msg, "no tokenizer"));
+    qtc_model_close(none);
+    qtc_tokenizer_free(a);
+    qtc_tokenizer_free(b);
+    qtc_model_close(hf);
+}

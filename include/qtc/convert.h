@@ -149,6 +149,15 @@ qtc_tensor *qtc_model_tensor(const qtc_model_file *m, int i, qtc_error *err);
  * (caller frees with qtc_qweight_free). */
 qtc_status qtc_model_qweight(const qtc_model_file *m, int i, qtc_qweight *q, qtc_error *err);
 
+/* The model's tokenizer as GGUF tokenizer.ggml.* keys, from whatever it has: a
+ * GGUF's keys (or a qtc safetensors file's copy), an HF tokenizer.json, or a
+ * llama2.c tokenizer.bin beside the checkpoint. QTC_ERR_INPUT when none. */
+qtc_status qtc_model_tokenizer_kvs(const qtc_model_file *m, qtc_kvs *out, qtc_error *err);
+
+/* tokenizer.ggml.* keys from a llama2.c tokenizer.bin of `vocab` tokens
+ * (spaces become U+2581; <s> and </s> lose llama2.c's wrapping newlines). */
+qtc_status qtc_tokenizer_kvs_from_llama2c(qtc_kvs *kv, const char *path, int vocab, qtc_error *err);
+
 /* Tells the kernel tensor i's mapped pages are not needed any more, so a
  * conversion that visits each tensor once keeps its resident memory near one
  * tensor (the pages are read again if touched). */
