@@ -73,3 +73,35 @@ int64_t qtc_tokenizer_encode(const qtc_tokenizer *t, const char *text, int bos, 
 const char *qtc_tokenizer_piece(const qtc_tokenizer *t, int32_t prev, int32_t id, char buf[8]);
 
 #endif
+
+/* --- data and evaluation ----------------------------------------------------------------- */
+
+/* A token stream. */
+typedef struct qtc_tokens {
+    int32_t *ids;
+    int64_t n;
+} qtc_tokens;
+
+/* Tokenizes a text file: documents are separated by lines reading
+ * <|endoftext|> (TinyStories) or, without such lines, each non-empty line is
+ * one document; each document is trimmed and preceded by BOS. */
+qtc_status qtc_tokens_from_text(const qtc_tokenizer *t, const char *path, qtc_tokens *out, qtc_error *err);
+void qtc_tokens_free(qtc_tokens *d);
+
+typedef struct qtc_eval_result {
+    int64_t windows, predictions;
+    double nll, nll_se;          /* mean negative log-likelihood (nats) and its standard error */
+    double ppl, ppl_se;          /* exp(nll), and ppl * nll_se */
+    /* with a reference model, on the same predictions: */
+    double ref_nll, ref_ppl;
+    double kld, kld_se;          /* mean KL(p_ref || p) per prediction, and its standard error */
+    double top1;                 /* share of predictions whose argmax agrees with the reference's */
+} qtc_eval_result;
+
+/* Scores data under the fixed protocol: consecutive windows of ctx tokens (an
+ * incomplete last window is dropped), every prediction after the first token
+ * of a window. ref may be NULL. max_windows <= 0 means all. progress, if not
+ * NULL, is called after each batch with the windows done and the total. */
+qtc_status qtc_eval(qtc_llama *m, qtc_llama *ref, const qtc_tokens *data, int ctx, int batch, int64_t max_windows,
+                    void (*progress)(void *ctx, int64_t done, int64_t total), void *progress_ctx,
+                    qtc_eval_result *out, qtc_error *err);

@@ -1,0 +1,300 @@
+/* qeval: score a model on text (perplexity; KL divergence, top-1 agreement and
+ * both perplexities against a reference model), or generate from a prompt.
+ *
+ *   qeval MODEL --text FILE [--ctx N] [--ref MODEL] [--batch B] [--windows N] [--json]
+ *   qeval MODEL --generate "Once upon a time" [-n 200] [--temp T --top-p P --seed S]
+ */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+
+#include "qtc/model.h"
+#include "qtc/rng.h"
+#include "qtc/runtime.h"
+
+static const char *usage_text =
+    "usage: qeval MODEL --text FILE [--ctx N] [--ref MODEL] [--batch B] [--windows N] [--json]\n"
+    "       qeval MODEL --generate PROMPT [-n N] [--temp T] [--top-p P] [--seed S]\n"
+    "\n"
+    "MODEL is any model qconv reads (quantized weights are dequantized on load).\n"
+    "  --text FILE       score FILE: documents split at <|endoftext|> lines (else one per line), each\n"
+    "                    after BOS, cut into consecutive windows of --ctx tokens (default 128); every\n"
+    "                    prediction after a window's first token is scored\n"
+    "  --ref MODEL       also score REF on the same windows: mean KL(REF || MODEL), top-1 agreement\n"
+    "  --batch B         windows per forward pass (default 8); --windows N scores the first N only\n"
+    "  --json            the scores as one JSON document on standard output\n"
+    "  --generate TEXT   continue TEXT (after BOS); greedy unless --temp T > 0, then top-p sampling\n"
+    "                    (--top-p, default 0.9) seeded by --seed (default 0); -n tokens (default 200);\n"
+    "                    stops early at BOS or EOS\n"
+    "  --tokenizer FILE  a llama2.c tokenizer.bin (default: the model's own, or the one beside it)\n"
+    "  --threads N       threads (default: all cores)\n"
+    "  -h, --help        this help\n"
+    "\n"
+    "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure.\n";
+
+static void die_usage(const char *msg)
+{
+    fprintf(stderr, "qeval: %s\n%s", msg, usage_text);
+    exit(1);
+}
+
+static int fail(const qtc_error *err)
+{
+    fprintf(stderr, "qeval: error: %s\n", err->msg);
+    return qtc_exit_code(err->code);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void show_progress(void *ctx, int64_t done, int64_t total)
+{
+    (void)ctx;
+    if (isatty(STDERR_FILENO))
+        fprintf(stderr, "\rqeval: %lld/%lld windows%s", (long long)done, (long long)total, done == total ? "\n" : "");
+}
+
+/* Loads a model and its tokenizer (tokenizer: a path or NULL for the model's own). */
+static qtc_llama *load(const char *path, const char *tokenizer, qtc_tokenizer **tok, qtc_error *err)
+{
+    qtc_model_file *f = qtc_model_open(path, err);
+    if (!f)
+        return NULL;
+    qtc_llama *m = qtc_llama_from_model(f, err);
+    if (m && tok) {
+        *tok = tokenizer ? qtc_tokenizer_load_llama2c(tokenizer, m->c.vocab, err) : qtc_tokenizer_for_model(f, err);
+        if (!*tok) {
+            qtc_llama_free(m);
+            m = NULL;
+        } else if (qtc_tokenizer_vocab(*tok) != m->c.vocab) {
+            qtc_error_set(err, QTC_ERR_INPUT, "%s: the tokenizer has %d tokens, the model %d", path,
+                          qtc_tokenizer_vocab(*tok), m->c.vocab);
+            qtc_tokenizer_free(*tok);
+            qtc_llama_free(m);
+            m = NULL;
+        }
+    }
+    qtc_model_close(f);
+    return m;
+}
+
+/* The next token: argmax, or top-p sampling of softmax(logits / temp). */
+static int32_t sample(const float *logits, int V, float temp, float top_p, qtc_rng *rng, float *prob, int32_t *order)
+{
+    if (temp <= 0) {
+        int32_t b = 0;
+        for (int i = 1; i < V; i++)
+            if (logits[i] > logits[b])
+                b = i;
+        return b;
+    }
+    float mx = logits[0];
+    for (int i = 1; i < V; i++)
+        mx = fmaxf(mx, logits[i]);
+    double sum = 0;
+    for (int i = 0; i < V; i++)
+        sum += prob[i] = expf((logits[i] - mx) / temp);
+    for (int i = 0; i < V; i++) {
+        prob[i] = (float)(prob[i] / sum);
+        order[i] = i;
+    }
+    /* sort ids by probability (insertion into the kept prefix is enough for small p, but keep it simple) */
+    for (int i = 1; i < V; i++) {
+        int32_t id = order[i];
+        int j = i;
+        while (j > 0 && (prob[order[j - 1]] < prob[id] || (prob[order[j - 1]] == prob[id] && order[j - 1] > id))) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = id;
+    }
+    double cum = 0;
+    int keep = 0;
+    while (keep < V && cum < top_p)
+        cum += prob[order[keep++]];
+    double r = qtc_rng_uniform(rng) * cum, acc = 0;
+    for (int i = 0; i < keep; i++) {
+        acc += prob[order[i]];
+        if (r < acc)
+            return order[i];
+    }
+    return order[keep - 1];
+}
+
+static int generate(qtc_llama *m, qtc_tokenizer *tok, const char *prompt, int n, float temp, float top_p, uint64_t seed)
+{
+    qtc_error err;
+    int32_t *ids = malloc((strlen(prompt) + 3) * sizeof *ids);
+    float *prob = malloc((size_t)m->c.vocab * sizeof *prob);
+    int32_t *order = malloc((size_t)m->c.vocab * sizeof *order);
+    qtc_graph *g = qtc_graph_new(&err);
+    int rc = 0;
+    if (!ids || !prob || !order || !g) {
+        fprintf(stderr, "qeval: error: out of memory\n");
+        rc = 3;
+        goto done;
+    }
+    int64_t np = qtc_tokenizer_encode(tok, prompt, 1, 0, ids, (int64_t)strlen(prompt) + 3, &err);
+    if (np < 0) {
+        rc = fail(&err);
+        goto done;
+    }
+    if (np + n > m->c.ctx) {
+        fprintf(stderr, "qeval: error: %lld prompt tokens and %d more exceed the model's context of %d\n", (long long)np, n,
+                m->c.ctx);
+        rc = 1;
+        goto done;
+    }
+    qtc_rng rng;
+    qtc_rng_seed(&rng, seed);
+    char buf[8];
+    fputs(prompt, stdout);
+    double t0 = now();
+    int32_t token = ids[0];
+    int generated = 0;
+    for (int64_t pos = 0; pos < np + n - 1; pos++) {
+        const float *logits = qtc_llama_step(m, g, token, pos, &err);
+        if (!logits) {
+            rc = fail(&err);
+            goto done;
+        }
+        if (pos + 1 < np) { /* still reading the prompt */
+            token = ids[pos + 1];
+            continue;
+        }
+        int32_t next = sample(logits, m->c.vocab, temp, top_p, &rng, prob, order);
+        if (next == qtc_tokenizer_bos(tok) || next == qtc_tokenizer_eos(tok))
+            break;
+        fputs(qtc_tokenizer_piece(tok, token, next, buf), stdout);
+        fflush(stdout);
+        token = next;
+        generated++;
+    }
+    double dt = now() - t0;
+    fputc('\n', stdout);
+    fprintf(stderr, "qeval: %lld prompt tokens, %d generated in %.3f s (%.1f tokens/s)\n", (long long)np, generated, dt,
+            dt > 0 ? (np + generated) / dt : 0);
+done:
+    free(ids);
+    free(prob);
+    free(order);
+    qtc_graph_free(g);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"text", required_argument, 0, 'x'},  {"ctx", required_argument, 0, 'c'},
+        {"ref", required_argument, 0, 'r'},   {"batch", required_argument, 0, 'b'},
+        {"windows", required_argument, 0, 'w'}, {"json", no_argument, 0, 'J'},
+        {"generate", required_argument, 0, 'g'}, {"temp", required_argument, 0, 'T'},
+        {"top-p", required_argument, 0, 'p'}, {"seed", required_argument, 0, 's'},
+        {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    const char *text = NULL, *ref_path = NULL, *prompt = NULL, *tokenizer = NULL;
+    int ctx = 128, batch = 8, as_json = 0, n = 200, threads = 0;
+    int64_t windows = 0;
+    float temp = 0, top_p = 0.9f;
+    uint64_t seed = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
+        char *end = NULL;
+        switch (c) {
+        case 'x': text = optarg; break;
+        case 'c': ctx = (int)strtol(optarg, &end, 10); if (*end || ctx < 2) die_usage("--ctx takes a number of at least 2"); break;
+        case 'r': ref_path = optarg; break;
+        case 'b': batch = (int)strtol(optarg, &end, 10); if (*end || batch < 1) die_usage("--batch takes a positive number"); break;
+        case 'w': windows = strtoll(optarg, &end, 10); if (*end || windows < 1) die_usage("--windows takes a positive number"); break;
+        case 'J': as_json = 1; break;
+        case 'g': prompt = optarg; break;
+        case 'n': n = (int)strtol(optarg, &end, 10); if (*end || n < 1) die_usage("-n takes a positive number"); break;
+        case 'T': temp = strtof(optarg, &end); if (*end || !(temp >= 0)) die_usage("--temp takes a number >= 0"); break;
+        case 'p': top_p = strtof(optarg, &end); if (*end || !(top_p > 0 && top_p <= 1)) die_usage("--top-p takes a number in (0, 1]"); break;
+        case 's': seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
+        case 'k': tokenizer = optarg; break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
+        case 'h': fputs(usage_text, stdout); return 0;
+        default: die_usage("bad option");
+        }
+    }
+    if (optind != argc - 1)
+        die_usage(optind < argc ? "one model only" : "no model");
+    if (!!text + !!prompt != 1)
+        die_usage("give --text FILE or --generate PROMPT");
+    qtc_set_threads(threads);
+    qtc_error err;
+    qtc_tokenizer *tok = NULL;
+    qtc_llama *m = load(argv[optind], tokenizer, &tok, &err), *ref = NULL;
+    if (!m)
+        return fail(&err);
+    int rc = 0;
+    if (prompt) {
+        rc = generate(m, tok, prompt, n, temp, top_p, seed);
+    } else if (ctx > m->c.ctx) {
+        fprintf(stderr, "qeval: error: --ctx %d is larger than the model's context of %d\n", ctx, m->c.ctx);
+        rc = 1;
+    } else {
+        qtc_tokens data;
+        qtc_eval_result r;
+        if (ref_path && !(ref = load(ref_path, NULL, NULL, &err)))
+            rc = fail(&err);
+        else if (qtc_tokens_from_text(tok, text, &data, &err) != QTC_OK)
+            rc = fail(&err);
+        else {
+            double t0 = now();
+            qtc_status st = qtc_eval(m, ref, &data, ctx, batch, windows, show_progress, NULL, &r, &err);
+            double dt = now() - t0;
+            qtc_tokens_free(&data);
+            if (st != QTC_OK) {
+                rc = fail(&err);
+            } else if (as_json) {
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "model", argv[optind]);
+                cJSON_AddStringToObject(o, "text", text);
+                cJSON_AddNumberToObject(o, "ctx", ctx);
+                cJSON_AddNumberToObject(o, "windows", (double)r.windows);
+                cJSON_AddNumberToObject(o, "predictions", (double)r.predictions);
+                cJSON_AddNumberToObject(o, "nll", r.nll);
+                cJSON_AddNumberToObject(o, "ppl", r.ppl);
+                cJSON_AddNumberToObject(o, "ppl_se", r.ppl_se);
+                if (ref) {
+                    cJSON_AddStringToObject(o, "ref", ref_path);
+                    cJSON_AddNumberToObject(o, "ref_ppl", r.ref_ppl);
+                    cJSON_AddNumberToObject(o, "kld", r.kld);
+                    cJSON_AddNumberToObject(o, "kld_se", r.kld_se);
+                    cJSON_AddNumberToObject(o, "top1", r.top1);
+                }
+                cJSON_AddNumberToObject(o, "seconds", dt);
+                cJSON_AddNumberToObject(o, "tokens_per_second", dt > 0 ? (double)(r.windows * ctx) / dt : 0);
+                char *s = cJSON_Print(o);
+                printf("%s\n", s);
+                cJSON_free(s);
+                cJSON_Delete(o);
+            } else {
+                printf("perplexity %.4f +/- %.4f over %lld predictions (%lld windows of %d)\n", r.ppl, r.ppl_se,
+                       (long long)r.predictions, (long long)r.windows, ctx);
+                if (ref)
+                    printf("reference perplexity %.4f; KL divergence %.6f +/- %.6f; top-1 agreement %.2f%%\n", r.ref_ppl,
+                           r.kld, r.kld_se, 100 * r.top1);
+                fprintf(stderr, "qeval: %.2f s, %.0f tokens/s\n", dt, dt > 0 ? (double)(r.windows * ctx) / dt : 0);
+            }
+        }
+    }
+    qtc_llama_free(m);
+    qtc_llama_free(ref);
+    qtc_tokenizer_free(tok);
+    if (fclose(stdout) != 0 && !rc)
+        rc = 3;
+    return rc;
+}
