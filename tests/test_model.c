@@ -356,3 +356,73 @@ TEST(tokenizers_from_tok512_tokenizer_json_and_gguf_encode_alike)
     qtc_tokenizer_free(b);
     qtc_model_close(hf);
 }
+
+/* Splits llama.cpp's tokenizer test files: .inp holds strings separated by
+ * "\n__ggml_vocab_test__\n", .out one line of ids per string. */
+static char *slurp_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    size_t got = fread(s, 1, (size_t)n, f);
+    fclose(f);
+    s[got] = '\0';
+    return s;
+}
+
+TEST(llama_spm_vocabulary_reproduces_llama_cpps_token_ids_and_decodes_back)
+{
+    qtc_error err;
+    const char *gguf = shared_path("models/vocab/ggml-vocab-llama-spm.gguf");
+    char inp_path[4200], out_path[4200];
+    snprintf(inp_path, sizeof inp_path, "%s.inp", gguf);
+    snprintf(out_path, sizeof out_path, "%s.out", gguf);
+    qtc_model_file *f = qtc_model_open(gguf, &err);
+    qtc_tokenizer *t = f ? qtc_tokenizer_for_model(f, &err) : NULL;
+    CHECK_MSG(t && qtc_tokenizer_vocab(t) == 32000, "%s", err.msg);
+    char *inp = slurp_text(inp_path), *out = slurp_text(out_path);
+    CHECK(inp && out);
+    const char *sep = "\n__ggml_vocab_test__\n";
+    char *p = inp, *o = out;
+    int cases = 0;
+    int32_t *ids = malloc(65536 * sizeof *ids);
+    while (p && *p) {
+        char *e = strstr(p, sep), *ol = strchr(o, '\n');
+        if (e)
+            *e = '\0';
+        if (ol)
+            *ol = '\0';
+        int64_t n = qtc_tokenizer_encode(t, p, 0, 0, ids, 65536, &err);
+        int64_t want_n = 0;
+        for (char *q = o; *q;) { /* compare with the expected ids one by one */
+            long v = strtol(q, &q, 10);
+            if (want_n >= n || ids[want_n] != v) {
+                test_fail(__FILE__, __LINE__, "case %d ('%.40s'): token %lld is %d, llama.cpp gives %ld", cases, p,
+                          (long long)want_n, want_n < n ? ids[want_n] : -1, v);
+                goto done;
+            }
+            want_n++;
+            while (*q == ' ')
+                q++;
+        }
+        CHECK_MSG(want_n == n, "case %d: %lld tokens, llama.cpp %lld", cases, (long long)n, (long long)want_n);
+        char text[8192] = "", buf[8];
+        for (int64_t i = 0; i < n; i++) /* decoded after an implicit BOS: the dummy space goes */
+            strncat(text, qtc_tokenizer_piece(t, i ? ids[i - 1] : qtc_tokenizer_bos(t), ids[i], buf), sizeof text - strlen(text) - 1);
+        CHECK_MSG(strcmp(text, p) == 0, "case %d decodes to '%.40s'", cases, text);
+        cases++;
+        p = e ? e + strlen(sep) : NULL;
+        o = ol ? ol + 1 : o + strlen(o);
+    }
+    CHECK(cases == 46);
+done:
+    free(ids);
+    free(inp);
+    free(out);
+    qtc_tokenizer_free(t);
+    qtc_model_close(f);
+}
