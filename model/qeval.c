@@ -157,7 +157,6 @@ static int generate(qtc_llama *m, qtc_tokenizer *tok, const char *prompt, int n,
     }
     qtc_rng rng;
     qtc_rng_seed(&rng, seed);
-    char buf[8];
     fputs(prompt, stdout);
     double t0 = now();
     int32_t token = ids[0];
@@ -175,7 +174,7 @@ static int generate(qtc_llama *m, qtc_tokenizer *tok, const char *prompt, int n,
         int32_t next = sample(logits, m->c.vocab, temp, top_p, &rng, prob, order);
         if (next == qtc_tokenizer_bos(tok) || next == qtc_tokenizer_eos(tok))
             break;
-        fputs(qtc_tokenizer_piece(tok, token, next, buf), stdout);
+        fputs(qtc_tokenizer_piece(tok, token, next), stdout);
         fflush(stdout);
         token = next;
         generated++;

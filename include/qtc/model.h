@@ -54,10 +54,11 @@ const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t p
 typedef struct qtc_tokenizer qtc_tokenizer;
 
 /* A llama2.c tokenizer.bin (tok512.bin): SentencePiece-style BPE by score with
- * byte fallback tokens <0x00>..<0xFF> at ids 3..258. */
+ * byte fallback tokens <0x00>..<0xFF>. */
 qtc_tokenizer *qtc_tokenizer_load_llama2c(const char *path, int vocab, qtc_error *err);
 /* The tokenizer a model file carries or has beside it (llama2.c), or NULL with
- * a clear error. */
+ * a clear error. SentencePiece-style ("llama") and byte-level BPE ("gpt2")
+ * vocabularies; both reproduce llama.cpp's token ids. */
 qtc_tokenizer *qtc_tokenizer_for_model(const qtc_model_file *m, qtc_error *err);
 void qtc_tokenizer_free(qtc_tokenizer *t);
 int qtc_tokenizer_vocab(const qtc_tokenizer *t);
@@ -67,10 +68,10 @@ int qtc_tokenizer_eos(const qtc_tokenizer *t);
  * with an error. bos/eos add those tokens. */
 int64_t qtc_tokenizer_encode(const qtc_tokenizer *t, const char *text, int bos, int eos, int32_t *ids,
                              int64_t cap, qtc_error *err);
-/* The text of token id following prev (a space after BOS is dropped, byte
- * tokens become their byte). Returns a pointer valid until the next call
- * with the same buf. */
-const char *qtc_tokenizer_piece(const qtc_tokenizer *t, int32_t prev, int32_t id, char buf[8]);
+/* The text token id stands for, following prev (SentencePiece's dummy space
+ * after BOS is dropped; byte tokens are their byte; a NUL byte reads as "").
+ * Valid as long as the tokenizer. */
+const char *qtc_tokenizer_piece(const qtc_tokenizer *t, int32_t prev, int32_t id);
 
 #endif
 
