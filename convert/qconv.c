@@ -531,6 +531,7 @@ done:
 
 int main(int argc, char **argv)
 {
+    qtc_runtime_setup(argv);
     static const struct option opts[] = {
         {"output", required_argument, 0, 'o'}, {"to", required_argument, 0, 't'},
         {"format", required_argument, 0, 'f'}, {"tensor-type", required_argument, 0, 'T'},

@@ -193,6 +193,7 @@ done:
 
 int main(int argc, char **argv)
 {
+    qtc_runtime_setup(argv);
     static const struct option opts[] = {
         {"text", required_argument, 0, 'x'},  {"ctx", required_argument, 0, 'c'},
         {"ref", required_argument, 0, 'r'},   {"batch", required_argument, 0, 'b'},

@@ -2,11 +2,21 @@
 #include "qtc/runtime.h"
 
 #include <cblas.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+void qtc_runtime_setup(char **argv)
+{
+    if (getenv("OMP_WAIT_POLICY"))
+        return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0)
+        return;
+    execv("/proc/self/exe", argv); /* returns only on failure */
+}
 
 void qtc_set_threads(int n)
 {
