@@ -16,8 +16,10 @@ typedef struct shape {
     int64_t M, K, N; /* x (M, K), W (N, K): y = x W^T */
 } shape;
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    qtc_runtime_setup(argv); /* the tools' OpenMP wait policy */
     qtc_set_threads(0);
     const shape shapes[] = {
         {"1024^3", 1024, 1024, 1024},

@@ -1,5 +1,6 @@
 /* data.c: text files as token streams. */
 #include <ctype.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -98,5 +99,104 @@ qtc_status qtc_tokens_from_text(const qtc_tokenizer *t, const char *path, qtc_to
         qtc_tokens_free(out);
     else if (out->n == 0)
         rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: no text to tokenize", path);
+    return rc;
+}
+
+#define TOKENS_MAGIC "QTCTOKS"
+
+qtc_status qtc_tokens_save(const qtc_tokens *d, const char *path, qtc_error *err)
+{
+    uint32_t width = 2;
+    for (int64_t i = 0; i < d->n; i++)
+        if (d->ids[i] < 0 || d->ids[i] > 0xFFFF)
+            width = 4;
+    unsigned char head[24] = TOKENS_MAGIC;
+    uint32_t version = 1;
+    uint64_t count = (uint64_t)d->n;
+    memcpy(head + 8, &version, 4);
+    memcpy(head + 12, &width, 4);
+    memcpy(head + 16, &count, 8);
+    qtc_out *o = qtc_out_open(path, qtc_path_wants_zstd(path), err);
+    if (!o)
+        return err->code;
+    qtc_status rc = qtc_out_pwrite(o, head, sizeof head, 0, err);
+    enum { CHUNK = 1 << 16 };
+    unsigned char buf[CHUNK * 4];
+    for (int64_t i = 0; i < d->n && rc == QTC_OK; i += CHUNK) {
+        int64_t k = d->n - i < CHUNK ? d->n - i : CHUNK;
+        for (int64_t j = 0; j < k; j++) {
+            uint32_t v = (uint32_t)d->ids[i + j];
+            if (width == 2) {
+                uint16_t h = (uint16_t)v;
+                memcpy(buf + 2 * j, &h, 2);
+            } else
+                memcpy(buf + 4 * j, &v, 4);
+        }
+        rc = qtc_out_pwrite(o, buf, (size_t)k * width, sizeof head + (uint64_t)i * width, err);
+    }
+    if (rc != QTC_OK) {
+        qtc_out_abort(o);
+        return rc;
+    }
+    return qtc_out_commit(o, err);
+}
+
+qtc_status qtc_tokens_load(const qtc_tokenizer *t, const char *path, int vocab, qtc_tokens *out, qtc_error *err)
+{
+    qtc_in in;
+    memset(out, 0, sizeof *out);
+    if (qtc_in_open(&in, path, err) != QTC_OK)
+        return err->code;
+    if (in.size < 8 || memcmp(in.data, TOKENS_MAGIC, 8) != 0) { /* not a token file: text */
+        qtc_in_close(&in);
+        if (!t)
+            return qtc_error_set(err, QTC_ERR_INPUT, "%s: not a qtc token file, and no tokenizer to read it as text", path);
+        return qtc_tokens_from_text(t, path, out, err);
+    }
+    qtc_status rc = QTC_OK;
+    uint32_t version, width;
+    uint64_t count;
+    if (in.size < 24) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: a token file header needs 24 bytes, the file has %zu", path, in.size);
+        goto done;
+    }
+    memcpy(&version, in.data + 8, 4);
+    memcpy(&width, in.data + 12, 4);
+    memcpy(&count, in.data + 16, 8);
+    if (version != 1 || (width != 2 && width != 4)) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: token file version %u with %u-byte ids (qtc reads version 1, 2 or 4 bytes)",
+                           path, version, width);
+        goto done;
+    }
+    if (count > (in.size - 24) / width || count * width != in.size - 24) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: the header counts %llu ids but the file holds %zu bytes of them", path,
+                           (unsigned long long)count, in.size - 24);
+        goto done;
+    }
+    out->ids = malloc((size_t)(count ? count : 1) * sizeof *out->ids);
+    if (!out->ids) {
+        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        uint32_t v = 0;
+        if (width == 2) {
+            uint16_t h;
+            memcpy(&h, in.data + 24 + 2 * i, 2);
+            v = h;
+        } else
+            memcpy(&v, in.data + 24 + 4 * i, 4);
+        if (v > INT32_MAX || (vocab > 0 && v >= (uint32_t)vocab)) {
+            rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: id %llu is %u, outside the vocabulary of %d", path,
+                               (unsigned long long)i, v, vocab);
+            goto done;
+        }
+        out->ids[i] = (int32_t)v;
+    }
+    out->n = (int64_t)count;
+done:
+    qtc_in_close(&in);
+    if (rc != QTC_OK)
+        qtc_tokens_free(out);
     return rc;
 }

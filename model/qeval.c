@@ -29,6 +29,7 @@ static const char *usage_text =
     "  --ref MODEL       also score REF on the same windows: mean KL(REF || MODEL), top-1 agreement\n"
     "  --batch B         windows per forward pass (default 8); --windows N scores the first N only\n"
     "  --json            the scores as one JSON document on standard output\n"
+    "  --save-tokens OUT also write the text's tokens as a qtc token file (FILE may be one already)\n"
     "  --generate TEXT   continue TEXT (after BOS); greedy unless --temp T > 0, then top-p sampling\n"
     "                    (--top-p, default 0.9) seeded by --seed (default 0); -n tokens (default 200);\n"
     "                    stops early at BOS or EOS\n"
@@ -201,8 +202,8 @@ int main(int argc, char **argv)
         {"generate", required_argument, 0, 'g'}, {"temp", required_argument, 0, 'T'},
         {"top-p", required_argument, 0, 'p'}, {"seed", required_argument, 0, 's'},
         {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
-    const char *text = NULL, *ref_path = NULL, *prompt = NULL, *tokenizer = NULL;
+        {"save-tokens", required_argument, 0, 'S'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *text = NULL, *ref_path = NULL, *prompt = NULL, *tokenizer = NULL, *save_tokens = NULL;
     int ctx = 128, batch = 8, as_json = 0, n = 200, threads = 0;
     int64_t windows = 0;
     float temp = 0, top_p = 0.9f;
@@ -223,6 +224,7 @@ int main(int argc, char **argv)
         case 'p': top_p = strtof(optarg, &end); if (*end || !(top_p > 0 && top_p <= 1)) die_usage("--top-p takes a number in (0, 1]"); break;
         case 's': seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
         case 'k': tokenizer = optarg; break;
+        case 'S': save_tokens = optarg; break;
         case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: die_usage("bad option");
@@ -249,8 +251,12 @@ int main(int argc, char **argv)
         qtc_eval_result r;
         if (ref_path && !(ref = load(ref_path, NULL, NULL, &err)))
             rc = fail(&err);
-        else if (qtc_tokens_from_text(tok, text, &data, &err) != QTC_OK)
+        else if (qtc_tokens_load(tok, text, m->c.vocab, &data, &err) != QTC_OK)
             rc = fail(&err);
+        else if (save_tokens && qtc_tokens_save(&data, save_tokens, &err) != QTC_OK) {
+            qtc_tokens_free(&data);
+            rc = fail(&err);
+        }
         else {
             double t0 = now();
             qtc_status st = qtc_eval(m, ref, &data, ctx, batch, windows, show_progress, NULL, &r, &err);

@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "qtc/model.h"
+#include "qtc/rng.h"
 #include "qtc/runtime.h"
 
 static char *readme_greedy_text(void)
@@ -437,4 +439,86 @@ TEST(llama_spm_vocabulary_reproduces_llama_cpps_token_ids_and_decodes_back)
 TEST(gpt2_byte_level_vocabulary_reproduces_llama_cpps_token_ids_and_decodes_back)
 {
     check_vocabulary("models/vocab/ggml-vocab-gpt-2.gguf", 50257);
+}
+
+TEST(token_files_round_trip_and_lying_headers_are_rejected)
+{
+    qtc_error err;
+    int32_t ids[5] = {1, 300, 511, 2, 70000};
+    qtc_tokens d = {ids, 5}, back;
+    char path[] = "/tmp/qtc-tokens-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK(qtc_tokens_save(&d, path, &err) == QTC_OK); /* 70000 needs 4 bytes per id */
+    CHECK(qtc_tokens_load(NULL, path, 0, &back, &err) == QTC_OK && back.n == 5 && memcmp(back.ids, ids, sizeof ids) == 0);
+    qtc_tokens_free(&back);
+    CHECK(qtc_tokens_load(NULL, path, 512, &back, &err) == QTC_ERR_INPUT && strstr(err.msg, "outside the vocabulary"));
+    d.n = 4; /* all fit in 2 bytes */
+    CHECK(qtc_tokens_save(&d, path, &err) == QTC_OK);
+    FILE *f = fopen(path, "r+b");
+    fseek(f, 0, SEEK_END);
+    CHECK(ftell(f) == 24 + 4 * 2);
+    uint64_t lie = 1000;
+    fseek(f, 16, SEEK_SET);
+    fwrite(&lie, 8, 1, f);
+    fclose(f);
+    CHECK(qtc_tokens_load(NULL, path, 0, &back, &err) == QTC_ERR_INPUT && strstr(err.msg, "counts 1000 ids"));
+    remove(path);
+}
+
+TEST(attention_runs_windows_of_2048_tokens_and_agrees_with_the_cache)
+{
+    /* a tiny random llama with a 2048-token context: the full forward's last
+     * logits equal the KV-cache path's after 2048 steps */
+    qtc_error err;
+    qtc_llama *m = calloc(1, sizeof *m);
+    m->c = (qtc_llama_config){.dim = 16, .hidden = 32, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab = 50,
+                              .ctx = 2048, .head_dim = 4, .n_rot = 4, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1};
+    m->layers = calloc(2, sizeof *m->layers);
+    qtc_rng r;
+    qtc_rng_seed(&r, 5);
+#define RAND(t, a, b)                                                           \
+    do {                                                                        \
+        t = qtc_tensor_new(QTC_F32, (b) ? 2 : 1, QTC_SHAPE(a, (b) ? (b) : 1), &err); \
+        qtc_rng_fill_normal(&r, t, (b) ? 0 : 1, (b) ? 0.3f : 0.1f);             \
+    } while (0)
+    RAND(m->embed, 50, 16);
+    RAND(m->norm, 16, 0);
+    m->output = m->embed;
+    for (int l = 0; l < 2; l++) {
+        qtc_llama_layer *L = &m->layers[l];
+        RAND(L->attn_norm, 16, 0);
+        RAND(L->wq, 16, 16);
+        RAND(L->wk, 8, 16);
+        RAND(L->wv, 8, 16);
+        RAND(L->wo, 16, 16);
+        RAND(L->ffn_norm, 16, 0);
+        RAND(L->w_gate, 32, 16);
+        RAND(L->w_up, 32, 16);
+        RAND(L->w_down, 16, 32);
+    }
+#undef RAND
+    enum { T = 2048 };
+    int32_t *tok = malloc(T * sizeof *tok);
+    for (int t = 0; t < T; t++)
+        tok[t] = (int32_t)qtc_rng_below(&r, 50);
+    qtc_tensor *ids = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(1, T), tok, NULL, &err);
+    qtc_graph *g = qtc_graph_new(&err), *g2 = qtc_graph_new(&err);
+    qtc_graph_set_recording(g, 0);
+    qtc_tensor *logits = qtc_llama_forward(m, g, ids, 0);
+    CHECK(logits && logits->ne[1] == T);
+    const float *last = NULL;
+    for (int t = 0; t < T; t++)
+        last = qtc_llama_step(m, g2, tok[t], t, &err);
+    CHECK_MSG(last, "%s", err.msg);
+    double want[50];
+    for (int v = 0; v < 50; v++)
+        want[v] = ((float *)logits->data)[(int64_t)(T - 1) * 50 + v];
+    CHECK_CLOSE("logits at position 2047", last, want, 50, 1e-4, 1e-4);
+    CHECK(!qtc_llama_step(m, g2, tok[0], T, &err) && strstr(err.msg, "outside the model's context"));
+    qtc_tensor_free(ids);
+    free(tok);
+    qtc_graph_free(g);
+    qtc_graph_free(g2);
+    qtc_llama_free(m);
 }

@@ -89,6 +89,16 @@ typedef struct qtc_tokens {
 qtc_status qtc_tokens_from_text(const qtc_tokenizer *t, const char *path, qtc_tokens *out, qtc_error *err);
 void qtc_tokens_free(qtc_tokens *d);
 
+/* Token files, for data tokenized once:
+ *   8 bytes "QTCTOKS\0" | u32 version (1) | u32 bytes per id (2 or 4) | u64 count |
+ *   count little-endian ids (u16 or u32)
+ * qtc_tokens_load reads one (checking every field against the file size) and
+ * falls back to qtc_tokens_from_text for anything else, so tools take either.
+ * qtc_tokens_save picks 2 bytes per id when every id fits. vocab > 0 checks
+ * the ids against a vocabulary size. */
+qtc_status qtc_tokens_load(const qtc_tokenizer *t, const char *path, int vocab, qtc_tokens *out, qtc_error *err);
+qtc_status qtc_tokens_save(const qtc_tokens *d, const char *path, qtc_error *err);
+
 typedef struct qtc_eval_result {
     int64_t windows, predictions;
     double nll, nll_se;          /* mean negative log-likelihood (nats) and its standard error */

@@ -65,6 +65,14 @@ python3 -c "
 import json; d=json.load(open('$T/out'))
 assert d['kld'] < 1e-9 and d['top1'] == 1 and d['ppl'] == d['ref_ppl'], d" 2>"$T/err" && ok || bad "self reference: $(cat "$T/err")"
 
+# tokenize once, score again from the token file: the same figures
+expect 0 "--save-tokens" "$E" "$L2C" --text "$TXT" --windows 20 --json --save-tokens "$T/eval.tok"
+cp "$T/out" "$T/from-text.json"
+expect 0 "scoring a token file" "$E" "$L2C" --text "$T/eval.tok" --windows 20 --json
+python3 -c "
+import json; a=json.load(open('$T/from-text.json')); b=json.load(open('$T/out'))
+assert a['ppl'] == b['ppl'] and a['predictions'] == b['predictions'], (a, b)" 2>"$T/err" && ok || bad "token file scores: $(cat "$T/err")"
+
 # bad input
 printf 'not a model' >"$T/junk"
 expect 2 "unknown model format" "$E" "$T/junk" --text "$TXT"
