@@ -5,6 +5,7 @@
 #ifndef QTC_TEST_HARNESS_H
 #define QTC_TEST_HARNESS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef void (*test_fn)(void);
@@ -51,6 +52,9 @@ int check_close_f(const char *what, const float *got, const double *want, int64_
             return;                                                       \
         }                                                                 \
     } while (0)
+
+/* A whole file in a malloc'd, NUL-terminated buffer (size without the NUL), or NULL. */
+char *test_read_file(const char *path, size_t *size);
 
 /* Path of a file under ../shared (QTC_SHARED overrides the folder); the
  * result stays valid for the next three calls. */

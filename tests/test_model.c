@@ -359,23 +359,6 @@ TEST(tokenizers_from_tok512_tokenizer_json_and_gguf_encode_alike)
     qtc_model_close(hf);
 }
 
-/* Splits llama.cpp's tokenizer test files: .inp holds strings separated by
- * "\n__ggml_vocab_test__\n", .out one line of ids per string. */
-static char *slurp_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    size_t got = fread(s, 1, (size_t)n, f);
-    fclose(f);
-    s[got] = '\0';
-    return s;
-}
-
 /* One of llama.cpp's test vocabularies: every test string encodes to llama.cpp's
  * ids and decodes back. */
 static void check_vocabulary(const char *file, int vocab)
@@ -388,7 +371,8 @@ static void check_vocabulary(const char *file, int vocab)
     qtc_model_file *f = qtc_model_open(gguf, &err);
     qtc_tokenizer *t = f ? qtc_tokenizer_for_model(f, &err) : NULL;
     CHECK_MSG(t && qtc_tokenizer_vocab(t) == vocab, "%s", err.msg);
-    char *inp = slurp_text(inp_path), *out = slurp_text(out_path);
+    /* .inp: strings separated by "\n__ggml_vocab_test__\n"; .out: one line of ids per string */
+    char *inp = test_read_file(inp_path, NULL), *out = test_read_file(out_path, NULL);
     CHECK(inp && out);
     const char *sep = "\n__ggml_vocab_test__\n";
     char *p = inp, *o = out;

@@ -18,20 +18,10 @@ static const qtc_dtype ggml_types[] = {QTC_Q4_0, QTC_Q4_1, QTC_Q5_0, QTC_Q5_1,
 /* Reads a whole file (decompressing a .zst) into a malloc'd buffer. */
 static void *slurp(const char *path, size_t *size)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    char *buf = test_read_file(path, size);
+    if (!buf)
         return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        fclose(f);
-        free(buf);
-        return NULL;
-    }
-    fclose(f);
-    *size = (size_t)n;
+    size_t n = *size;
     size_t len = strlen(path);
     if (len > 4 && strcmp(path + len - 4, ".zst") == 0) {
         unsigned long long raw = ZSTD_getFrameContentSize(buf, (size_t)n);

@@ -11,28 +11,8 @@ M=$SHARED/models
 L2C=$M/stories260K/stories260K.bin
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-skip=0
-
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL qconv: $*" >&2; fail=$((fail + 1)); }
-# expect EXIT NAME CMD...: runs CMD (stdout to $T/out, stderr to $T/err)
-expect() {
-    want=$1 name=$2
-    shift 2
-    "$@" >"$T/out" 2>"$T/err"
-    rc=$?
-    if [ "$rc" -eq "$want" ]; then ok; else bad "$name: exit $rc, want $want: $(head -c 400 "$T/err")"; fi
-}
-# check NAME CMD...: CMD must succeed
-check() {
-    name=$1
-    shift
-    if "$@" >"$T/check.out" 2>&1; then ok; else bad "$name: $(head -c 400 "$T/check.out")"; fi
-}
-stderr_has() { if grep -q -- "$2" "$T/err"; then ok; else bad "$1: stderr lacks '$2': $(head -c 300 "$T/err")"; fi; }
-absent() { if [ -e "$2" ]; then bad "$1: $2 exists"; else ok; fi; }
+NAME=qconv
+. tests/cli/lib.sh
 no_temps() { if ls "$T" | grep -q 'tmp-'; then bad "$1: temporary files left: $(ls "$T" | grep tmp-)"; else ok; fi; }
 
 # --- usage ---------------------------------------------------------------------
@@ -164,5 +144,4 @@ else
 fi
 no_temps "after all runs"
 
-echo "qconv: $pass passed, $fail failed, $skip skipped"
-[ "$fail" -eq 0 ]
+finish

@@ -13,19 +13,8 @@ TOK=$M/stories260K/tok512.bin
 TXT=$SHARED/data/tinystories-eval.txt
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL qeval: $*" >&2; fail=$((fail + 1)); }
-expect() {
-    want=$1 name=$2
-    shift 2
-    "$@" >"$T/out" 2>"$T/err"
-    rc=$?
-    if [ "$rc" -eq "$want" ]; then ok; else bad "$name: exit $rc, want $want: $(head -c 400 "$T/err")"; fi
-}
-stderr_has() { if grep -q -- "$2" "$T/err"; then ok; else bad "$1: stderr lacks '$2': $(head -c 300 "$T/err")"; fi; }
-stdout_has() { if grep -q -- "$2" "$T/out"; then ok; else bad "$1: stdout lacks '$2': $(head -c 300 "$T/out")"; fi; }
+NAME=qeval
+. tests/cli/lib.sh
 
 expect 0 "--help" "$E" --help
 expect 1 "no mode" "$E" "$L2C"
@@ -91,5 +80,4 @@ printf 'Once upon a time.\n' >"$T/short.txt"
 expect 2 "text shorter than a window" "$E" "$L2C" --text "$T/short.txt"
 stderr_has "text shorter than a window" "not one window"
 
-echo "qeval: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
