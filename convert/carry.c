@@ -201,7 +201,7 @@ done:
  * the n-th ordinary token gets score -n (what llama2.c's export writes);
  * byte and special tokens score 0. Byte-level BPE (GPT-2 style) becomes a
  * "gpt2" vocabulary with its merges. */
-qtc_status carry_tokenizer_from_json(qtc_kvs *kv, const char *json, const qtc_llama_config *c, qtc_error *err)
+qtc_status qtc_tokenizer_kvs_from_json(qtc_kvs *kv, const char *json, const qtc_llama_config *c, qtc_error *err)
 {
     cJSON *root = cJSON_Parse(json);
     cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
@@ -351,7 +351,7 @@ qtc_status qtc_model_tokenizer_kvs(const qtc_model_file *m, qtc_kvs *out, qtc_er
     if (m->tokenizer_bin && m->has_config)
         return qtc_tokenizer_kvs_from_llama2c(out, m->tokenizer_bin, m->config.vocab, err);
     if (m->tokenizer_json)
-        return carry_tokenizer_from_json(out, m->tokenizer_json, m->has_config ? &m->config : NULL, err);
+        return qtc_tokenizer_kvs_from_json(out, m->tokenizer_json, m->has_config ? &m->config : NULL, err);
     return qtc_error_set(err, QTC_ERR_INPUT, "%s: no tokenizer (GGUF tokenizer keys, tokenizer.json, or a llama2.c tokenizer.bin beside it)",
                          m->path);
 }

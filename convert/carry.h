@@ -6,9 +6,6 @@
 
 /* An HF config.json for a llama configuration (malloc'd). */
 char *carry_config_json(const qtc_llama_config *c);
-/* tokenizer.ggml.* keys from an HF tokenizer.json (BPE); c gives vocab size,
- * BOS and EOS (may be NULL). */
-qtc_status carry_tokenizer_from_json(qtc_kvs *kv, const char *json, const qtc_llama_config *c, qtc_error *err);
 /* The KVs whose keys start with prefix, as JSON (malloc'd), and back. */
 char *carry_kvs_to_json(const qtc_kvs *kv, const char *prefix);
 qtc_status carry_kvs_from_json(qtc_kvs *kv, const char *json, const char *what, qtc_error *err);

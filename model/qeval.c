@@ -33,7 +33,8 @@ static const char *usage_text =
     "  --generate TEXT   continue TEXT (after BOS); greedy unless --temp T > 0, then top-p sampling\n"
     "                    (--top-p, default 0.9) seeded by --seed (default 0); -n tokens (default 200);\n"
     "                    stops early at BOS or EOS\n"
-    "  --tokenizer FILE  a llama2.c tokenizer.bin (default: the model's own, or the one beside it)\n"
+    "  --tokenizer FILE  a GGUF, an HF tokenizer.json or a llama2.c tokenizer.bin (default: the\n"
+    "                    model's own, or a tokenizer.bin beside a llama2.c checkpoint)\n"
     "  --threads N       threads (default: all cores)\n"
     "  -h, --help        this help\n"
     "\n"
@@ -73,7 +74,7 @@ static qtc_llama *load(const char *path, const char *tokenizer, qtc_tokenizer **
         return NULL;
     qtc_llama *m = qtc_llama_from_model(f, err);
     if (m && tok) {
-        *tok = tokenizer ? qtc_tokenizer_load_llama2c(tokenizer, m->c.vocab, err) : qtc_tokenizer_for_model(f, err);
+        *tok = tokenizer ? qtc_tokenizer_load(tokenizer, m->c.vocab, err) : qtc_tokenizer_for_model(f, err);
         if (!*tok) {
             qtc_llama_free(m);
             m = NULL;

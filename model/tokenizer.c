@@ -301,6 +301,41 @@ qtc_tokenizer *qtc_tokenizer_load_llama2c(const char *path, int vocab, qtc_error
     return t;
 }
 
+qtc_tokenizer *qtc_tokenizer_load(const char *path, int vocab, qtc_error *err)
+{
+    qtc_in in;
+    if (qtc_in_open(&in, path, err) != QTC_OK)
+        return NULL;
+    size_t i = 0;
+    while (i < in.size && (in.data[i] == ' ' || in.data[i] == '\n' || in.data[i] == '\r' || in.data[i] == '\t'))
+        i++;
+    int gguf = in.size >= 4 && !memcmp(in.data, "GGUF", 4), json = i < in.size && in.data[i] == '{';
+    char *text = json ? malloc(in.size + 1) : NULL;
+    if (text) {
+        memcpy(text, in.data, in.size);
+        text[in.size] = '\0';
+    }
+    qtc_in_close(&in);
+    qtc_tokenizer *t = NULL;
+    if (gguf) {
+        qtc_model_file *m = qtc_model_open(path, err);
+        t = m ? qtc_tokenizer_for_model(m, err) : NULL;
+        qtc_model_close(m);
+    } else if (json) {
+        qtc_kvs kv = {0};
+        qtc_llama_config c = {.vocab = vocab, .bos_id = -1, .eos_id = -1};
+        if (!text)
+            qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        else if (qtc_tokenizer_kvs_from_json(&kv, text, &c, err) == QTC_OK)
+            t = from_kvs(&kv, path, err);
+        qtc_kvs_free(&kv);
+    } else {
+        t = qtc_tokenizer_load_llama2c(path, vocab, err);
+    }
+    free(text);
+    return t;
+}
+
 qtc_tokenizer *qtc_tokenizer_for_model(const qtc_model_file *m, qtc_error *err)
 {
     qtc_kvs kv = {0};

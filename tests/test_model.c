@@ -506,3 +506,19 @@ TEST(attention_runs_windows_of_2048_tokens_and_agrees_with_the_cache)
     qtc_graph_free(g2);
     qtc_llama_free(m);
 }
+
+TEST(tokenizer_files_are_recognised_by_their_bytes)
+{
+    qtc_error err;
+    const char *paths[] = {"models/stories260K/tok512.bin", "models/stories260K-hf/tokenizer.json",
+                           "models/vocab/ggml-vocab-llama-spm.gguf"};
+    const int vocab[] = {512, 512, 32000};
+    int32_t ids[64];
+    for (int k = 0; k < 3; k++) {
+        qtc_tokenizer *t = qtc_tokenizer_load(shared_path(paths[k]), 512, &err);
+        CHECK_MSG(t && qtc_tokenizer_vocab(t) == vocab[k], "%s: %s", paths[k], err.msg);
+        CHECK(qtc_tokenizer_encode(t, "Once upon a time", 1, 0, ids, 64, &err) >= 3 && ids[0] == 1);
+        qtc_tokenizer_free(t);
+    }
+    CHECK(!qtc_tokenizer_load(shared_path("data/README.md"), 512, &err) && err.code == QTC_ERR_INPUT);
+}

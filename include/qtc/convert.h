@@ -154,6 +154,10 @@ qtc_status qtc_model_qweight(const qtc_model_file *m, int i, qtc_qweight *q, qtc
  * llama2.c tokenizer.bin beside the checkpoint. QTC_ERR_INPUT when none. */
 qtc_status qtc_model_tokenizer_kvs(const qtc_model_file *m, qtc_kvs *out, qtc_error *err);
 
+/* tokenizer.ggml.* keys from an HF tokenizer.json's text (BPE: SentencePiece
+ * style or byte level); c gives the vocabulary size, BOS and EOS (may be NULL). */
+qtc_status qtc_tokenizer_kvs_from_json(qtc_kvs *kv, const char *json, const qtc_llama_config *c, qtc_error *err);
+
 /* tokenizer.ggml.* keys from a llama2.c tokenizer.bin of `vocab` tokens
  * (spaces become U+2581; <s> and </s> lose llama2.c's wrapping newlines). */
 qtc_status qtc_tokenizer_kvs_from_llama2c(qtc_kvs *kv, const char *path, int vocab, qtc_error *err);

@@ -56,6 +56,9 @@ typedef struct qtc_tokenizer qtc_tokenizer;
 /* A llama2.c tokenizer.bin (tok512.bin): SentencePiece-style BPE by score with
  * byte fallback tokens <0x00>..<0xFF>. */
 qtc_tokenizer *qtc_tokenizer_load_llama2c(const char *path, int vocab, qtc_error *err);
+/* A tokenizer file recognised by its bytes: a GGUF (its tokenizer keys), an HF
+ * tokenizer.json, or a llama2.c tokenizer.bin (of `vocab` tokens). */
+qtc_tokenizer *qtc_tokenizer_load(const char *path, int vocab, qtc_error *err);
 /* The tokenizer a model file carries or has beside it (llama2.c), or NULL with
  * a clear error. SentencePiece-style ("llama") and byte-level BPE ("gpt2")
  * vocabularies; both reproduce llama.cpp's token ids. */
