@@ -140,29 +140,38 @@ int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap)
     return n;
 }
 
+static qtc_tensor *linear(const qtc_llama *m, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
+{
+    if (m->linear)
+        return m->linear(m->linear_ctx, g, x, w, layer, kind);
+    return qtc_matmul(g, x, w, 0, 1);
+}
+
 /* The first half of a block: the attention inputs of x (B, T, dim), with q and
  * k rotated for positions pos0 + t. */
-static void qkv(const qtc_llama *m, qtc_graph *g, const qtc_llama_layer *L, qtc_tensor *x, int64_t pos0,
-                qtc_tensor **q, qtc_tensor **k, qtc_tensor **v)
+static void qkv(const qtc_llama *m, qtc_graph *g, int l, qtc_tensor *x, int64_t pos0, qtc_tensor **q, qtc_tensor **k,
+                qtc_tensor **v)
 {
     const qtc_llama_config *c = &m->c;
+    const qtc_llama_layer *L = &m->layers[l];
     qtc_tensor *h = qtc_rmsnorm(g, x, L->attn_norm, c->norm_eps);
-    *q = qtc_rope(g, qtc_matmul(g, h, L->wq, 0, 1), c->n_heads, c->n_rot, pos0, c->rope_theta, QTC_ROPE_HALF);
-    *k = qtc_rope(g, qtc_matmul(g, h, L->wk, 0, 1), c->n_kv_heads, c->n_rot, pos0, c->rope_theta, QTC_ROPE_HALF);
-    *v = qtc_matmul(g, h, L->wv, 0, 1);
+    *q = qtc_rope(g, linear(m, g, h, L->wq, l, QTC_LIN_Q), c->n_heads, c->n_rot, pos0, c->rope_theta, QTC_ROPE_HALF);
+    *k = qtc_rope(g, linear(m, g, h, L->wk, l, QTC_LIN_K), c->n_kv_heads, c->n_rot, pos0, c->rope_theta, QTC_ROPE_HALF);
+    *v = linear(m, g, h, L->wv, l, QTC_LIN_V);
 }
 
 /* The second half: attention of q over keys k and values v (this window's, or
  * a cache's), the output projection and the MLP, both residual. */
-static qtc_tensor *attend_and_mlp(const qtc_llama *m, qtc_graph *g, const qtc_llama_layer *L, qtc_tensor *x,
-                                  qtc_tensor *q, qtc_tensor *k, qtc_tensor *v)
+static qtc_tensor *attend_and_mlp(const qtc_llama *m, qtc_graph *g, int l, qtc_tensor *x, qtc_tensor *q, qtc_tensor *k,
+                                  qtc_tensor *v)
 {
     const qtc_llama_config *c = &m->c;
+    const qtc_llama_layer *L = &m->layers[l];
     qtc_tensor *a = qtc_attention(g, q, k, v, c->n_heads, c->n_kv_heads);
-    x = qtc_add(g, x, qtc_matmul(g, a, L->wo, 0, 1));
+    x = qtc_add(g, x, linear(m, g, a, L->wo, l, QTC_LIN_O));
     qtc_tensor *h = qtc_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
-    qtc_tensor *mlp = qtc_swiglu(g, qtc_matmul(g, h, L->w_gate, 0, 1), qtc_matmul(g, h, L->w_up, 0, 1));
-    return qtc_add(g, x, qtc_matmul(g, mlp, L->w_down, 0, 1));
+    qtc_tensor *mlp = qtc_swiglu(g, linear(m, g, h, L->w_gate, l, QTC_LIN_GATE), linear(m, g, h, L->w_up, l, QTC_LIN_UP));
+    return qtc_add(g, x, linear(m, g, mlp, L->w_down, l, QTC_LIN_DOWN));
 }
 
 qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)
@@ -170,11 +179,11 @@ qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *toke
     qtc_tensor *x = qtc_embedding(g, m->embed, tokens);
     for (int l = 0; l < m->c.n_layers; l++) {
         qtc_tensor *q, *k, *v;
-        qkv(m, g, &m->layers[l], x, pos0, &q, &k, &v);
-        x = attend_and_mlp(m, g, &m->layers[l], x, q, k, v);
+        qkv(m, g, l, x, pos0, &q, &k, &v);
+        x = attend_and_mlp(m, g, l, x, q, k, v);
     }
     x = qtc_rmsnorm(g, x, m->norm, m->c.norm_eps);
-    return qtc_matmul(g, x, m->output, 0, 1);
+    return linear(m, g, x, m->output, -1, QTC_LIN_OUTPUT);
 }
 
 const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t pos, qtc_error *err)
@@ -216,15 +225,15 @@ const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t p
         vall.data = vc;
         /* k and v of this token go into the cache before attention reads it */
         qtc_tensor *q, *k, *v;
-        qkv(m, g, &m->layers[l], x, pos, &q, &k, &v);
+        qkv(m, g, l, x, pos, &q, &k, &v);
         if (!k || !v)
             break;
         memcpy(kc + pos * kv, k->data, (size_t)kv * sizeof(float));
         memcpy(vc + pos * kv, v->data, (size_t)kv * sizeof(float));
-        x = attend_and_mlp(m, g, &m->layers[l], x, q, &kall, &vall);
+        x = attend_and_mlp(m, g, l, x, q, &kall, &vall);
     }
     x = qtc_rmsnorm(g, x, m->norm, c->norm_eps);
-    qtc_tensor *logits = qtc_matmul(g, x, m->output, 0, 1);
+    qtc_tensor *logits = linear(m, g, x, m->output, -1, QTC_LIN_OUTPUT);
     if (qtc_graph_status(g, err) != QTC_OK || !logits)
         return NULL;
     m->cache_len = pos + 1;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "llama_ref.h"
 #include "qtc/model.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
@@ -114,115 +115,7 @@ TEST(greedy_generation_of_stories260K_is_the_readme_text_from_every_format)
     qtc_model_close(src);
 }
 
-/* --- an independent double-precision forward ---------------------------------------- */
-
-static double *dcopy(const qtc_tensor *t)
-{
-    int64_t n = qtc_tensor_numel(t);
-    double *d = malloc((size_t)n * sizeof *d);
-    for (int64_t i = 0; i < n; i++)
-        d[i] = ((const float *)t->data)[i];
-    return d;
-}
-
-static void d_rmsnorm(const double *x, const double *w, double *y, int D, double eps)
-{
-    double ss = 0;
-    for (int i = 0; i < D; i++)
-        ss += x[i] * x[i];
-    double r = 1 / sqrt(ss / D + eps);
-    for (int i = 0; i < D; i++)
-        y[i] = x[i] * r * w[i];
-}
-
-static void d_linear(const double *W, const double *x, double *y, int out, int in)
-{
-    for (int o = 0; o < out; o++) {
-        double s = 0;
-        for (int i = 0; i < in; i++)
-            s += W[(int64_t)o * in + i] * x[i];
-        y[o] = s;
-    }
-}
-
-/* HF rotate-half rotation of each head of v (n_head heads of hd) at position pos. */
-static void d_rope(double *v, int n_head, int hd, int pos, double theta)
-{
-    for (int h = 0; h < n_head; h++)
-        for (int i = 0; i < hd / 2; i++) {
-            double a = pos * pow(theta, -2.0 * i / hd), *x = v + h * hd;
-            double x0 = x[i], x1 = x[i + hd / 2];
-            x[i] = x0 * cos(a) - x1 * sin(a);
-            x[i + hd / 2] = x0 * sin(a) + x1 * cos(a);
-        }
-}
-
-/* logits (T, V) of tokens at positions 0..T-1, everything in double */
-static double *reference_forward(const qtc_llama *m, const int32_t *tok, int T)
-{
-    const qtc_llama_config *c = &m->c;
-    int D = c->dim, H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim, V = c->vocab;
-    double *x = calloc((size_t)T * D, sizeof *x), *h = malloc((size_t)D * sizeof *h), *E = dcopy(m->embed);
-    double *q = malloc((size_t)T * nh * hd * sizeof *q), *k = malloc((size_t)T * nkv * hd * sizeof *k);
-    double *v = malloc((size_t)T * nkv * hd * sizeof *v), *att = malloc((size_t)nh * hd * sizeof *att);
-    double *g = malloc((size_t)H * sizeof *g), *u = malloc((size_t)H * sizeof *u), *o = malloc((size_t)D * sizeof *o);
-    double *sc = malloc((size_t)T * sizeof *sc);
-    for (int t = 0; t < T; t++)
-        memcpy(x + (int64_t)t * D, E + (int64_t)tok[t] * D, (size_t)D * sizeof *x);
-    for (int l = 0; l < c->n_layers; l++) {
-        const qtc_llama_layer *L = &m->layers[l];
-        double *an = dcopy(L->attn_norm), *wq = dcopy(L->wq), *wk = dcopy(L->wk), *wv = dcopy(L->wv), *wo = dcopy(L->wo);
-        double *fn = dcopy(L->ffn_norm), *wg = dcopy(L->w_gate), *wu = dcopy(L->w_up), *wd = dcopy(L->w_down);
-        for (int t = 0; t < T; t++) {
-            d_rmsnorm(x + (int64_t)t * D, an, h, D, c->norm_eps);
-            d_linear(wq, h, q + (int64_t)t * nh * hd, nh * hd, D);
-            d_linear(wk, h, k + (int64_t)t * nkv * hd, nkv * hd, D);
-            d_linear(wv, h, v + (int64_t)t * nkv * hd, nkv * hd, D);
-            d_rope(q + (int64_t)t * nh * hd, nh, hd, t, c->rope_theta);
-            d_rope(k + (int64_t)t * nkv * hd, nkv, hd, t, c->rope_theta);
-        }
-        for (int t = 0; t < T; t++) {
-            for (int hh = 0; hh < nh; hh++) {
-                int kvh = hh / (nh / nkv);
-                double mx = -1e300, sum = 0;
-                for (int j = 0; j <= t; j++) {
-                    double s = 0;
-                    for (int i = 0; i < hd; i++)
-                        s += q[((int64_t)t * nh + hh) * hd + i] * k[((int64_t)j * nkv + kvh) * hd + i];
-                    sc[j] = s / sqrt((double)hd);
-                    mx = fmax(mx, sc[j]);
-                }
-                for (int j = 0; j <= t; j++)
-                    sum += (sc[j] = exp(sc[j] - mx));
-                for (int i = 0; i < hd; i++) {
-                    double a = 0;
-                    for (int j = 0; j <= t; j++)
-                        a += sc[j] / sum * v[((int64_t)j * nkv + kvh) * hd + i];
-                    att[hh * hd + i] = a;
-                }
-            }
-            d_linear(wo, att, o, D, nh * hd);
-            for (int i = 0; i < D; i++)
-                x[(int64_t)t * D + i] += o[i];
-            d_rmsnorm(x + (int64_t)t * D, fn, h, D, c->norm_eps);
-            d_linear(wg, h, g, H, D);
-            d_linear(wu, h, u, H, D);
-            for (int i = 0; i < H; i++)
-                g[i] = g[i] / (1 + exp(-g[i])) * u[i];
-            d_linear(wd, g, o, D, H);
-            for (int i = 0; i < D; i++)
-                x[(int64_t)t * D + i] += o[i];
-        }
-        free(an); free(wq); free(wk); free(wv); free(wo); free(fn); free(wg); free(wu); free(wd);
-    }
-    double *nw = dcopy(m->norm), *W = dcopy(m->output), *logits = malloc((size_t)T * V * sizeof *logits);
-    for (int t = 0; t < T; t++) {
-        d_rmsnorm(x + (int64_t)t * D, nw, h, D, c->norm_eps);
-        d_linear(W, h, logits + (int64_t)t * V, V, D);
-    }
-    free(nw); free(W); free(x); free(h); free(E); free(q); free(k); free(v); free(att); free(g); free(u); free(o); free(sc);
-    return logits;
-}
+/* --- against the independent double-precision llama (tests/llama_ref.c) ------------- */
 
 static const int32_t window[] = {1, 403, 407, 261, 378, 274, 427, 285, 330, 1, 259, 302, 300, 34, 299, 415, 265};
 #define WINDOW_T ((int)(sizeof window / sizeof *window))
@@ -237,7 +130,10 @@ TEST(forward_logits_match_an_independent_double_precision_forward)
     qtc_graph_set_recording(g, 0);
     qtc_tensor *logits = qtc_llama_forward(m, g, ids, 0);
     CHECK(logits && logits->ne[2] == 512);
-    double *want = reference_forward(m, window, WINDOW_T);
+    ref_llama ref;
+    ref_from_llama(&ref, m);
+    double *want = ref_forward(&ref, window, WINDOW_T);
+    ref_free(&ref);
     double scale = 0;
     for (int i = 0; i < WINDOW_T * 512; i++)
         scale = fmax(scale, fabs(want[i]));
@@ -276,33 +172,24 @@ TEST(model_gradients_match_finite_differences_of_the_double_forward)
     qtc_graph *g = qtc_graph_new(&err);
     qtc_tensor *loss = qtc_cross_entropy(g, qtc_llama_forward(m, g, ids, 0), targets);
     CHECK(qtc_graph_backward(g, loss, &err) == QTC_OK);
-    /* a few weights of different kinds: d loss / d w by central differences in double */
+    /* a few weights of different kinds: d loss / d w by central differences of the double llama */
     struct {
-        qtc_tensor *t;
+        int param; /* in qtc_llama_params order: 0 embed, 1 + 9 l + k, then norm */
         int64_t i;
-    } probes[] = {{m->layers[0].wq, 77}, {m->layers[2].wk, 100}, {m->layers[4].w_down, 3000},
-                  {m->layers[1].attn_norm, 5}, {m->embed, 403 * 64 + 7}, {m->norm, 11}};
+    } probes[] = {{1 + 0 * 9 + 1, 77}, {1 + 2 * 9 + 2, 100}, {1 + 4 * 9 + 8, 3000}, {1 + 1 * 9 + 0, 5}, {0, 403 * 64 + 7}, {46, 11}};
+    ref_llama ref;
+    ref_from_llama(&ref, m);
     for (size_t p = 0; p < sizeof probes / sizeof *probes; p++) {
-        float *w = probes[p].t->data, w0 = w[probes[p].i];
-        double lp = 0, lm = 0, h = 1e-3;
-        for (int s = 0; s < 2; s++) {
-            w[probes[p].i] = w0 + (float)(s ? -h : h);
-            double *lg = reference_forward(m, tok, T), l = 0;
-            for (int t = 0; t < T; t++) {
-                double mx = -1e300, sum = 0;
-                for (int v = 0; v < 512; v++)
-                    mx = fmax(mx, lg[t * 512 + v]);
-                for (int v = 0; v < 512; v++)
-                    sum += exp(lg[t * 512 + v] - mx);
-                l += mx + log(sum) - lg[t * 512 + tgt[t]];
-            }
-            free(lg);
-            *(s ? &lm : &lp) = l / T;
-        }
-        w[probes[p].i] = w0;
-        double num = (lp - lm) / (2 * h), got = ((float *)probes[p].t->grad->data)[probes[p].i];
-        CHECK_MSG(fabs(got - num) <= 2e-3 * fabs(num) + 1e-6, "probe %zu: gradient %.8g, finite difference %.8g", p, got, num);
+        double *w = &ref.p[probes[p].param][probes[p].i], w0 = *w, h = 1e-5;
+        *w = w0 + h;
+        double lp = ref_loss(&ref, tok, tgt, 1, T);
+        *w = w0 - h;
+        double lm = ref_loss(&ref, tok, tgt, 1, T);
+        *w = w0;
+        double num = (lp - lm) / (2 * h), got = ((float *)params[probes[p].param]->grad->data)[probes[p].i];
+        CHECK_MSG(fabs(got - num) <= 1e-3 * fabs(num) + 1e-6, "probe %zu: gradient %.8g, finite difference %.8g", p, got, num);
     }
+    ref_free(&ref);
     qtc_tensor_free(ids);
     qtc_tensor_free(targets);
     qtc_graph_free(g);
@@ -455,33 +342,11 @@ TEST(attention_runs_windows_of_2048_tokens_and_agrees_with_the_cache)
     /* a tiny random llama with a 2048-token context: the full forward's last
      * logits equal the KV-cache path's after 2048 steps */
     qtc_error err;
-    qtc_llama *m = calloc(1, sizeof *m);
-    m->c = (qtc_llama_config){.dim = 16, .hidden = 32, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab = 50,
-                              .ctx = 2048, .head_dim = 4, .n_rot = 4, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1};
-    m->layers = calloc(2, sizeof *m->layers);
+    qtc_llama *m = test_random_llama((qtc_llama_config){.dim = 16, .hidden = 32, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+                                                        .vocab = 50, .ctx = 2048, .head_dim = 4, .n_rot = 4,
+                                                        .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1}, 5);
     qtc_rng r;
-    qtc_rng_seed(&r, 5);
-#define RAND(t, a, b)                                                           \
-    do {                                                                        \
-        t = qtc_tensor_new(QTC_F32, (b) ? 2 : 1, QTC_SHAPE(a, (b) ? (b) : 1), &err); \
-        qtc_rng_fill_normal(&r, t, (b) ? 0 : 1, (b) ? 0.3f : 0.1f);             \
-    } while (0)
-    RAND(m->embed, 50, 16);
-    RAND(m->norm, 16, 0);
-    m->output = m->embed;
-    for (int l = 0; l < 2; l++) {
-        qtc_llama_layer *L = &m->layers[l];
-        RAND(L->attn_norm, 16, 0);
-        RAND(L->wq, 16, 16);
-        RAND(L->wk, 8, 16);
-        RAND(L->wv, 8, 16);
-        RAND(L->wo, 16, 16);
-        RAND(L->ffn_norm, 16, 0);
-        RAND(L->w_gate, 32, 16);
-        RAND(L->w_up, 32, 16);
-        RAND(L->w_down, 16, 32);
-    }
-#undef RAND
+    qtc_rng_seed(&r, 6);
     enum { T = 2048 };
     int32_t *tok = malloc(T * sizeof *tok);
     for (int t = 0; t < T; t++)

@@ -22,8 +22,20 @@ typedef struct qtc_llama_layer {
     qtc_tensor *w_down;               /* (dim, hidden) */
 } qtc_llama_layer;
 
+/* Which projection a linear layer is (for hooks). */
+typedef enum qtc_linear_kind {
+    QTC_LIN_Q, QTC_LIN_K, QTC_LIN_V, QTC_LIN_O, QTC_LIN_GATE, QTC_LIN_UP, QTC_LIN_DOWN, QTC_LIN_OUTPUT
+} qtc_linear_kind;
+
+/* y = x W^T for one projection of layer `layer` (-1 for the output head). A
+ * hook replaces it to fake-quantize W or x (QAT) or add an adapter (LoRA). */
+typedef qtc_tensor *(*qtc_linear_fn)(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer,
+                                     qtc_linear_kind kind);
+
 typedef struct qtc_llama {
     qtc_llama_config c;
+    qtc_linear_fn linear;             /* NULL: the plain matmul */
+    void *linear_ctx;
     qtc_tensor *embed;                /* (vocab, dim) */
     qtc_llama_layer *layers;          /* n_layers */
     qtc_tensor *norm;                 /* (dim) */
@@ -76,7 +88,6 @@ int64_t qtc_tokenizer_encode(const qtc_tokenizer *t, const char *text, int bos, 
  * Valid as long as the tokenizer. */
 const char *qtc_tokenizer_piece(const qtc_tokenizer *t, int32_t prev, int32_t id);
 
-#endif
 
 /* --- data and evaluation ----------------------------------------------------------------- */
 
@@ -119,3 +130,5 @@ typedef struct qtc_eval_result {
 qtc_status qtc_eval(qtc_llama *m, qtc_llama *ref, const qtc_tokens *data, int ctx, int batch, int64_t max_windows,
                     void (*progress)(void *ctx, int64_t done, int64_t total), void *progress_ctx,
                     qtc_eval_result *out, qtc_error *err);
+
+#endif

@@ -2,11 +2,17 @@
 #ifndef QTC_QTC_H
 #define QTC_QTC_H
 
+#include "qtc/convert.h"
 #include "qtc/error.h"
 #include "qtc/graph.h"
+#include "qtc/io.h"
+#include "qtc/model.h"
 #include "qtc/optim.h"
+#include "qtc/qat.h"
+#include "qtc/quant.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
 #include "qtc/tensor.h"
+#include "qtc/train.h"
 
 #endif

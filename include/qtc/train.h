@@ -1,0 +1,53 @@
+/* qtc/train.h: the training loop qat-train and qlora-train share.
+ *
+ * Each step draws `batch` windows of ctx + 1 tokens at random from the data
+ * (the generator is seeded from (seed, step), so a resumed run draws the same
+ * batches), builds the loss through a callback, backpropagates (with gradient
+ * accumulation), clips the global gradient norm, and takes an AdamW step at
+ * the schedule's learning rate. Trainable parameters are those flagged
+ * QTC_TENSOR_REQUIRES_GRAD; freezing is clearing the flag. A loss that is NaN
+ * or infinite stops the run with QTC_ERR_NUMERIC before the weights change.
+ */
+#ifndef QTC_TRAIN_H
+#define QTC_TRAIN_H
+
+#include "qtc/model.h"
+#include "qtc/optim.h"
+
+typedef struct qtc_train_opts {
+    int64_t steps;       /* optimizer steps */
+    int batch, ctx;      /* windows per micro-batch, tokens per window */
+    int grad_accum;      /* micro-batches per step */
+    qtc_lr_schedule lr;  /* lr.total is set to steps when 0 */
+    float clip;          /* global gradient norm limit; <= 0: none */
+    uint64_t seed;
+} qtc_train_opts;
+
+/* batch 8, ctx 128, 1 micro-batch, lr 1e-3 with 10% warmup and cosine to 10%, clip 1.0. */
+qtc_train_opts qtc_train_defaults(int64_t steps);
+
+/* Builds the loss (a one-element tensor) for tokens and targets, both (B, T) i32. */
+typedef qtc_tensor *(*qtc_loss_fn)(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets);
+
+typedef struct qtc_train_event {
+    int64_t step;         /* the step just taken, from 1 */
+    float loss, lr;
+    double grad_norm;     /* before clipping */
+    double tokens_per_s, elapsed;
+} qtc_train_event;
+
+/* Called after each step; a non-zero return stops the run (with QTC_OK). */
+typedef int (*qtc_train_cb)(void *ctx, const qtc_train_event *ev, qtc_error *err);
+
+/* The windows of step `step`: tokens (B, T) and targets (B, T), the tokens
+ * shifted by one. */
+void qtc_train_batch(const qtc_tokens *data, int batch, int ctx, uint64_t seed, int64_t step, int32_t *tokens,
+                     int32_t *targets);
+
+/* Runs steps first_step + 1 .. o->steps with opt (caller-owned, so its moments
+ * can be saved and restored). The callback may return an error through err. */
+qtc_status qtc_train(const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const *params, int n_params,
+                     const qtc_tokens *data, int64_t first_step, qtc_loss_fn loss, void *loss_ctx, qtc_train_cb cb,
+                     void *cb_ctx, qtc_error *err);
+
+#endif

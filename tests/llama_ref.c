@@ -1,0 +1,177 @@
+/* llama_ref.c: the double-precision llama of llama_ref.h. */
+#include "llama_ref.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qtc/rng.h"
+
+void ref_from_llama(ref_llama *r, qtc_llama *m)
+{
+    qtc_tensor *ps[64];
+    memset(r, 0, sizeof *r);
+    r->c = m->c;
+    r->n = qtc_llama_params(m, ps, 64);
+    for (int i = 0; i < r->n; i++) {
+        r->len[i] = qtc_tensor_numel(ps[i]);
+        r->p[i] = malloc((size_t)r->len[i] * sizeof(double));
+        for (int64_t j = 0; j < r->len[i]; j++)
+            r->p[i][j] = ((float *)ps[i]->data)[j];
+    }
+}
+
+void ref_free(ref_llama *r)
+{
+    for (int i = 0; i < r->n; i++)
+        free(r->p[i]);
+}
+
+static void d_rmsnorm(const double *x, const double *w, double *y, int D, double eps)
+{
+    double ss = 0;
+    for (int i = 0; i < D; i++)
+        ss += x[i] * x[i];
+    double k = 1 / sqrt(ss / D + eps);
+    for (int i = 0; i < D; i++)
+        y[i] = x[i] * k * w[i];
+}
+
+static void d_linear(const double *W, const double *x, double *y, int out, int in)
+{
+    for (int o = 0; o < out; o++) {
+        double s = 0;
+        for (int i = 0; i < in; i++)
+            s += W[(int64_t)o * in + i] * x[i];
+        y[o] = s;
+    }
+}
+
+/* HF rotate-half rotation of each head of v at position pos */
+static void d_rope(double *v, int n_head, int hd, int pos, double theta)
+{
+    for (int h = 0; h < n_head; h++)
+        for (int i = 0; i < hd / 2; i++) {
+            double a = pos * pow(theta, -2.0 * i / hd), *x = v + h * hd;
+            double x0 = x[i], x1 = x[i + hd / 2];
+            x[i] = x0 * cos(a) - x1 * sin(a);
+            x[i + hd / 2] = x0 * sin(a) + x1 * cos(a);
+        }
+}
+
+double *ref_forward(const ref_llama *r, const int32_t *tok, int T)
+{
+    const qtc_llama_config *c = &r->c;
+    int D = c->dim, H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim, V = c->vocab;
+    /* parameter order: embed, then per layer 9 (attn_norm wq wk wv wo ffn_norm gate up down), norm, [output] */
+    const double *E = r->p[0], *nw = r->p[1 + 9 * c->n_layers];
+    const double *W = r->n > 2 + 9 * c->n_layers ? r->p[2 + 9 * c->n_layers] : E;
+    double *x = calloc((size_t)T * D, sizeof *x), *h = malloc((size_t)D * sizeof *h);
+    double *q = malloc((size_t)T * nh * hd * sizeof *q), *k = malloc((size_t)T * nkv * hd * sizeof *k);
+    double *v = malloc((size_t)T * nkv * hd * sizeof *v), *att = malloc((size_t)nh * hd * sizeof *att);
+    double *g = malloc((size_t)H * sizeof *g), *u = malloc((size_t)H * sizeof *u), *o = malloc((size_t)D * sizeof *o);
+    double *sc = malloc((size_t)T * sizeof *sc), *logits = malloc((size_t)T * V * sizeof *logits);
+    for (int t = 0; t < T; t++)
+        memcpy(x + (int64_t)t * D, E + (int64_t)tok[t] * D, (size_t)D * sizeof *x);
+    for (int l = 0; l < c->n_layers; l++) {
+        double *const *P = r->p + 1 + 9 * l;
+        const double *an = P[0], *wq = P[1], *wk = P[2], *wv = P[3], *wo = P[4], *fn = P[5], *wg = P[6], *wu = P[7],
+                     *wd = P[8];
+        for (int t = 0; t < T; t++) {
+            d_rmsnorm(x + (int64_t)t * D, an, h, D, c->norm_eps);
+            d_linear(wq, h, q + (int64_t)t * nh * hd, nh * hd, D);
+            d_linear(wk, h, k + (int64_t)t * nkv * hd, nkv * hd, D);
+            d_linear(wv, h, v + (int64_t)t * nkv * hd, nkv * hd, D);
+            d_rope(q + (int64_t)t * nh * hd, nh, hd, t, c->rope_theta);
+            d_rope(k + (int64_t)t * nkv * hd, nkv, hd, t, c->rope_theta);
+        }
+        for (int t = 0; t < T; t++) {
+            for (int hh = 0; hh < nh; hh++) {
+                int kvh = hh / (nh / nkv);
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    double s = 0;
+                    for (int i = 0; i < hd; i++)
+                        s += q[((int64_t)t * nh + hh) * hd + i] * k[((int64_t)j * nkv + kvh) * hd + i];
+                    sc[j] = s / sqrt((double)hd);
+                    mx = fmax(mx, sc[j]);
+                }
+                for (int j = 0; j <= t; j++)
+                    sum += (sc[j] = exp(sc[j] - mx));
+                for (int i = 0; i < hd; i++) {
+                    double a = 0;
+                    for (int j = 0; j <= t; j++)
+                        a += sc[j] / sum * v[((int64_t)j * nkv + kvh) * hd + i];
+                    att[hh * hd + i] = a;
+                }
+            }
+            d_linear(wo, att, o, D, nh * hd);
+            for (int i = 0; i < D; i++)
+                x[(int64_t)t * D + i] += o[i];
+            d_rmsnorm(x + (int64_t)t * D, fn, h, D, c->norm_eps);
+            d_linear(wg, h, g, H, D);
+            d_linear(wu, h, u, H, D);
+            for (int i = 0; i < H; i++)
+                g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+            d_linear(wd, g, o, D, H);
+            for (int i = 0; i < D; i++)
+                x[(int64_t)t * D + i] += o[i];
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        d_rmsnorm(x + (int64_t)t * D, nw, h, D, c->norm_eps);
+        d_linear(W, h, logits + (int64_t)t * V, V, D);
+    }
+    free(x); free(h); free(q); free(k); free(v); free(att); free(g); free(u); free(o); free(sc);
+    return logits;
+}
+
+double ref_loss(const ref_llama *r, const int32_t *tok, const int32_t *tgt, int B, int T)
+{
+    int V = r->c.vocab;
+    double total = 0;
+    for (int b = 0; b < B; b++) {
+        double *lg = ref_forward(r, tok + (int64_t)b * T, T);
+        for (int t = 0; t < T; t++) {
+            double mx = -1e300, s = 0;
+            for (int j = 0; j < V; j++)
+                mx = fmax(mx, lg[t * V + j]);
+            for (int j = 0; j < V; j++)
+                s += exp(lg[t * V + j] - mx);
+            total += mx + log(s) - lg[t * V + tgt[(int64_t)b * T + t]];
+        }
+        free(lg);
+    }
+    return total / (B * T);
+}
+
+qtc_llama *test_random_llama(qtc_llama_config c, uint64_t seed)
+{
+    qtc_error err;
+    qtc_rng r;
+    qtc_rng_seed(&r, seed);
+    qtc_llama *m = calloc(1, sizeof *m);
+    m->c = c;
+    m->layers = calloc((size_t)c.n_layers, sizeof *m->layers);
+    int64_t qd = (int64_t)c.n_heads * c.head_dim, kv = (int64_t)c.n_kv_heads * c.head_dim;
+#define MAT(t, a, b) (t = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(a, b), &err), qtc_rng_fill_normal(&r, t, 0, 0.3f))
+#define VEC(t, a) (t = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(a), &err), qtc_rng_fill_normal(&r, t, 1, 0.1f))
+    MAT(m->embed, c.vocab, c.dim);
+    VEC(m->norm, c.dim);
+    m->output = m->embed;
+    for (int l = 0; l < c.n_layers; l++) {
+        qtc_llama_layer *L = &m->layers[l];
+        VEC(L->attn_norm, c.dim);
+        MAT(L->wq, qd, c.dim);
+        MAT(L->wk, kv, c.dim);
+        MAT(L->wv, kv, c.dim);
+        MAT(L->wo, c.dim, qd);
+        VEC(L->ffn_norm, c.dim);
+        MAT(L->w_gate, c.hidden, c.dim);
+        MAT(L->w_up, c.hidden, c.dim);
+        MAT(L->w_down, c.dim, c.hidden);
+    }
+#undef MAT
+#undef VEC
+    return m;
+}

@@ -1,0 +1,142 @@
+/* test_train.c: the training loop against a double-precision replica of the
+ * same steps (the independent llama of llama_ref.c, central-difference
+ * gradients, AdamW and clipping as PyTorch computes them), and its handling
+ * of frozen parameters and NaN. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "llama_ref.h"
+#include "qtc/rng.h"
+#include "qtc/train.h"
+
+static const qtc_llama_config tiny = {.dim = 8, .hidden = 12, .n_layers = 1, .n_heads = 2, .n_kv_heads = 1,
+                                      .vocab = 16, .ctx = 16, .head_dim = 4, .n_rot = 4, .norm_eps = 1e-5f,
+                                      .rope_theta = 10000.0f, .tied = 1};
+
+typedef struct losses {
+    float v[16];
+    int n;
+} losses;
+
+static qtc_tensor *ce_loss(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
+{
+    return qtc_cross_entropy(g, qtc_llama_forward(ctx, g, tokens, 0), targets);
+}
+
+static int record(void *ctx, const qtc_train_event *ev, qtc_error *err)
+{
+    (void)err;
+    losses *l = ctx;
+    l->v[l->n++] = ev->loss;
+    return 0;
+}
+
+TEST(training_steps_match_a_double_precision_replica)
+{
+    enum { STEPS = 4, B = 2, T = 6 };
+    qtc_error err;
+    qtc_llama *m = test_random_llama(tiny, 11);
+    qtc_tokens data = {malloc(300 * sizeof(int32_t)), 300};
+    qtc_rng r;
+    qtc_rng_seed(&r, 12);
+    for (int i = 0; i < 300; i++)
+        data.ids[i] = (int32_t)qtc_rng_below(&r, 16);
+    ref_llama ref;
+    ref_from_llama(&ref, m); /* the replica starts from the same weights */
+    qtc_tensor *params[64];
+    int np = qtc_llama_params(m, params, 64);
+    for (int i = 0; i < np; i++)
+        CHECK(qtc_tensor_require_grad(params[i], &err) == QTC_OK);
+    qtc_train_opts o = qtc_train_defaults(STEPS);
+    o.batch = B;
+    o.ctx = T;
+    o.lr = (qtc_lr_schedule){QTC_LR_COSINE, 2e-2f, 1, STEPS, 0.1f};
+    o.clip = 0.5f; /* small enough to engage */
+    o.seed = 99;
+    qtc_adamw_config cfg = {0.9f, 0.95f, 1e-8f, 0.1f};
+    qtc_adamw *opt = qtc_adamw_new(params, np, cfg, &err);
+    losses got = {0};
+    CHECK_MSG(qtc_train(&o, opt, params, np, &data, 0, ce_loss, m, record, &got, &err) == QTC_OK, "%s", err.msg);
+    CHECK(got.n == STEPS);
+    /* the replica */
+    double *mom1[64], *mom2[64], *grad[64];
+    for (int i = 0; i < ref.n; i++) {
+        mom1[i] = calloc((size_t)ref.len[i], sizeof(double));
+        mom2[i] = calloc((size_t)ref.len[i], sizeof(double));
+        grad[i] = calloc((size_t)ref.len[i], sizeof(double));
+    }
+    int32_t tok[B * T], tgt[B * T];
+    for (int step = 0; step < STEPS; step++) {
+        qtc_train_batch(&data, B, T, o.seed, step, tok, tgt);
+        double loss = ref_loss(&ref, tok, tgt, B, T), ss = 0;
+        CHECK_MSG(fabs(loss - got.v[step]) <= 1e-4 * fabs(loss), "step %d: loss %.8f, replica %.8f", step + 1, got.v[step], loss);
+        for (int i = 0; i < ref.n; i++)
+            for (int64_t j = 0; j < ref.len[i]; j++) {
+                double w0 = ref.p[i][j], h = 1e-5;
+                ref.p[i][j] = w0 + h;
+                double lp = ref_loss(&ref, tok, tgt, B, T);
+                ref.p[i][j] = w0 - h;
+                double lm = ref_loss(&ref, tok, tgt, B, T);
+                ref.p[i][j] = w0;
+                grad[i][j] = (lp - lm) / (2 * h);
+                ss += grad[i][j] * grad[i][j];
+            }
+        double norm = sqrt(ss), coef = fmin(1.0, 0.5 / (norm + 1e-6));
+        double lr = qtc_lr_at(&o.lr, step), b1 = 0.9, b2 = 0.95;
+        for (int i = 0; i < ref.n; i++)
+            for (int64_t j = 0; j < ref.len[i]; j++) {
+                double gj = grad[i][j] * coef;
+                ref.p[i][j] *= 1 - lr * 0.1;
+                mom1[i][j] = b1 * mom1[i][j] + (1 - b1) * gj;
+                mom2[i][j] = b2 * mom2[i][j] + (1 - b2) * gj * gj;
+                ref.p[i][j] -= lr / (1 - pow(b1, step + 1)) * mom1[i][j] / (sqrt(mom2[i][j]) / sqrt(1 - pow(b2, step + 1)) + 1e-8);
+            }
+    }
+    /* and the weights end where the replica's do */
+    double worst = 0;
+    for (int i = 0; i < ref.n; i++)
+        for (int64_t j = 0; j < ref.len[i]; j++)
+            worst = fmax(worst, fabs(((float *)params[i]->data)[j] - ref.p[i][j]));
+    CHECK_MSG(worst < 1e-4, "weights differ from the replica's by up to %g", worst);
+    for (int i = 0; i < ref.n; i++) {
+        free(mom1[i]);
+        free(mom2[i]);
+        free(grad[i]);
+    }
+    ref_free(&ref);
+    qtc_adamw_free(opt);
+    free(data.ids);
+    qtc_llama_free(m);
+}
+
+TEST(training_leaves_frozen_parameters_alone_and_stops_on_nan)
+{
+    qtc_error err;
+    qtc_llama *m = test_random_llama(tiny, 21);
+    qtc_tokens data = {malloc(100 * sizeof(int32_t)), 100};
+    for (int i = 0; i < 100; i++)
+        data.ids[i] = i % 16;
+    qtc_tensor *params[64];
+    int np = qtc_llama_params(m, params, 64);
+    for (int i = 0; i < np; i++)
+        qtc_tensor_require_grad(params[i], &err);
+    qtc_tensor_set_trainable(m->embed, 0);
+    float before = ((float *)m->embed->data)[5], wq = ((float *)m->layers[0].wq->data)[5];
+    qtc_train_opts o = qtc_train_defaults(3);
+    o.batch = 2;
+    o.ctx = 8;
+    qtc_adamw *opt = qtc_adamw_new(params, np, qtc_adamw_defaults(), &err);
+    CHECK(qtc_train(&o, opt, params, np, &data, 0, ce_loss, m, NULL, NULL, &err) == QTC_OK);
+    CHECK(((float *)m->embed->data)[5] == before && ((float *)m->layers[0].wq->data)[5] != wq);
+    ((float *)m->layers[0].w_up->data)[3] = NAN;
+    float kept = ((float *)m->layers[0].wq->data)[5];
+    o.steps = 6;
+    CHECK(qtc_train(&o, opt, params, np, &data, 3, ce_loss, m, NULL, NULL, &err) == QTC_ERR_NUMERIC);
+    CHECK(strstr(err.msg, "step 4") && strstr(err.msg, "NaN"));
+    CHECK(((float *)m->layers[0].wq->data)[5] == kept); /* no step was taken */
+    qtc_adamw_free(opt);
+    free(data.ids);
+    qtc_llama_free(m);
+}
