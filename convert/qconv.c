@@ -53,17 +53,11 @@ static const char *usage_text =
     "\n"
     "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure (NaN, Inf).\n";
 
-/* What a tensor is stored as: a dtype, or one of qtc's schemes (int groups, NF4). */
-typedef struct target {
-    int is_scheme;
-    qtc_dtype dtype;
-    qtc_qscheme scheme;
-} target;
-
-typedef struct rule {
-    regex_t re;
-    target to;
-} rule;
+typedef struct report_ctx {
+    int as_json;
+    FILE *log;
+    cJSON *rows;
+} report_ctx;
 
 static void die_usage(const char *msg)
 {
@@ -82,38 +76,6 @@ static int fail(const qtc_error *err)
 {
     fprintf(stderr, "qconv: error: %s\n", err->msg);
     return qtc_exit_code(err->code);
-}
-
-/* Types qconv accepts for --to: float and ggml types, or a scheme name. */
-static int parse_target(const char *s, target *t)
-{
-    memset(t, 0, sizeof *t);
-    int d = qtc_dtype_from_name(s);
-    if (d >= 0 && (qtc_dtype_info((qtc_dtype)d)->is_quantized || d == QTC_F32 || d == QTC_F16 || d == QTC_BF16)) {
-        t->dtype = (qtc_dtype)d;
-        return 0;
-    }
-    if (qtc_qscheme_parse(s, &t->scheme) == 0) {
-        t->is_scheme = 1;
-        return 0;
-    }
-    return -1;
-}
-
-static void target_name(const target *t, char *buf, size_t cap)
-{
-    if (t->is_scheme)
-        qtc_qscheme_name(&t->scheme, buf, cap);
-    else
-        snprintf(buf, cap, "%s", qtc_dtype_info(t->dtype)->name);
-}
-
-/* Linear-layer weights: what integer and NF4 schemes apply to (compressed-tensors
- * targets Linear; embeddings and norms stay as they are). */
-static int is_linear_weight(const qtc_tensor_entry *e)
-{
-    size_t n = strlen(e->name);
-    return e->ndim == 2 && n > 12 && strcmp(e->name + n - 12, "_proj.weight") == 0;
 }
 
 static double shape_numel(const int64_t *ne, int ndim)
@@ -236,297 +198,78 @@ static int inspect(const qtc_model_file *m, int as_json)
 
 /* --- convert ------------------------------------------------------------------------- */
 
-/* What happens to one input tensor. */
-typedef struct plan {
-    target out;        /* what it is stored as */
-    target asked;      /* what was asked (differs after a fallback) */
-    int fell_back;
-    int keep_q;        /* a quantized input kept in its own scheme: copied, not requantized */
-    int first, count;  /* its entries in the output list */
-} plan;
-
-static void plan_tensor(const qtc_tensor_entry *e, const target *to, const rule *rules, int n_rules, qtc_format fmt,
-                        plan *p)
+static cJSON *row_json(const qtc_convert_row *r)
 {
-    memset(p, 0, sizeof *p);
-    int ruled = 0;
-    for (int r = 0; r < n_rules && !ruled; r++)
-        if (regexec(&rules[r].re, e->name, 0, NULL, 0) == 0) {
-            p->asked = rules[r].to;
-            ruled = 1;
-        }
-    if (!ruled && to && (e->ndim >= 2 || e->qparts.scheme_set)) {
-        p->asked = *to;
-    } else if (!ruled) { /* keep the type: floats stay (1-D ones as f32 when converting), ... */
-        p->asked.dtype = to && qtc_dtype_info(e->dtype)->is_float ? QTC_F32 : e->dtype;
-        if (e->qparts.scheme_set && fmt != QTC_FMT_GGUF) { /* ... and a quantized layout stays */
-            p->asked.is_scheme = 1;
-            p->asked.scheme = e->scheme;
-        } else if (qtc_dtype_info(e->dtype)->is_quantized && fmt != QTC_FMT_GGUF) {
-            p->asked.dtype = QTC_F32; /* safetensors cannot hold ggml blocks */
-        }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", r->name);
+    cJSON_AddStringToObject(o, "in", r->in);
+    cJSON_AddStringToObject(o, "out", r->out);
+    if (r->fell_back) {
+        cJSON_AddStringToObject(o, "asked", r->asked);
+        cJSON_AddStringToObject(o, "fallback_reason", "rows do not split into its blocks");
     }
-    p->out = p->asked;
-    if (p->out.is_scheme && !is_linear_weight(e) && !ruled) { /* schemes are for linear layers */
-        p->out.is_scheme = 0;
-        p->out.dtype = e->qparts.scheme_set || qtc_dtype_info(e->dtype)->is_float ? QTC_F32 : e->dtype;
-        p->asked = p->out;
-    }
-    if (!p->out.is_scheme) {
-        int64_t row = e->ndim ? e->ne[e->ndim - 1] : 1;
-        p->out.dtype = qtc_dtype_fallback(p->asked.dtype, row);
-        p->fell_back = p->out.dtype != p->asked.dtype;
-    }
-    p->keep_q = p->out.is_scheme && e->qparts.scheme_set && !memcmp(&p->out.scheme, &e->scheme, sizeof e->scheme);
+    cJSON_AddNumberToObject(o, "bpw", r->bpw);
+    cJSON_AddNumberToObject(o, "rel_rms_err", r->rel_rms_err);
+    cJSON_AddNumberToObject(o, "max_abs_err", r->max_abs_err);
+    cJSON_AddNumberToObject(o, "bytes_in", r->bytes_in);
+    cJSON_AddNumberToObject(o, "bytes_out", r->bytes_out);
+    return o;
 }
 
-/* Adds one tensor's error statistics to the totals. */
-static void accumulate_error(qtc_quant_error e, double *se, double *x2, double *mx)
+/* One tensor done: a table row on stderr (or into the JSON document), a log line. */
+static void report(void *ctx, const qtc_convert_row *r)
 {
-    *se += e.sum_sq_err;
-    *x2 += e.sum_sq_ref;
-    if (e.max_abs > *mx)
-        *mx = e.max_abs;
+    report_ctx *rc = ctx;
+    if (!rc->as_json)
+        fprintf(stderr, "%-52s %-6s -> %-13s %7.3f %11.3e %11.3e%s%s%s\n", r->name, r->in, r->out, r->bpw, r->rel_rms_err,
+                r->max_abs_err, r->fell_back ? "  (" : "", r->fell_back ? r->asked : "",
+                r->fell_back ? " asked; rows do not split into its blocks)" : "");
+    cJSON *o = row_json(r);
+    if (rc->log) {
+        char *js = cJSON_PrintUnformatted(o);
+        fprintf(rc->log, "{\"event\":\"tensor\",\"data\":%s}\n", js);
+        cJSON_free(js);
+    }
+    cJSON_AddItemToArray(rc->rows, o);
 }
 
-
-/* Converts input tensor i as planned and writes its entries. Fills the error
- * statistics and the bytes written. */
-static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model_writer *w, double *se, double *x2,
-                              double *mx, double *bytes_out, qtc_error *err)
-{
-    const qtc_tensor_entry *e = &m->tensors[i];
-    qtc_tensor *src = qtc_model_tensor(m, i, err), *f = NULL, *q = NULL, *back = NULL;
-    qtc_tensor *parts[8] = {0};
-    qtc_qweight qw;
-    memset(&qw, 0, sizeof qw);
-    qtc_status rc = QTC_OK;
-    if (!src)
-        return err->code;
-    int is_weight = qtc_dtype_info(e->dtype)->is_float || qtc_dtype_info(e->dtype)->is_quantized;
-    int measured = !p->out.is_scheme && (p->out.dtype != e->dtype || e->qparts.scheme_set);
-    if (is_weight) { /* NaN or Inf weights are refused whatever the target (measured: checked there) */
-        f = src->dtype == QTC_F32 ? src : qtc_tensor_to_f32(src, err);
-        int64_t bad = f && !measured ? qtc_tensor_find_nonfinite(f) : -1;
-        if (!f) {
-            rc = err->code;
-            goto done;
-        }
-        if (bad >= 0) {
-            rc = qtc_error_set(err, QTC_ERR_NUMERIC, "%s: tensor '%s': element %lld is %s", m->path, e->name,
-                               (long long)bad, isnan(((float *)f->data)[bad]) ? "NaN" : "infinite");
-            goto done;
-        }
-    }
-    if (p->out.is_scheme) {
-        if (p->keep_q)
-            rc = qtc_model_qweight(m, i, &qw, err);
-        else
-            rc = qtc_qweight_quantize(f->data, e->ne[0], e->ne[1], &p->out.scheme, &qw, err);
-        if (rc == QTC_OK && !(back = qtc_tensor_new(QTC_F32, 2, e->ne, err)))
-            rc = err->code;
-        if (rc == QTC_OK) {
-            qtc_qweight_dequantize(&qw, back->data);
-            accumulate_error(qtc_quant_error_of(f->data, back->data, qtc_tensor_numel(f)), se, x2, mx);
-            rc = qtc_qlayout_pack(&qw, e->name, parts, err);
-        }
-        for (int k = 0; rc == QTC_OK && k < p->count; k++) {
-            rc = qtc_writer_put(w, p->first + k, parts[k], err);
-            *bytes_out += (double)qtc_tensor_nbytes(parts[k]);
-        }
-        goto done;
-    }
-    const qtc_tensor *put = src;
-    if (p->out.dtype != e->dtype || e->qparts.scheme_set) {
-        qtc_quant_error qe;
-        q = qtc_tensor_quantize_measured(f, p->out.dtype, &qe, err);
-        if (!q) {
-            rc = qtc_error_prefix(err, "%s", m->path);
-            goto done;
-        }
-        accumulate_error(qe, se, x2, mx);
-        put = q;
-    } else if (f) { /* stored as is: no error, but its weights count in the totals */
-        accumulate_error(qtc_quant_error_of(f->data, f->data, qtc_tensor_numel(f)), se, x2, mx);
-    }
-    rc = qtc_writer_put(w, p->first, put, err);
-    *bytes_out += (double)qtc_tensor_nbytes(put);
-done:
-    for (int k = 0; k < 8; k++)
-        qtc_tensor_free(parts[k]);
-    qtc_qweight_free(&qw);
-    if (f != src)
-        qtc_tensor_free(f);
-    qtc_tensor_free(src);
-    qtc_tensor_free(q);
-    qtc_tensor_free(back);
-    return rc;
-}
-
-static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int compress, const target *to,
-                   const rule *rules, int n_rules, int as_json, FILE *log)
+static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int compress, const qtc_target *to,
+                   const qtc_convert_rule *rules, int n_rules, int as_json, FILE *log)
 {
     qtc_error err;
-    int n = m->n_tensors, n_out = 0, rc = 0;
-    plan *plans = calloc((size_t)(n ? n : 1), sizeof *plans);
-    qtc_out_entry *entries = calloc((size_t)(8 * n + 1), sizeof *entries);
-    qtc_kvs extra = {0};
-    const qtc_qscheme *used_scheme = NULL;
-    qtc_model_writer *w = NULL;
-    cJSON *summary = cJSON_CreateObject(), *rows = cJSON_AddArrayToObject(summary, "tensors");
-    if (!plans || !entries) {
-        fprintf(stderr, "qconv: error: out of memory\n");
-        rc = 3;
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        const qtc_tensor_entry *e = &m->tensors[i];
-        plan *p = &plans[i];
-        plan_tensor(e, to, rules, n_rules, fmt, p);
-        p->first = n_out;
-        if (p->out.is_scheme) {
-            if (fmt == QTC_FMT_GGUF) {
-                char nm[32];
-                target_name(&p->out, nm, sizeof nm);
-                fprintf(stderr, "qconv: error: tensor '%s': GGUF cannot hold %s; use a ggml type (q4_0, q8_0, ...) or safetensors\n",
-                        e->name, nm);
-                rc = 1;
-                goto done;
-            }
-            if (e->ndim != 2) {
-                fprintf(stderr, "qconv: error: tensor '%s': schemes apply to 2-D weights\n", e->name);
-                rc = 1;
-                goto done;
-            }
-            p->count = qtc_qlayout_count(&p->out.scheme);
-            if (qtc_qlayout_entries(&p->out.scheme, e->name, e->ne[0], e->ne[1], &entries[n_out]) != 0) {
-                fprintf(stderr, "qconv: error: tensor '%s': name too long for its quantized parts\n", e->name);
-                rc = 1;
-                goto done;
-            }
-            if (used_scheme && memcmp(used_scheme, &p->out.scheme, sizeof *used_scheme) != 0) {
-                fprintf(stderr, "qconv: error: one scheme per model (its quantization_config describes one)\n");
-                rc = 1;
-                goto done;
-            }
-            used_scheme = &p->out.scheme;
-        } else {
-            p->count = 1;
-            snprintf(entries[n_out].name, sizeof entries[n_out].name, "%s", e->name);
-            entries[n_out].dtype = p->out.dtype;
-            entries[n_out].ndim = e->ndim;
-            memcpy(entries[n_out].ne, e->ne, sizeof e->ne);
-            if (fmt != QTC_FMT_GGUF && qtc_dtype_info(p->out.dtype)->is_quantized) {
-                fprintf(stderr, "qconv: error: tensor '%s': %s blocks can only be stored in GGUF (use --format gguf or a .gguf name)\n",
-                        e->name, qtc_dtype_info(p->out.dtype)->name);
-                rc = 1;
-                goto done;
-            }
-        }
-        n_out += p->count;
-    }
-    if (fmt == QTC_FMT_GGUF && !qtc_kvs_get(&m->meta, "tokenizer.ggml.tokens") && !m->tokenizer_bin && !m->tokenizer_json)
-        fprintf(stderr, "qconv: warning: %s has no tokenizer qtc can carry into GGUF; llama.cpp will not load the output\n", m->path);
-    if (fmt != QTC_FMT_GGUF) {
-        qtc_kvs_set_str(&extra, "qtc.source_format", qtc_format_name(m->format));
-        if (used_scheme) {
-            char *qc = qtc_qlayout_hf_config(used_scheme);
-            if (qc)
-                qtc_kvs_set_str(&extra, "qtc.quantization_config", qc);
-            free(qc);
-        }
-    }
-    w = qtc_writer_open(out_path, fmt, compress, m, entries, n_out, fmt == QTC_FMT_GGUF ? NULL : &extra, &err);
-    if (!w) {
-        rc = fail(&err);
-        goto done;
-    }
-    double sum_se = 0, sum_x2 = 0, max_abs = 0, bytes_in = 0, bytes_out = 0, weights = 0, bits = 0;
+    qtc_convert_summary s;
+    cJSON *summary = cJSON_CreateObject();
+    report_ctx rc = {as_json, log, cJSON_AddArrayToObject(summary, "tensors")};
     if (!as_json)
         fprintf(stderr, "%-52s %-6s -> %-13s %7s %11s %11s\n", "tensor", "in", "out", "bpw", "rel rms err", "max abs err");
-    for (int i = 0; i < n; i++) {
-        const qtc_tensor_entry *e = &m->tensors[i];
-        const plan *p = &plans[i];
-        double se = 0, x2 = 0, mx = 0, b_out = 0;
-        if (convert_one(m, i, p, w, &se, &x2, &mx, &b_out, &err) != QTC_OK) {
-            rc = fail(&err);
-            goto done;
-        }
-        qtc_model_forget(m, i);
-        double cnt = shape_numel(e->ne, e->ndim), rel = x2 > 0 ? sqrt(se / x2) : sqrt(se);
-        double bpw = p->out.is_scheme ? qtc_qscheme_bpw(&p->out.scheme, e->ne[0], e->ne[1]) : qtc_dtype_bpw(p->out.dtype);
-        double b_in = e->qparts.scheme_set ? ceil(qtc_qscheme_bpw(&e->scheme, e->ne[0], e->ne[1]) * cnt / 8) : (double)e->nbytes;
-        weights += cnt;
-        bits += cnt * bpw;
-        bytes_in += b_in;
-        bytes_out += b_out;
-        sum_se += se;
-        sum_x2 += x2;
-        if (mx > max_abs)
-            max_abs = mx;
-        char in_name[32], out_name[32], asked_name[32];
-        if (e->qparts.scheme_set)
-            qtc_qscheme_name(&e->scheme, in_name, sizeof in_name);
-        else
-            snprintf(in_name, sizeof in_name, "%s", qtc_dtype_info(e->dtype)->name);
-        target_name(&p->out, out_name, sizeof out_name);
-        target_name(&p->asked, asked_name, sizeof asked_name);
-        if (!as_json)
-            fprintf(stderr, "%-52s %-6s -> %-13s %7.3f %11.3e %11.3e%s%s%s\n", e->name, in_name, out_name, bpw, rel, mx,
-                    p->fell_back ? "  (" : "", p->fell_back ? asked_name : "",
-                    p->fell_back ? " asked; rows do not split into its blocks)" : "");
-        cJSON *row = cJSON_CreateObject();
-        cJSON_AddStringToObject(row, "name", e->name);
-        cJSON_AddStringToObject(row, "in", in_name);
-        cJSON_AddStringToObject(row, "out", out_name);
-        if (p->fell_back) {
-            cJSON_AddStringToObject(row, "asked", asked_name);
-            cJSON_AddStringToObject(row, "fallback_reason", "rows do not split into its blocks");
-        }
-        cJSON_AddNumberToObject(row, "bpw", bpw);
-        cJSON_AddNumberToObject(row, "rel_rms_err", rel);
-        cJSON_AddNumberToObject(row, "max_abs_err", mx);
-        cJSON_AddNumberToObject(row, "bytes_in", b_in);
-        cJSON_AddNumberToObject(row, "bytes_out", b_out);
-        if (log) {
-            char *js = cJSON_PrintUnformatted(row);
-            fprintf(log, "{\"event\":\"tensor\",\"data\":%s}\n", js);
-            cJSON_free(js);
-        }
-        cJSON_AddItemToArray(rows, row);
+    qtc_status st = qtc_convert(m, out_path, fmt, compress, to, rules, n_rules, report, &rc, &s, &err);
+    if (s.no_tokenizer)
+        fprintf(stderr, "qconv: warning: %s has no tokenizer qtc can carry into GGUF; llama.cpp will not load the output\n", m->path);
+    if (st != QTC_OK) {
+        cJSON_Delete(summary);
+        return fail(&err);
     }
-    rc = qtc_writer_commit(w, &err) == QTC_OK ? 0 : fail(&err);
-    w = NULL;
-    if (rc)
-        goto done;
-    double rel = sum_x2 > 0 ? sqrt(sum_se / sum_x2) : 0;
     cJSON_AddStringToObject(summary, "output", out_path);
     cJSON_AddStringToObject(summary, "format", qtc_format_name(fmt));
-    cJSON_AddNumberToObject(summary, "weights", weights);
-    cJSON_AddNumberToObject(summary, "bits_per_weight", weights ? bits / weights : 0);
-    cJSON_AddNumberToObject(summary, "rel_rms_err", rel);
-    cJSON_AddNumberToObject(summary, "max_abs_err", max_abs);
-    cJSON_AddNumberToObject(summary, "bytes_in", bytes_in);
-    cJSON_AddNumberToObject(summary, "bytes_out", bytes_out);
-    if (as_json) {
+    cJSON_AddNumberToObject(summary, "weights", s.weights);
+    cJSON_AddNumberToObject(summary, "bits_per_weight", s.bits_per_weight);
+    cJSON_AddNumberToObject(summary, "rel_rms_err", s.rel_rms_err);
+    cJSON_AddNumberToObject(summary, "max_abs_err", s.max_abs_err);
+    cJSON_AddNumberToObject(summary, "bytes_in", s.bytes_in);
+    cJSON_AddNumberToObject(summary, "bytes_out", s.bytes_out);
+    if (as_json)
         print_json(summary);
-    } else {
+    else
         fprintf(stderr, "total: %.0f weights, %.3f bits per weight, rel rms err %.3e, max abs err %.3e, %.0f -> %.0f bytes\n",
-                weights, weights ? bits / weights : 0, rel, max_abs, bytes_in, bytes_out);
-    }
+                s.weights, s.bits_per_weight, s.rel_rms_err, s.max_abs_err, s.bytes_in, s.bytes_out);
     if (log) {
         cJSON_DeleteItemFromObject(summary, "tensors");
         char *js = cJSON_PrintUnformatted(summary);
         fprintf(log, "{\"event\":\"summary\",\"data\":%s}\n", js);
         cJSON_free(js);
     }
-done:
-    qtc_writer_abort(w);
-    qtc_kvs_free(&extra);
     cJSON_Delete(summary);
-    free(entries);
-    free(plans);
-    return rc;
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -542,15 +285,15 @@ int main(int argc, char **argv)
         {0, 0, 0, 0}};
     const char *out = NULL, *log_path = NULL, *tokenizer = NULL;
     int have_to = 0, as_json = 0, do_inspect = 0, compress = 0, n_rules = 0, threads = 0;
-    target to;
+    qtc_target to;
     qtc_format fmt = QTC_FMT_UNKNOWN;
-    rule rules[MAX_RULES];
+    qtc_convert_rule rules[MAX_RULES];
     int c;
     while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
         case 't':
-            if (parse_target(optarg, &to) != 0)
+            if (qtc_target_parse(optarg, &to) != 0)
                 die_usage("unknown --to type");
             have_to = 1;
             break;
@@ -564,7 +307,7 @@ int main(int argc, char **argv)
             if (!eq || n_rules == MAX_RULES)
                 die_usage("--tensor-type takes REGEX=TYPE");
             *eq = '\0';
-            if (parse_target(eq + 1, &rules[n_rules].to) != 0)
+            if (qtc_target_parse(eq + 1, &rules[n_rules].to) != 0)
                 die_usage("unknown type in --tensor-type");
             if (regcomp(&rules[n_rules].re, optarg, REG_EXTENDED | REG_NOSUB) != 0)
                 die_usage("bad regular expression in --tensor-type");

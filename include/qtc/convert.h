@@ -17,6 +17,7 @@
 #ifndef QTC_CONVERT_H
 #define QTC_CONVERT_H
 
+#include <regex.h>
 #include <stdint.h>
 
 #include "qtc/io.h"
@@ -227,5 +228,47 @@ qtc_status qtc_qlayout_pack(const qtc_qweight *q, const char *weight_name, qtc_t
 /* The quantization_config an HF config.json gets for a model whose linear layers use s
  * (a cJSON object as malloc'd text). */
 char *qtc_qlayout_hf_config(const qtc_qscheme *s);
+
+/* --- converting a whole model ------------------------------------------------------------ */
+
+/* What a tensor is stored as: a dtype (float or ggml block type), or one of
+ * qtc's schemes (integer groups, NF4) for the linear layers' weights. */
+typedef struct qtc_target {
+    int is_scheme;
+    qtc_dtype dtype;
+    qtc_qscheme scheme;
+} qtc_target;
+
+/* Parses f32 f16 bf16 q8_0 ... q6_k, or a scheme name (int4-g32, nf4, ...); 0 on success. */
+int qtc_target_parse(const char *name, qtc_target *t);
+void qtc_target_name(const qtc_target *t, char *buf, size_t cap);
+
+/* A --tensor-type rule: tensors whose HF name matches re get `to`. */
+typedef struct qtc_convert_rule {
+    regex_t re;
+    qtc_target to;
+} qtc_convert_rule;
+
+/* What happened to one tensor. */
+typedef struct qtc_convert_row {
+    const char *name;
+    char in[32], out[32], asked[32]; /* type names */
+    int fell_back;                   /* out differs from asked: rows do not split into its blocks */
+    double weights, bpw, rel_rms_err, max_abs_err, bytes_in, bytes_out;
+} qtc_convert_row;
+
+typedef struct qtc_convert_summary {
+    double weights, bits_per_weight, rel_rms_err, max_abs_err, bytes_in, bytes_out;
+    int no_tokenizer; /* GGUF output without a tokenizer to carry (llama.cpp will not load it) */
+} qtc_convert_summary;
+
+/* Writes every tensor of m to out in fmt: stored as `to` asks (NULL keeps the
+ * types; 1-D tensors stay f32; schemes apply to *_proj.weight; rules first),
+ * with block types falling back per tensor where rows do not split, NaN/Inf
+ * refused (QTC_ERR_NUMERIC), and each tensor released from memory once
+ * written. report (may be NULL) sees each tensor's row. */
+qtc_status qtc_convert(qtc_model_file *m, const char *out, qtc_format fmt, int compress, const qtc_target *to,
+                       const qtc_convert_rule *rules, int n_rules, void (*report)(void *ctx, const qtc_convert_row *row),
+                       void *report_ctx, qtc_convert_summary *summary, qtc_error *err);
 
 #endif
