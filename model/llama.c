@@ -116,6 +116,23 @@ qtc_llama *qtc_llama_load(const char *path, qtc_error *err)
     return m;
 }
 
+const char *qtc_llama_param_name(const qtc_llama *m, int i, char *buf, size_t cap)
+{
+    static const char *parts[9] = {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                   "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
+                                   "mlp.down_proj"};
+    int layer_params = 9 * m->c.n_layers;
+    if (i == 0)
+        snprintf(buf, cap, "model.embed_tokens.weight");
+    else if (i <= layer_params)
+        snprintf(buf, cap, "model.layers.%d.%s.weight", (i - 1) / 9, parts[(i - 1) % 9]);
+    else if (i == layer_params + 1)
+        snprintf(buf, cap, "model.norm.weight");
+    else
+        snprintf(buf, cap, "lm_head.weight");
+    return buf;
+}
+
 int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap)
 {
     int n = 0;

@@ -50,8 +50,10 @@ typedef struct qtc_llama {
 qtc_llama *qtc_llama_load(const char *path, qtc_error *err);
 qtc_llama *qtc_llama_from_model(const qtc_model_file *m, qtc_error *err);
 void qtc_llama_free(qtc_llama *m);
-/* Every weight tensor, in a fixed order (for optimizers and checkpoints). */
+/* Every weight tensor, in a fixed order (for optimizers and checkpoints), and
+ * the HF name of each (qtc_llama_param_name fills buf). */
 int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap);
+const char *qtc_llama_param_name(const qtc_llama *m, int i, char *buf, size_t cap);
 
 /* Logits (B, T, vocab) of token windows (B, T) (i32), token t of every window
  * at position pos0 + t. */

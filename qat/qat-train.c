@@ -1,0 +1,381 @@
+/* qat-train: quantization-aware training, or plain full / frozen-layer
+ * fine-tuning with --wbits 32.
+ *
+ *   qat-train MODEL --data train.txt [--eval eval.txt] [--wbits 4 --group 32 --sym|--asym]
+ *             [--distill|--ce] [--steps N --batch B --ctx T --lr LR] [--freeze RE] [--train RE]
+ *             -o OUT [--to TYPE]
+ *
+ * The forward sees every linear layer's weight fake-quantized (min-max scales
+ * per group, recomputed each step, gradients straight through); the loss is
+ * the KL divergence from the float model (LLM-QAT's distillation, the default
+ * when quantizing) or cross-entropy on the next token. The output is written
+ * through qtc_convert in the trained scheme (or --to), so its dequantized
+ * weights equal the fake-quantized weights of the trained model bit for bit. */
+#include <getopt.h>
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qtc/qat.h"
+#include "qtc/runtime.h"
+#include "qtc/train.h"
+
+static const char *usage_text =
+    "usage: qat-train MODEL --data FILE -o OUT [options]\n"
+    "\n"
+    "  --data FILE        training text (or a qtc token file)\n"
+    "  --eval FILE        evaluation text: loss, perplexity and KLD against the float model\n"
+    "  --wbits B          weight bits: 2..8 fake-quantized, 32 for plain fine-tuning (default 4)\n"
+    "  --group G          group size along the input (default 32; 0 per channel, -1 per tensor)\n"
+    "  --sym | --asym     symmetric (default) or asymmetric integer grid\n"
+    "  --distill | --ce   loss: KL divergence from the float model (default when quantizing) or\n"
+    "                     cross-entropy on the next token (default for --wbits 32)\n"
+    "  --steps N --batch B --ctx T --lr LR --warmup W --clip C --weight-decay D --grad-accum K --seed S\n"
+    "                     (defaults 200, 8, 128, 5e-4, steps/10, 1.0, 0.0, 1, 0)\n"
+    "  --freeze RE        freeze parameters whose HF name matches RE (repeatable)\n"
+    "  --train RE         train only parameters matching RE (repeatable; applied before --freeze)\n"
+    "  --eval-every N     evaluate every N steps (default: at the start and the end)\n"
+    "  --eval-windows N   windows of --ctx scored per evaluation (default 64)\n"
+    "  -o OUT             output model; --to TYPE its storage (default: the trained scheme,\n"
+    "                     f32 for --wbits 32); --format safetensors|gguf|hf\n"
+    "  --tokenizer FILE   tokenizer for the text files; --log-json FILE events; --threads N\n"
+    "\n"
+    "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure (NaN or divergence).\n";
+
+typedef struct qat {
+    int quantize;
+    qtc_qscheme scheme;
+    qtc_llama *student, *teacher;
+    int distill;
+    qtc_graph *tg;         /* the teacher's graph */
+    FILE *log;
+    qtc_tokens eval;
+    int eval_windows, ctx;
+    int64_t steps;
+} qat;
+
+static void die_usage(const char *msg)
+{
+    fprintf(stderr, "qat-train: %s\n%s", msg, usage_text);
+    exit(1);
+}
+
+static int fail(const qtc_error *err)
+{
+    fprintf(stderr, "qat-train: error: %s\n", err->msg);
+    return qtc_exit_code(err->code);
+}
+
+/* The QAT linear layer: y = x fq(W)^T for the layers' projections; the output
+ * head stays in float (as compressed-tensors ignores lm_head). */
+static qtc_tensor *fq_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
+{
+    qat *q = ctx;
+    (void)layer;
+    if (kind == QTC_LIN_OUTPUT || !q->quantize)
+        return qtc_matmul(g, x, w, 0, 1);
+    qtc_tensor *wq = q->scheme.kind == QTC_QK_NF4 ? qtc_fake_quant_nf4(g, w, &q->scheme) : qtc_fake_quant(g, w, &q->scheme, NULL, NULL, 0);
+    return qtc_matmul(g, x, wq, 0, 1);
+}
+
+static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
+{
+    qat *q = ctx;
+    qtc_tensor *logits = qtc_llama_forward(q->student, g, tokens, 0);
+    if (!q->distill)
+        return qtc_cross_entropy(g, logits, targets);
+    qtc_graph_reset(q->tg);
+    qtc_graph_set_recording(q->tg, 0);
+    qtc_tensor *ref = qtc_llama_forward(q->teacher, q->tg, tokens, 0);
+    return qtc_kl_div(g, logits, ref);
+}
+
+static int evaluate(qat *q, int64_t step, qtc_error *err)
+{
+    if (!q->eval.n)
+        return 0;
+    qtc_eval_result r;
+    if (qtc_eval(q->student, q->teacher, &q->eval, q->ctx, 8, q->eval_windows, NULL, NULL, &r, err) != QTC_OK)
+        return 1;
+    fprintf(stderr, "qat-train: step %lld eval: loss %.4f, perplexity %.4f (float %.4f), KLD %.5f, top-1 %.2f%%\n",
+            (long long)step, r.nll, r.ppl, r.ref_ppl, r.kld, 100 * r.top1);
+    if (q->log)
+        fprintf(q->log, "{\"event\":\"eval\",\"step\":%lld,\"loss\":%.6f,\"ppl\":%.6f,\"ref_ppl\":%.6f,\"kld\":%.6f,\"top1\":%.6f}\n",
+                (long long)step, r.nll, r.ppl, r.ref_ppl, r.kld, r.top1);
+    return 0;
+}
+
+typedef struct progress {
+    qat *q;
+    int64_t eval_every;
+} progress;
+
+static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
+{
+    progress *p = ctx;
+    int64_t left = p->q->steps - ev->step;
+    double eta = ev->step ? ev->elapsed / (double)ev->step * (double)left : 0;
+    if (isatty(STDERR_FILENO) || ev->step % 10 == 0 || ev->step == p->q->steps)
+        fprintf(stderr, "%sqat-train: step %lld/%lld loss %.4f lr %.2e |g| %.3f %.0f tokens/s eta %.0fs%s",
+                isatty(STDERR_FILENO) ? "\r" : "", (long long)ev->step, (long long)p->q->steps, ev->loss, ev->lr,
+                ev->grad_norm, ev->tokens_per_s, eta, isatty(STDERR_FILENO) && ev->step < p->q->steps ? "" : "\n");
+    if (p->q->log)
+        fprintf(p->q->log, "{\"event\":\"step\",\"step\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f}\n",
+                (long long)ev->step, ev->loss, ev->lr, ev->grad_norm, ev->tokens_per_s);
+    if (p->eval_every > 0 && ev->step % p->eval_every == 0 && ev->step < p->q->steps)
+        return evaluate(p->q, ev->step, err);
+    return 0;
+}
+
+/* Writes the trained weights as the source model's twin (f32), then converts. */
+static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_format fmt, int compress,
+                const qtc_target *to, qtc_error *err)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s/qat-trained-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        qtc_error_set(err, QTC_ERR_IO, "%s: cannot create a temporary file", tmp);
+        return fail(err);
+    }
+    close(fd);
+    qtc_tensor *ps[256];
+    int n = qtc_llama_params(m, ps, 256);
+    qtc_out_entry *e = calloc((size_t)n, sizeof *e);
+    for (int i = 0; i < n; i++) {
+        qtc_llama_param_name(m, i, e[i].name, sizeof e[i].name);
+        e[i].dtype = QTC_F32;
+        e[i].ndim = ps[i]->ndim;
+        memcpy(e[i].ne, ps[i]->ne, sizeof e[i].ne);
+    }
+    int rc = 0;
+    qtc_model_writer *w = qtc_writer_open(tmp, QTC_FMT_SAFETENSORS, 0, src, e, n, NULL, err);
+    for (int i = 0; w && i < n && !rc; i++)
+        if (qtc_writer_put(w, i, ps[i], err) != QTC_OK)
+            rc = 1;
+    if (!w || rc || qtc_writer_commit(w, err) != QTC_OK) {
+        if (w && rc)
+            qtc_writer_abort(w);
+        free(e);
+        unlink(tmp);
+        return fail(err);
+    }
+    free(e);
+    qtc_model_file *t = qtc_model_open(tmp, err);
+    if (t && src->tokenizer_bin && !t->tokenizer_bin)
+        t->tokenizer_bin = strdup(src->tokenizer_bin);
+    qtc_convert_summary s;
+    rc = t && qtc_convert(t, out, fmt, compress, to, NULL, 0, NULL, NULL, &s, err) == QTC_OK ? 0 : fail(err);
+    if (!rc)
+        fprintf(stderr, "qat-train: wrote %s: %.3f bits per weight, weights' rel rms err %.3e against the trained floats\n",
+                out, s.bits_per_weight, s.rel_rms_err);
+    qtc_model_close(t);
+    unlink(tmp);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    qtc_runtime_setup(argv);
+    static const struct option opts[] = {
+        {"data", required_argument, 0, 'd'},     {"eval", required_argument, 0, 'e'},
+        {"wbits", required_argument, 0, 'b'},    {"group", required_argument, 0, 'g'},
+        {"sym", no_argument, 0, 'S'},            {"asym", no_argument, 0, 'A'},
+        {"distill", no_argument, 0, 'D'},        {"ce", no_argument, 0, 'C'},
+        {"steps", required_argument, 0, 'n'},    {"batch", required_argument, 0, 'B'},
+        {"ctx", required_argument, 0, 'T'},      {"lr", required_argument, 0, 'l'},
+        {"warmup", required_argument, 0, 'w'},   {"clip", required_argument, 0, 'c'},
+        {"weight-decay", required_argument, 0, 'W'}, {"grad-accum", required_argument, 0, 'a'},
+        {"seed", required_argument, 0, 's'},     {"freeze", required_argument, 0, 'F'},
+        {"train", required_argument, 0, 'R'},    {"eval-every", required_argument, 0, 'E'},
+        {"eval-windows", required_argument, 0, 'V'}, {"to", required_argument, 0, 't'},
+        {"format", required_argument, 0, 'f'},   {"tokenizer", required_argument, 0, 'k'},
+        {"log-json", required_argument, 0, 'L'}, {"threads", required_argument, 0, 'j'},
+        {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *log_path = NULL;
+    int wbits = 4, group = 32, sym = 1, loss_kind = -1, threads = 0, n_freeze = 0, n_train = 0;
+    int64_t eval_every = 0;
+    qtc_format fmt = QTC_FMT_UNKNOWN;
+    regex_t freeze[32], train[32];
+    qtc_train_opts o = qtc_train_defaults(200);
+    o.lr.lr = 5e-4f;
+    o.lr.warmup = -1;
+    float weight_decay = 0;
+    qat q;
+    memset(&q, 0, sizeof q);
+    q.eval_windows = 64;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+        char *end = NULL;
+        switch (c) {
+        case 'd': data_path = optarg; break;
+        case 'e': eval_path = optarg; break;
+        case 'b': wbits = (int)strtol(optarg, &end, 10); if (*end || !((wbits >= 2 && wbits <= 8) || wbits == 32)) die_usage("--wbits is 2..8 or 32"); break;
+        case 'g': group = (int)strtol(optarg, &end, 10); if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
+        case 'S': sym = 1; break;
+        case 'A': sym = 0; break;
+        case 'D': loss_kind = 1; break;
+        case 'C': loss_kind = 0; break;
+        case 'n': o.steps = strtoll(optarg, &end, 10); if (*end || o.steps < 1) die_usage("--steps takes a positive number"); break;
+        case 'B': o.batch = (int)strtol(optarg, &end, 10); if (*end || o.batch < 1) die_usage("--batch takes a positive number"); break;
+        case 'T': o.ctx = (int)strtol(optarg, &end, 10); if (*end || o.ctx < 2) die_usage("--ctx takes a number of at least 2"); break;
+        case 'l': o.lr.lr = strtof(optarg, &end); if (*end || !(o.lr.lr > 0)) die_usage("--lr takes a positive number"); break;
+        case 'w': o.lr.warmup = strtoll(optarg, &end, 10); if (*end || o.lr.warmup < 0) die_usage("--warmup takes a number"); break;
+        case 'c': o.clip = strtof(optarg, &end); if (*end) die_usage("--clip takes a number"); break;
+        case 'W': weight_decay = strtof(optarg, &end); if (*end || weight_decay < 0) die_usage("--weight-decay takes a number"); break;
+        case 'a': o.grad_accum = (int)strtol(optarg, &end, 10); if (*end || o.grad_accum < 1) die_usage("--grad-accum takes a positive number"); break;
+        case 's': o.seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
+        case 'F':
+        case 'R': {
+            regex_t *re = c == 'F' ? &freeze[n_freeze] : &train[n_train];
+            if ((c == 'F' ? n_freeze : n_train) == 32 || regcomp(re, optarg, REG_EXTENDED | REG_NOSUB) != 0)
+                die_usage("bad --freeze/--train pattern");
+            if (c == 'F')
+                n_freeze++;
+            else
+                n_train++;
+            break;
+        }
+        case 'E': eval_every = strtoll(optarg, &end, 10); if (*end || eval_every < 1) die_usage("--eval-every takes a positive number"); break;
+        case 'V': q.eval_windows = (int)strtol(optarg, &end, 10); if (*end || q.eval_windows < 1) die_usage("--eval-windows takes a positive number"); break;
+        case 't': to_name = optarg; break;
+        case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) die_usage("--format is safetensors, gguf or hf"); break;
+        case 'k': tokenizer = optarg; break;
+        case 'L': log_path = optarg; break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
+        case 'o': out = optarg; break;
+        case 'h': fputs(usage_text, stdout); return 0;
+        default: die_usage("bad option");
+        }
+    }
+    if (optind != argc - 1)
+        die_usage(optind < argc ? "one model only" : "no model");
+    if (!data_path || !out)
+        die_usage("--data and -o are required");
+    if (fmt == QTC_FMT_UNKNOWN)
+        fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
+    if (fmt == QTC_FMT_UNKNOWN)
+        die_usage("cannot tell the output format from its name: use --format");
+    q.quantize = wbits != 32;
+    if (q.quantize) {
+        q.scheme = (qtc_qscheme){QTC_QK_INT, wbits, group, sym, 0};
+    }
+    q.distill = loss_kind < 0 ? q.quantize : loss_kind;
+    qtc_target to;
+    if (to_name && qtc_target_parse(to_name, &to) != 0)
+        die_usage("unknown --to type");
+    if (!to_name) {
+        memset(&to, 0, sizeof to);
+        to.is_scheme = q.quantize;
+        to.scheme = q.scheme;
+        to.dtype = QTC_F32;
+    }
+    if (to.is_scheme && fmt == QTC_FMT_GGUF)
+        die_usage("GGUF cannot hold integer or NF4 schemes: write safetensors or an HF folder, or give --to q4_0, q8_0, ...");
+    if (o.lr.warmup < 0)
+        o.lr.warmup = o.steps / 10;
+    o.lr.total = o.steps;
+    q.steps = o.steps;
+    q.ctx = o.ctx;
+    qtc_set_threads(threads);
+    qtc_error err;
+    int rc = 0;
+    qtc_model_file *src = qtc_model_open(argv[optind], &err);
+    qtc_tokenizer *tok = NULL;
+    qtc_tokens data = {0};
+    qtc_adamw *opt = NULL;
+    if (!src || !(q.student = qtc_llama_from_model(src, &err)) ||
+        ((q.distill || eval_path) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
+        rc = fail(&err);
+        goto done;
+    }
+    tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err);
+    if (!tok || qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
+        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &q.eval, &err) != QTC_OK)) {
+        rc = fail(&err);
+        goto done;
+    }
+    if (o.ctx > src->config.ctx) {
+        fprintf(stderr, "qat-train: error: --ctx %d is larger than the model's context of %d\n", o.ctx, src->config.ctx);
+        rc = 1;
+        goto done;
+    }
+    if (log_path && !(q.log = fopen(log_path, "w"))) {
+        fprintf(stderr, "qat-train: error: %s: cannot open for writing\n", log_path);
+        rc = 3;
+        goto done;
+    }
+    q.student->linear = fq_linear;
+    q.student->linear_ctx = &q;
+    q.tg = qtc_graph_new(&err);
+    qtc_tensor *params[256];
+    int np = qtc_llama_params(q.student, params, 256), n_trainable = 0;
+    for (int i = 0; i < np; i++) {
+        char name[QTC_NAME_MAX];
+        qtc_llama_param_name(q.student, i, name, sizeof name);
+        int on = n_train == 0;
+        for (int k = 0; k < n_train; k++)
+            on |= regexec(&train[k], name, 0, NULL, 0) == 0;
+        for (int k = 0; k < n_freeze; k++)
+            on &= regexec(&freeze[k], name, 0, NULL, 0) != 0;
+        if (qtc_tensor_require_grad(params[i], &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        qtc_tensor_set_trainable(params[i], on);
+        n_trainable += on;
+    }
+    if (!n_trainable) {
+        fprintf(stderr, "qat-train: error: --train/--freeze leave no parameter to train\n");
+        rc = 1;
+        goto done;
+    }
+    qtc_adamw_config cfg = qtc_adamw_defaults();
+    cfg.weight_decay = weight_decay;
+    opt = qtc_adamw_new(params, np, cfg, &err);
+    if (!opt) {
+        rc = fail(&err);
+        goto done;
+    }
+    char sname[32] = "none (--wbits 32)";
+    if (q.quantize)
+        qtc_qscheme_name(&q.scheme, sname, sizeof sname);
+    fprintf(stderr, "qat-train: %s, fake quantization %s, loss %s, %d of %d tensors trained, %lld training tokens\n",
+            argv[optind], sname, q.distill ? "KL divergence from the float model" : "cross-entropy", n_trainable, np,
+            (long long)data.n);
+    if (evaluate(&q, 0, &err)) {
+        rc = fail(&err);
+        goto done;
+    }
+    progress pr = {&q, eval_every};
+    qtc_status st = qtc_train(&o, opt, params, np, &data, 0, loss_fn, &q, on_step, &pr, &err);
+    if (st != QTC_OK) {
+        rc = fail(&err);
+        goto done;
+    }
+    if (evaluate(&q, o.steps, &err)) {
+        rc = fail(&err);
+        goto done;
+    }
+    rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &err);
+done:
+    if (q.log)
+        fclose(q.log);
+    qtc_adamw_free(opt);
+    qtc_tokens_free(&data);
+    qtc_tokens_free(&q.eval);
+    qtc_tokenizer_free(tok);
+    qtc_graph_free(q.tg);
+    qtc_llama_free(q.student);
+    qtc_llama_free(q.teacher);
+    qtc_model_close(src);
+    for (int k = 0; k < n_freeze; k++)
+        regfree(&freeze[k]);
+    for (int k = 0; k < n_train; k++)
+        regfree(&train[k]);
+    return rc;
+}

@@ -1,0 +1,60 @@
+#!/bin/sh
+# qat-train's command line: a short QAT run whose exported model scores in qeval
+# exactly what training reported, plain and frozen-layer fine-tuning, and bad
+# input. Last line: "qat: N passed, N failed".
+set -u
+BIN=${QTC_BIN:-bin}
+SHARED=${QTC_SHARED:-../shared}
+Q="$BIN/qat-train"
+E="$BIN/qeval"
+M=$SHARED/models/stories260K/stories260K.bin
+TOK=$SHARED/models/stories260K/tok512.bin
+TRAIN=$SHARED/data/tinystories-train.txt
+EVAL=$SHARED/data/tinystories-eval.txt
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+NAME=qat
+. tests/cli/lib.sh
+
+expect 0 "--help" "$Q" --help
+expect 1 "no data" "$Q" "$M" -o "$T/x.safetensors"
+expect 1 "bad bits" "$Q" "$M" --data "$TRAIN" --wbits 9 -o "$T/x.safetensors"
+
+# QAT: int4 groups of 32, distillation; the exported model scores what training reported
+expect 0 "QAT run" "$Q" "$M" --data "$TRAIN" --eval "$EVAL" --eval-windows 8 --steps 12 --batch 4 --ctx 64 \
+    --log-json "$T/log.jsonl" -o "$T/qat.safetensors"
+stderr_has "QAT run" "fake quantization int4-g32, loss KL divergence"
+grep "step 12 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*KLD ([0-9.]+).*/\1 \2/' >"$T/trained"
+"$E" "$T/qat.safetensors" --tokenizer "$TOK" --text "$EVAL" --ctx 64 --windows 8 --ref "$M" --json >"$T/out" 2>/dev/null
+python3 -c "
+import json; d=json.load(open('$T/out')); ppl, kld = open('$T/trained').read().split()
+assert '%.4f' % d['ppl'] == ppl and '%.5f' % d['kld'] == kld, (d['ppl'], d['kld'], ppl, kld)" 2>"$T/err" && ok ||
+    bad "the exported model scores what training reported: $(cat "$T/err")"
+"$BIN/qconv" "$T/qat.safetensors" --inspect >"$T/out" 2>&1
+stdout_has "exported in the trained scheme" "q_proj.weight *int4-g32"
+check "--log-json events" python3 -c "
+import json; ev=[json.loads(l) for l in open('$T/log.jsonl')]
+assert [e['event'] for e in ev].count('step') == 12 and [e['event'] for e in ev].count('eval') == 2"
+
+# plain fine-tuning with frozen embeddings: the embedding is unchanged, the rest moves
+expect 0 "frozen-layer fine-tuning" "$Q" "$M" --data "$TRAIN" --wbits 32 --freeze embed_tokens --steps 5 --batch 2 \
+    --ctx 32 --lr 1e-3 -o "$T/ft.safetensors"
+stderr_has "frozen-layer fine-tuning" "loss cross-entropy, 46 of 47 tensors trained"
+"$BIN/qconv" "$M" -o "$T/base.safetensors" 2>/dev/null
+check "frozen tensors stay, trained ones move" python3 -c "
+import json, struct
+def load(p):
+    b=open(p,'rb').read(); n=struct.unpack('<Q',b[:8])[0]; h=json.loads(b[8:8+n]); h.pop('__metadata__',None)
+    return {k: b[8+n+v['data_offsets'][0]:8+n+v['data_offsets'][1]] for k,v in h.items()}
+a=load('$T/base.safetensors'); b=load('$T/ft.safetensors')
+assert a['model.embed_tokens.weight'] == b['model.embed_tokens.weight']
+assert a['model.layers.0.self_attn.q_proj.weight'] != b['model.layers.0.self_attn.q_proj.weight']"
+expect 1 "everything frozen" "$Q" "$M" --data "$TRAIN" --wbits 32 --freeze . --steps 2 -o "$T/x.safetensors"
+stderr_has "everything frozen" "no parameter to train"
+expect 1 "schemes cannot go to GGUF" "$Q" "$M" --data "$TRAIN" --steps 1 --batch 1 --ctx 16 -o "$T/x.gguf"
+absent "no output on failure" "$T/x.gguf"
+printf 'tiny\n' >"$T/tiny.txt"
+expect 2 "too little data" "$Q" "$M" --data "$T/tiny.txt" --steps 2 -o "$T/x.safetensors"
+stderr_has "too little data" "not one window"
+
+finish
