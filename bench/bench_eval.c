@@ -13,37 +13,6 @@
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
 
-static qtc_llama *random_llama(qtc_llama_config c, uint64_t seed)
-{
-    qtc_error err;
-    qtc_rng r;
-    qtc_rng_seed(&r, seed);
-    qtc_llama *m = calloc(1, sizeof *m);
-    m->c = c;
-    m->layers = calloc((size_t)c.n_layers, sizeof *m->layers);
-    int64_t qd = (int64_t)c.n_heads * c.head_dim, kv = (int64_t)c.n_kv_heads * c.head_dim;
-#define MAT(t, a, b) (t = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(a, b), &err), qtc_rng_fill_normal(&r, t, 0, 0.02f))
-#define VEC(t, a) (t = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(a), &err), qtc_rng_fill_uniform(&r, t, 0.9f, 1.1f))
-    MAT(m->embed, c.vocab, c.dim);
-    VEC(m->norm, c.dim);
-    m->output = m->embed;
-    for (int l = 0; l < c.n_layers; l++) {
-        qtc_llama_layer *L = &m->layers[l];
-        VEC(L->attn_norm, c.dim);
-        VEC(L->ffn_norm, c.dim);
-        MAT(L->wq, qd, c.dim);
-        MAT(L->wk, kv, c.dim);
-        MAT(L->wv, kv, c.dim);
-        MAT(L->wo, c.dim, qd);
-        MAT(L->w_gate, c.hidden, c.dim);
-        MAT(L->w_up, c.hidden, c.dim);
-        MAT(L->w_down, c.dim, c.hidden);
-    }
-#undef MAT
-#undef VEC
-    return m;
-}
-
 /* forward FLOPs per token at context T (matmuls and attention) */
 static double flops_per_token(const qtc_llama_config *c, int T)
 {
@@ -97,7 +66,7 @@ int main(int argc, char **argv)
     qtc_llama_free(s);
     qtc_llama_config c15 = {.dim = 288, .hidden = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6, .vocab = 32000,
                             .ctx = 256, .head_dim = 48, .n_rot = 48, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1};
-    qtc_llama *m = random_llama(c15, 1);
+    qtc_llama *m = qtc_llama_new_random(&c15, 1, 0.02f, &err);
     run("generated 15M llama, ctx 256, batch 16", m, 256, 16, ceiling);
     qtc_llama_free(m);
     return 0;

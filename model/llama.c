@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "qtc/model.h"
+#include "qtc/rng.h"
 
 void qtc_llama_free(qtc_llama *m)
 {
@@ -104,6 +105,46 @@ qtc_llama *qtc_llama_from_model(const qtc_model_file *f, qtc_error *err)
 fail:
     qtc_llama_free(m);
     return NULL;
+}
+
+/* A new (rows, cols) matrix ~ N(0, std^2), or with cols 0 a norm weight ~ N(1, 0.1^2). */
+static qtc_tensor *random_weight(qtc_rng *r, int64_t rows, int64_t cols, float std, qtc_error *err)
+{
+    qtc_tensor *t = qtc_tensor_new(QTC_F32, cols ? 2 : 1, QTC_SHAPE(rows, cols ? cols : 1), err);
+    if (t)
+        qtc_rng_fill_normal(r, t, cols ? 0.0f : 1.0f, cols ? std : 0.1f);
+    return t;
+}
+
+qtc_llama *qtc_llama_new_random(const qtc_llama_config *c, uint64_t seed, float std, qtc_error *err)
+{
+    qtc_rng r;
+    qtc_rng_seed(&r, seed);
+    qtc_llama *m = calloc(1, sizeof *m);
+    if (!m || !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers))) {
+        free(m);
+        qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    m->c = *c;
+    m->c.tied = 1;
+    const int64_t qd = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    int ok = (m->embed = random_weight(&r, c->vocab, c->dim, std, err)) && (m->norm = random_weight(&r, c->dim, 0, std, err));
+    for (int l = 0; ok && l < c->n_layers; l++) {
+        qtc_llama_layer *L = &m->layers[l];
+        ok = (L->attn_norm = random_weight(&r, c->dim, 0, std, err)) && (L->wq = random_weight(&r, qd, c->dim, std, err)) &&
+             (L->wk = random_weight(&r, kv, c->dim, std, err)) && (L->wv = random_weight(&r, kv, c->dim, std, err)) &&
+             (L->wo = random_weight(&r, c->dim, qd, std, err)) && (L->ffn_norm = random_weight(&r, c->dim, 0, std, err)) &&
+             (L->w_gate = random_weight(&r, c->hidden, c->dim, std, err)) &&
+             (L->w_up = random_weight(&r, c->hidden, c->dim, std, err)) &&
+             (L->w_down = random_weight(&r, c->dim, c->hidden, std, err));
+    }
+    m->output = m->embed;
+    if (!ok) {
+        qtc_llama_free(m);
+        return NULL;
+    }
+    return m;
 }
 
 qtc_llama *qtc_llama_load(const char *path, qtc_error *err)

@@ -148,30 +148,5 @@ double ref_loss(const ref_llama *r, const int32_t *tok, const int32_t *tgt, int 
 qtc_llama *test_random_llama(qtc_llama_config c, uint64_t seed)
 {
     qtc_error err;
-    qtc_rng r;
-    qtc_rng_seed(&r, seed);
-    qtc_llama *m = calloc(1, sizeof *m);
-    m->c = c;
-    m->layers = calloc((size_t)c.n_layers, sizeof *m->layers);
-    int64_t qd = (int64_t)c.n_heads * c.head_dim, kv = (int64_t)c.n_kv_heads * c.head_dim;
-#define MAT(t, a, b) (t = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(a, b), &err), qtc_rng_fill_normal(&r, t, 0, 0.3f))
-#define VEC(t, a) (t = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(a), &err), qtc_rng_fill_normal(&r, t, 1, 0.1f))
-    MAT(m->embed, c.vocab, c.dim);
-    VEC(m->norm, c.dim);
-    m->output = m->embed;
-    for (int l = 0; l < c.n_layers; l++) {
-        qtc_llama_layer *L = &m->layers[l];
-        VEC(L->attn_norm, c.dim);
-        MAT(L->wq, qd, c.dim);
-        MAT(L->wk, kv, c.dim);
-        MAT(L->wv, kv, c.dim);
-        MAT(L->wo, c.dim, qd);
-        VEC(L->ffn_norm, c.dim);
-        MAT(L->w_gate, c.hidden, c.dim);
-        MAT(L->w_up, c.hidden, c.dim);
-        MAT(L->w_down, c.dim, c.hidden);
-    }
-#undef MAT
-#undef VEC
-    return m;
+    return qtc_llama_new_random(&c, seed, 0.3f, &err);
 }

@@ -50,6 +50,9 @@ typedef struct qtc_llama {
 qtc_llama *qtc_llama_load(const char *path, qtc_error *err);
 qtc_llama *qtc_llama_from_model(const qtc_model_file *m, qtc_error *err);
 void qtc_llama_free(qtc_llama *m);
+/* A llama of configuration c with seeded random weights: matrices ~ N(0, std^2),
+ * norm weights ~ N(1, 0.1^2), the output head tied to the embedding. */
+qtc_llama *qtc_llama_new_random(const qtc_llama_config *c, uint64_t seed, float std, qtc_error *err);
 /* Every weight tensor, in a fixed order (for optimizers and checkpoints), and
  * the HF name of each (qtc_llama_param_name fills buf). */
 int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap);
