@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "qtc/qat.h"
@@ -39,6 +40,11 @@ static const char *usage_text =
     "  --train RE         train only parameters matching RE (repeatable; applied before --freeze)\n"
     "  --eval-every N     evaluate every N steps (default: at the start and the end)\n"
     "  --eval-windows N   windows of --ctx scored per evaluation (default 64)\n"
+    "  --save-every N     write a checkpoint every N steps (weights, AdamW moments, step) into\n"
+    "                     --checkpoint DIR (default OUT.ckpt)\n"
+    "  --resume DIR       continue the run saved in DIR: the same options give the same weights as\n"
+    "                     an uninterrupted run\n"
+    "  --stop-after N     stop after step N with a checkpoint (to continue later with --resume)\n"
     "  -o OUT             output model; --to TYPE its storage (default: the trained scheme,\n"
     "                     f32 for --wbits 32); --format safetensors|gguf|hf\n"
     "  --tokenizer FILE   tokenizer for the text files; --log-json FILE events; --threads N\n"
@@ -47,6 +53,10 @@ static const char *usage_text =
 
 typedef struct qat {
     int quantize;
+    const qtc_model_file *src;
+    qtc_adamw *opt;
+    char ckpt[4200];      /* the checkpoint file, or "" */
+    int64_t save_every, stop_after;
     qtc_qscheme scheme;
     qtc_llama *student, *teacher;
     int distill;
@@ -125,8 +135,17 @@ static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
     if (p->q->log)
         fprintf(p->q->log, "{\"event\":\"step\",\"step\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f}\n",
                 (long long)ev->step, ev->loss, ev->lr, ev->grad_norm, ev->tokens_per_s);
-    if (p->eval_every > 0 && ev->step % p->eval_every == 0 && ev->step < p->q->steps)
-        return evaluate(p->q, ev->step, err);
+    qat *q = p->q;
+    int stop = q->stop_after > 0 && ev->step >= q->stop_after && ev->step < q->steps;
+    if (q->ckpt[0] && ((q->save_every > 0 && ev->step % q->save_every == 0) || stop)) {
+        if (qtc_checkpoint_save(q->ckpt, q->src, q->student, q->opt, ev->step, err) != QTC_OK)
+            return 1;
+        fprintf(stderr, "qat-train: step %lld: checkpoint %s\n", (long long)ev->step, q->ckpt);
+    }
+    if (stop)
+        return 1;
+    if (p->eval_every > 0 && ev->step % p->eval_every == 0 && ev->step < q->steps)
+        return evaluate(q, ev->step, err);
     return 0;
 }
 
@@ -195,8 +214,11 @@ int main(int argc, char **argv)
         {"format", required_argument, 0, 'f'},   {"tokenizer", required_argument, 0, 'k'},
         {"log-json", required_argument, 0, 'L'}, {"threads", required_argument, 0, 'j'},
         {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
+        {"save-every", required_argument, 0, 'v'}, {"checkpoint", required_argument, 0, 'K'},
+        {"resume", required_argument, 0, 'r'},   {"stop-after", required_argument, 0, 'P'},
         {0, 0, 0, 0}};
     const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *log_path = NULL;
+    const char *ckpt_dir = NULL, *resume = NULL;
     int wbits = 4, group = 32, sym = 1, loss_kind = -1, threads = 0, n_freeze = 0, n_train = 0;
     int64_t eval_every = 0;
     qtc_format fmt = QTC_FMT_UNKNOWN;
@@ -248,6 +270,10 @@ int main(int argc, char **argv)
         case 'L': log_path = optarg; break;
         case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
         case 'o': out = optarg; break;
+        case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) die_usage("--save-every takes a positive number"); break;
+        case 'K': ckpt_dir = optarg; break;
+        case 'r': resume = optarg; break;
+        case 'P': q.stop_after = strtoll(optarg, &end, 10); if (*end || q.stop_after < 1) die_usage("--stop-after takes a positive number"); break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: die_usage("bad option");
         }
@@ -341,20 +367,54 @@ int main(int argc, char **argv)
         rc = fail(&err);
         goto done;
     }
+    q.src = src;
+    q.opt = opt;
+    if (q.save_every || q.stop_after || ckpt_dir) { /* DIR/checkpoint.safetensors */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", ckpt_dir ? ckpt_dir : out);
+        size_t len = strlen(dir);
+        while (len > 1 && dir[len - 1] == '/')
+            dir[--len] = '\0';
+        if (!ckpt_dir)
+            snprintf(dir + len, sizeof dir - len, ".ckpt");
+        mkdir(dir, 0777);
+        snprintf(q.ckpt, sizeof q.ckpt, "%s/checkpoint.safetensors", dir);
+    }
+    int64_t first_step = 0;
+    if (resume) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", resume);
+        if (qtc_checkpoint_load(path, q.student, opt, &first_step, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        fprintf(stderr, "qat-train: resuming %s after step %lld\n", path, (long long)first_step);
+        if (first_step >= o.steps) {
+            fprintf(stderr, "qat-train: error: the checkpoint is at step %lld, --steps is %lld\n", (long long)first_step,
+                    (long long)o.steps);
+            rc = 1;
+            goto done;
+        }
+    }
     char sname[32] = "none (--wbits 32)";
     if (q.quantize)
         qtc_qscheme_name(&q.scheme, sname, sizeof sname);
     fprintf(stderr, "qat-train: %s, fake quantization %s, loss %s, %d of %d tensors trained, %lld training tokens\n",
             argv[optind], sname, q.distill ? "KL divergence from the float model" : "cross-entropy", n_trainable, np,
             (long long)data.n);
-    if (evaluate(&q, 0, &err)) {
+    if (evaluate(&q, first_step, &err)) {
         rc = fail(&err);
         goto done;
     }
     progress pr = {&q, eval_every};
-    qtc_status st = qtc_train(&o, opt, params, np, &data, 0, loss_fn, &q, on_step, &pr, &err);
+    qtc_status st = qtc_train(&o, opt, params, np, &data, first_step, loss_fn, &q, on_step, &pr, &err);
     if (st != QTC_OK) {
         rc = fail(&err);
+        goto done;
+    }
+    if (q.stop_after > 0 && q.stop_after < o.steps) {
+        fprintf(stderr, "qat-train: stopped after step %lld; continue with --resume %.*s\n", (long long)q.stop_after,
+                (int)(strlen(q.ckpt) - strlen("/checkpoint.safetensors")), q.ckpt);
         goto done;
     }
     if (evaluate(&q, o.steps, &err)) {

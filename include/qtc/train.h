@@ -50,4 +50,14 @@ qtc_status qtc_train(const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const 
                      const qtc_tokens *data, int64_t first_step, qtc_loss_fn loss, void *loss_ctx, qtc_train_cb cb,
                      void *cb_ctx, qtc_error *err);
 
+/* Checkpoints: one safetensors file with the model's weights under their HF
+ * names (so it is also a model any tool reads), the AdamW moments as
+ * "adamw.m.<name>" and "adamw.v.<name>", and __metadata__ qtc.checkpoint.step,
+ * plus the configuration and tokenizer src carries. Written atomically. */
+qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_llama *m, qtc_adamw *opt, int64_t step,
+                               qtc_error *err);
+/* Restores weights, moments and the optimizer's step count; *step is the step
+ * the checkpoint was taken after. The model must have the same shapes. */
+qtc_status qtc_checkpoint_load(const char *path, qtc_llama *m, qtc_adamw *opt, int64_t *step, qtc_error *err);
+
 #endif

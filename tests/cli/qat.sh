@@ -36,6 +36,17 @@ check "--log-json events" python3 -c "
 import json; ev=[json.loads(l) for l in open('$T/log.jsonl')]
 assert [e['event'] for e in ev].count('step') == 12 and [e['event'] for e in ev].count('eval') == 2"
 
+# a run stopped at a checkpoint and resumed ends where an uninterrupted run does
+common="--data $TRAIN --steps 6 --batch 2 --ctx 32 --lr 2e-3 --seed 5"
+expect 0 "uninterrupted run" "$Q" "$M" $common -o "$T/straight.safetensors"
+expect 0 "run stopped at step 3" "$Q" "$M" $common --save-every 2 --stop-after 3 --checkpoint "$T/ck" -o "$T/resumed.safetensors"
+stderr_has "run stopped at step 3" "stopped after step 3; continue with --resume"
+absent "a stopped run writes no output" "$T/resumed.safetensors"
+expect 0 "resumed run" "$Q" "$M" $common --resume "$T/ck" -o "$T/resumed.safetensors"
+stderr_has "resumed run" "resuming .*after step 3"
+check "resumed output equals the uninterrupted one" cmp "$T/straight.safetensors" "$T/resumed.safetensors"
+expect 0 "a checkpoint is a model" "$BIN/qconv" "$T/ck/checkpoint.safetensors" --inspect
+
 # plain fine-tuning with frozen embeddings: the embedding is unchanged, the rest moves
 expect 0 "frozen-layer fine-tuning" "$Q" "$M" --data "$TRAIN" --wbits 32 --freeze embed_tokens --steps 5 --batch 2 \
     --ctx 32 --lr 1e-3 -o "$T/ft.safetensors"

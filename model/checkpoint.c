@@ -1,0 +1,97 @@
+/* checkpoint.c: saving and restoring a training run (see qtc/train.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qtc/train.h"
+
+#define MAX_PARAMS 1024
+
+qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_llama *m, qtc_adamw *opt, int64_t step,
+                               qtc_error *err)
+{
+    qtc_tensor *ps[MAX_PARAMS];
+    int n = qtc_llama_params(m, ps, MAX_PARAMS);
+    if (n > MAX_PARAMS)
+        return qtc_error_set(err, QTC_ERR_USAGE, "%d parameter tensors (checkpoints hold %d)", n, MAX_PARAMS);
+    qtc_out_entry *e = calloc((size_t)(3 * n), sizeof *e);
+    qtc_kvs meta = {0};
+    char value[32];
+    qtc_status rc = QTC_OK;
+    if (!e) {
+        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    snprintf(value, sizeof value, "%lld", (long long)step);
+    qtc_kvs_set_str(&meta, "qtc.checkpoint.step", value);
+    for (int i = 0; i < n; i++) {
+        char name[QTC_NAME_MAX];
+        qtc_llama_param_name(m, i, name, sizeof name);
+        for (int k = 0; k < 3; k++) {
+            qtc_out_entry *x = &e[3 * i + k];
+            snprintf(x->name, sizeof x->name, "%s%.*s", k == 0 ? "" : k == 1 ? "adamw.m." : "adamw.v.",
+                     (int)(sizeof x->name - 10), name);
+            x->dtype = QTC_F32;
+            x->ndim = ps[i]->ndim;
+            memcpy(x->ne, ps[i]->ne, sizeof x->ne);
+        }
+    }
+    qtc_model_writer *w = qtc_writer_open(path, QTC_FMT_SAFETENSORS, 0, src, e, 3 * n, &meta, err);
+    if (!w) {
+        rc = err->code;
+        goto done;
+    }
+    for (int i = 0; i < n && rc == QTC_OK; i++)
+        for (int k = 0; k < 3 && rc == QTC_OK; k++) {
+            qtc_tensor *t = k == 0 ? ps[i] : qtc_tensor_wrap(QTC_F32, ps[i]->ndim, ps[i]->ne, qtc_adamw_moment(opt, i, k), NULL, err);
+            rc = t ? qtc_writer_put(w, 3 * i + k, t, err) : err->code;
+            if (k)
+                qtc_tensor_free(t);
+        }
+    if (rc == QTC_OK)
+        rc = qtc_writer_commit(w, err);
+    else
+        qtc_writer_abort(w);
+done:
+    qtc_kvs_free(&meta);
+    free(e);
+    return rc;
+}
+
+qtc_status qtc_checkpoint_load(const char *path, qtc_llama *m, qtc_adamw *opt, int64_t *step, qtc_error *err)
+{
+    qtc_model_file *f = qtc_model_open(path, err);
+    if (!f)
+        return err->code;
+    qtc_status rc = QTC_OK;
+    const char *s = qtc_kvs_str(&f->meta, "qtc.checkpoint.step");
+    char *end = NULL;
+    long long st = s ? strtoll(s, &end, 10) : -1;
+    if (!s || *end || st < 0) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: not a qtc checkpoint (no qtc.checkpoint.step)", path);
+        goto done;
+    }
+    qtc_tensor *ps[MAX_PARAMS];
+    int n = qtc_llama_params(m, ps, MAX_PARAMS);
+    for (int i = 0; i < n && rc == QTC_OK; i++) {
+        char name[QTC_NAME_MAX], full[QTC_NAME_MAX + 16];
+        qtc_llama_param_name(m, i, name, sizeof name);
+        for (int k = 0; k < 3 && rc == QTC_OK; k++) {
+            snprintf(full, sizeof full, "%s%s", k == 0 ? "" : k == 1 ? "adamw.m." : "adamw.v.", name);
+            int j = qtc_model_find(f, full);
+            const qtc_tensor_entry *x = j >= 0 ? &f->tensors[j] : NULL;
+            if (!x || x->dtype != QTC_F32 || x->nbytes != qtc_tensor_nbytes(ps[i])) {
+                rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s' is missing or does not match the model", path, full);
+                break;
+            }
+            memcpy(k == 0 ? ps[i]->data : (void *)qtc_adamw_moment(opt, i, k), x->data, x->nbytes);
+        }
+    }
+    if (rc == QTC_OK) {
+        qtc_adamw_set_steps(opt, st);
+        *step = st;
+    }
+done:
+    qtc_model_close(f);
+    return rc;
+}
