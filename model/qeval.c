@@ -90,49 +90,6 @@ static qtc_llama *load(const char *path, const char *tokenizer, qtc_tokenizer **
     return m;
 }
 
-/* The next token: argmax, or top-p sampling of softmax(logits / temp). */
-static int32_t sample(const float *logits, int V, float temp, float top_p, qtc_rng *rng, float *prob, int32_t *order)
-{
-    if (temp <= 0) {
-        int32_t b = 0;
-        for (int i = 1; i < V; i++)
-            if (logits[i] > logits[b])
-                b = i;
-        return b;
-    }
-    float mx = logits[0];
-    for (int i = 1; i < V; i++)
-        mx = fmaxf(mx, logits[i]);
-    double sum = 0;
-    for (int i = 0; i < V; i++)
-        sum += prob[i] = expf((logits[i] - mx) / temp);
-    for (int i = 0; i < V; i++) {
-        prob[i] = (float)(prob[i] / sum);
-        order[i] = i;
-    }
-    /* sort ids by probability (insertion into the kept prefix is enough for small p, but keep it simple) */
-    for (int i = 1; i < V; i++) {
-        int32_t id = order[i];
-        int j = i;
-        while (j > 0 && (prob[order[j - 1]] < prob[id] || (prob[order[j - 1]] == prob[id] && order[j - 1] > id))) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = id;
-    }
-    double cum = 0;
-    int keep = 0;
-    while (keep < V && cum < top_p)
-        cum += prob[order[keep++]];
-    double r = qtc_rng_uniform(rng) * cum, acc = 0;
-    for (int i = 0; i < keep; i++) {
-        acc += prob[order[i]];
-        if (r < acc)
-            return order[i];
-    }
-    return order[keep - 1];
-}
-
 static int generate(qtc_llama *m, qtc_tokenizer *tok, const char *prompt, int n, float temp, float top_p, uint64_t seed)
 {
     qtc_error err;
@@ -173,7 +130,7 @@ static int generate(qtc_llama *m, qtc_tokenizer *tok, const char *prompt, int n,
             token = ids[pos + 1];
             continue;
         }
-        int32_t next = sample(logits, m->c.vocab, temp, top_p, &rng, prob, order);
+        int32_t next = qtc_sample(logits, m->c.vocab, temp, top_p, &rng, prob, order);
         if (next == qtc_tokenizer_bos(tok) || next == qtc_tokenizer_eos(tok))
             break;
         fputs(qtc_tokenizer_piece(tok, token, next), stdout);

@@ -28,6 +28,8 @@ static const char *usage_text =
     "usage: qat-train MODEL --data FILE -o OUT [options]\n"
     "\n"
     "  --data FILE        training text (or a qtc token file)\n"
+    "  --data-free N      no data: the float model generates N tokens of training text itself,\n"
+    "                     sequences of --ctx + 1 from BOS sampled at temperature 1 (LLM-QAT)\n"
     "  --eval FILE        evaluation text: loss, perplexity and KLD against the float model\n"
     "  --wbits B          weight bits: 2..8 fake-quantized, 32 for plain fine-tuning (default 4)\n"
     "  --group G          group size along the input (default 32; 0 per channel, -1 per tensor)\n"
@@ -216,11 +218,12 @@ int main(int argc, char **argv)
         {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
         {"save-every", required_argument, 0, 'v'}, {"checkpoint", required_argument, 0, 'K'},
         {"resume", required_argument, 0, 'r'},   {"stop-after", required_argument, 0, 'P'},
+        {"data-free", required_argument, 0, 'G'},
         {0, 0, 0, 0}};
     const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *log_path = NULL;
     const char *ckpt_dir = NULL, *resume = NULL;
     int wbits = 4, group = 32, sym = 1, loss_kind = -1, threads = 0, n_freeze = 0, n_train = 0;
-    int64_t eval_every = 0;
+    int64_t eval_every = 0, data_free = 0;
     qtc_format fmt = QTC_FMT_UNKNOWN;
     regex_t freeze[32], train[32];
     qtc_train_opts o = qtc_train_defaults(200);
@@ -270,6 +273,7 @@ int main(int argc, char **argv)
         case 'L': log_path = optarg; break;
         case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
         case 'o': out = optarg; break;
+        case 'G': data_free = strtoll(optarg, &end, 10); if (*end || data_free < 1) die_usage("--data-free takes a number of tokens"); break;
         case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) die_usage("--save-every takes a positive number"); break;
         case 'K': ckpt_dir = optarg; break;
         case 'r': resume = optarg; break;
@@ -280,8 +284,8 @@ int main(int argc, char **argv)
     }
     if (optind != argc - 1)
         die_usage(optind < argc ? "one model only" : "no model");
-    if (!data_path || !out)
-        die_usage("--data and -o are required");
+    if ((!data_path && !data_free) || (data_path && data_free) || !out)
+        die_usage("give --data FILE or --data-free N, and -o OUT");
     if (fmt == QTC_FMT_UNKNOWN)
         fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
     if (fmt == QTC_FMT_UNKNOWN)
@@ -315,15 +319,41 @@ int main(int argc, char **argv)
     qtc_tokens data = {0};
     qtc_adamw *opt = NULL;
     if (!src || !(q.student = qtc_llama_from_model(src, &err)) ||
-        ((q.distill || eval_path) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
+        ((q.distill || eval_path || data_free) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
         rc = fail(&err);
         goto done;
     }
-    tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err);
-    if (!tok || qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
+    if (data_path || eval_path)
+        tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err);
+    if ((data_path || eval_path) && !tok) {
+        rc = fail(&err);
+        goto done;
+    }
+    if ((data_path && qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK) ||
         (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &q.eval, &err) != QTC_OK)) {
         rc = fail(&err);
         goto done;
+    }
+    if (data_free) { /* the teacher writes the training text: sequences of ctx + 1 from BOS */
+        int len = o.ctx + 1 > src->config.ctx ? src->config.ctx : o.ctx + 1;
+        int64_t seqs = (data_free + len - 1) / len;
+        data.n = seqs * len;
+        data.ids = malloc((size_t)data.n * sizeof *data.ids);
+        qtc_rng gen;
+        qtc_rng_seed(&gen, o.seed ^ 0x51ed27a1u);
+        int bos = src->config.bos_id >= 0 ? src->config.bos_id : 1;
+        for (int64_t k = 0; data.ids && k < seqs; k++)
+            if (qtc_generate(q.teacher, bos, len, 1.0f, 1.0f, &gen, data.ids + k * len, &err) != QTC_OK) {
+                rc = fail(&err);
+                goto done;
+            }
+        if (!data.ids) {
+            fprintf(stderr, "qat-train: error: out of memory\n");
+            rc = 3;
+            goto done;
+        }
+        fprintf(stderr, "qat-train: the float model wrote %lld tokens of training data (%lld sequences)\n",
+                (long long)data.n, (long long)seqs);
     }
     if (o.ctx > src->config.ctx) {
         fprintf(stderr, "qat-train: error: --ctx %d is larger than the model's context of %d\n", o.ctx, src->config.ctx);

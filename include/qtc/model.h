@@ -11,6 +11,7 @@
 
 #include "qtc/convert.h"
 #include "qtc/graph.h"
+#include "qtc/rng.h"
 
 typedef struct qtc_llama_layer {
     qtc_tensor *attn_norm;            /* (dim) */
@@ -65,6 +66,18 @@ qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *toke
 /* Generation: feeds one token at position pos (0 restarts the cache) and
  * returns the next-token logits (vocab floats, valid until the next call). */
 const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t pos, qtc_error *err);
+
+/* --- sampling ----------------------------------------------------------------------- */
+
+/* The next token from logits: the argmax when temp <= 0, else top-p sampling of
+ * softmax(logits / temp) (ties broken by the lower id) with r. prob and order
+ * are scratch arrays of vocab entries. */
+int32_t qtc_sample(const float *logits, int vocab, float temp, float top_p, qtc_rng *r, float *prob, int32_t *order);
+
+/* Fills out[0..n) with a sequence the model generates from BOS-like token
+ * `first` (out[0] = first): each next token sampled as qtc_sample does. */
+qtc_status qtc_generate(qtc_llama *m, int32_t first, int n, float temp, float top_p, qtc_rng *r, int32_t *out,
+                        qtc_error *err);
 
 /* --- tokenizers ------------------------------------------------------------------------ */
 

@@ -47,6 +47,13 @@ stderr_has "resumed run" "resuming .*after step 3"
 check "resumed output equals the uninterrupted one" cmp "$T/straight.safetensors" "$T/resumed.safetensors"
 expect 0 "a checkpoint is a model" "$BIN/qconv" "$T/ck/checkpoint.safetensors" --inspect
 
+# data-free: the float model writes the training text (seeded: twice the same output)
+expect 0 "data-free QAT" "$Q" "$M" --data-free 600 --steps 3 --batch 2 --ctx 32 -o "$T/df1.safetensors"
+stderr_has "data-free QAT" "the float model wrote 627 tokens of training data (19 sequences)"
+"$Q" "$M" --data-free 600 --steps 3 --batch 2 --ctx 32 -o "$T/df2.safetensors" 2>/dev/null
+check "data-free runs repeat" cmp "$T/df1.safetensors" "$T/df2.safetensors"
+expect 1 "data and data-free together" "$Q" "$M" --data "$TRAIN" --data-free 100 -o "$T/x.safetensors"
+
 # plain fine-tuning with frozen embeddings: the embedding is unchanged, the rest moves
 expect 0 "frozen-layer fine-tuning" "$Q" "$M" --data "$TRAIN" --wbits 32 --freeze embed_tokens --steps 5 --batch 2 \
     --ctx 32 --lr 1e-3 -o "$T/ft.safetensors"

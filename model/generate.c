@@ -1,0 +1,79 @@
+/* generate.c: sampling and generation from the model. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qtc/model.h"
+
+static int by_prob_desc(const float *prob, int32_t a, int32_t b)
+{
+    return prob[a] > prob[b] || (prob[a] == prob[b] && a < b);
+}
+
+int32_t qtc_sample(const float *logits, int V, float temp, float top_p, qtc_rng *r, float *prob, int32_t *order)
+{
+    if (temp <= 0) {
+        int32_t b = 0;
+        for (int i = 1; i < V; i++)
+            if (logits[i] > logits[b])
+                b = i;
+        return b;
+    }
+    float mx = logits[0];
+    for (int i = 1; i < V; i++)
+        mx = fmaxf(mx, logits[i]);
+    double sum = 0;
+    for (int i = 0; i < V; i++)
+        sum += prob[i] = expf((logits[i] - mx) / temp);
+    for (int i = 0; i < V; i++) {
+        prob[i] = (float)(prob[i] / sum);
+        order[i] = i;
+    }
+    /* the smallest prefix of the most likely tokens holding top_p: selection, not a full sort */
+    double cum = 0;
+    int keep = 0;
+    while (keep < V && cum < top_p) {
+        int best = keep;
+        for (int i = keep + 1; i < V; i++)
+            if (by_prob_desc(prob, order[i], order[best]))
+                best = i;
+        int32_t t = order[keep];
+        order[keep] = order[best];
+        order[best] = t;
+        cum += prob[order[keep++]];
+    }
+    double x = qtc_rng_uniform(r) * cum, acc = 0;
+    for (int i = 0; i < keep; i++) {
+        acc += prob[order[i]];
+        if (x < acc)
+            return order[i];
+    }
+    return order[keep - 1];
+}
+
+qtc_status qtc_generate(qtc_llama *m, int32_t first, int n, float temp, float top_p, qtc_rng *r, int32_t *out,
+                        qtc_error *err)
+{
+    float *prob = malloc((size_t)m->c.vocab * sizeof *prob);
+    int32_t *order = malloc((size_t)m->c.vocab * sizeof *order);
+    qtc_graph *g = qtc_graph_new(err);
+    qtc_status rc = QTC_OK;
+    if (!prob || !order || !g) {
+        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    out[0] = first;
+    for (int pos = 0; pos + 1 < n; pos++) {
+        const float *logits = qtc_llama_step(m, g, out[pos], pos, err);
+        if (!logits) {
+            rc = err->code;
+            goto done;
+        }
+        out[pos + 1] = qtc_sample(logits, m->c.vocab, temp, top_p, r, prob, order);
+    }
+done:
+    free(prob);
+    free(order);
+    qtc_graph_free(g);
+    return rc;
+}
