@@ -49,6 +49,7 @@ static const char *usage_text =
     "  --stop-after N     stop after step N with a checkpoint (to continue later with --resume)\n"
     "  -o OUT             output model; --to TYPE its storage (default: the trained scheme,\n"
     "                     f32 for --wbits 32); --format safetensors|gguf|hf\n"
+    "  --plot FILE.svg    the training loss and the evaluations as a chart\n"
     "  --tokenizer FILE   tokenizer for the text files; --log-json FILE events; --threads N\n"
     "\n"
     "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure (NaN or divergence).\n";
@@ -67,6 +68,9 @@ typedef struct qat {
     qtc_tokens eval;
     int eval_windows, ctx;
     int64_t steps;
+    /* curves for --plot: training loss per step, evaluations */
+    double *step_x, *step_loss, eval_x[256], eval_y[256];
+    int n_evals;
 } qat;
 
 static void die_usage(const char *msg)
@@ -112,6 +116,10 @@ static int evaluate(qat *q, int64_t step, qtc_error *err)
     qtc_eval_result r;
     if (qtc_eval(q->student, q->teacher, &q->eval, q->ctx, 8, q->eval_windows, NULL, NULL, &r, err) != QTC_OK)
         return 1;
+    if (q->n_evals < 256) { /* distillation is judged by KLD, cross-entropy by the loss */
+        q->eval_x[q->n_evals] = (double)step;
+        q->eval_y[q->n_evals++] = q->distill ? r.kld : r.nll;
+    }
     fprintf(stderr, "qat-train: step %lld eval: loss %.4f, perplexity %.4f (float %.4f), KLD %.5f, top-1 %.2f%%\n",
             (long long)step, r.nll, r.ppl, r.ref_ppl, r.kld, 100 * r.top1);
     if (q->log)
@@ -128,6 +136,10 @@ typedef struct progress {
 static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
 {
     progress *p = ctx;
+    if (p->q->step_loss) {
+        p->q->step_x[ev->step - 1] = (double)ev->step;
+        p->q->step_loss[ev->step - 1] = ev->loss;
+    }
     int64_t left = p->q->steps - ev->step;
     double eta = ev->step ? ev->elapsed / (double)ev->step * (double)left : 0;
     if (isatty(STDERR_FILENO) || ev->step % 10 == 0 || ev->step == p->q->steps)
@@ -218,10 +230,10 @@ int main(int argc, char **argv)
         {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
         {"save-every", required_argument, 0, 'v'}, {"checkpoint", required_argument, 0, 'K'},
         {"resume", required_argument, 0, 'r'},   {"stop-after", required_argument, 0, 'P'},
-        {"data-free", required_argument, 0, 'G'},
+        {"data-free", required_argument, 0, 'G'}, {"plot", required_argument, 0, 'p'},
         {0, 0, 0, 0}};
     const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *log_path = NULL;
-    const char *ckpt_dir = NULL, *resume = NULL;
+    const char *ckpt_dir = NULL, *resume = NULL, *plot = NULL;
     int wbits = 4, group = 32, sym = 1, loss_kind = -1, threads = 0, n_freeze = 0, n_train = 0;
     int64_t eval_every = 0, data_free = 0;
     qtc_format fmt = QTC_FMT_UNKNOWN;
@@ -273,6 +285,7 @@ int main(int argc, char **argv)
         case 'L': log_path = optarg; break;
         case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
         case 'o': out = optarg; break;
+        case 'p': plot = optarg; break;
         case 'G': data_free = strtoll(optarg, &end, 10); if (*end || data_free < 1) die_usage("--data-free takes a number of tokens"); break;
         case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) die_usage("--save-every takes a positive number"); break;
         case 'K': ckpt_dir = optarg; break;
@@ -436,6 +449,12 @@ int main(int argc, char **argv)
         rc = fail(&err);
         goto done;
     }
+    if (plot) {
+        q.step_x = calloc((size_t)o.steps, sizeof *q.step_x);
+        q.step_loss = malloc((size_t)o.steps * sizeof *q.step_loss);
+        for (int64_t k = 0; q.step_loss && k < o.steps; k++)
+            q.step_loss[k] = NAN; /* steps before a resume are not drawn */
+    }
     progress pr = {&q, eval_every};
     qtc_status st = qtc_train(&o, opt, params, np, &data, first_step, loss_fn, &q, on_step, &pr, &err);
     if (st != QTC_OK) {
@@ -451,8 +470,20 @@ int main(int argc, char **argv)
         rc = fail(&err);
         goto done;
     }
+    if (plot && q.step_loss) {
+        char title[256];
+        snprintf(title, sizeof title, "qat-train %s: %s", sname, q.distill ? "KL divergence from the float model" : "cross-entropy");
+        qtc_plot_series series[2] = {{"training loss", q.step_x, q.step_loss, (int)o.steps},
+                                     {q.distill ? "eval KLD" : "eval loss", q.eval_x, q.eval_y, q.n_evals}};
+        if (qtc_plot_svg(plot, title, "step", series, q.n_evals ? 2 : 1, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+    }
     rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &err);
 done:
+    free(q.step_x);
+    free(q.step_loss);
     if (q.log)
         fclose(q.log);
     qtc_adamw_free(opt);

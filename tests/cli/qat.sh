@@ -22,7 +22,7 @@ expect 1 "bad bits" "$Q" "$M" --data "$TRAIN" --wbits 9 -o "$T/x.safetensors"
 
 # QAT: int4 groups of 32, distillation; the exported model scores what training reported
 expect 0 "QAT run" "$Q" "$M" --data "$TRAIN" --eval "$EVAL" --eval-windows 8 --steps 12 --batch 4 --ctx 64 \
-    --log-json "$T/log.jsonl" -o "$T/qat.safetensors"
+    --log-json "$T/log.jsonl" --plot "$T/curves.svg" -o "$T/qat.safetensors"
 stderr_has "QAT run" "fake quantization int4-g32, loss KL divergence"
 grep "step 12 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*KLD ([0-9.]+).*/\1 \2/' >"$T/trained"
 "$E" "$T/qat.safetensors" --tokenizer "$TOK" --text "$EVAL" --ctx 64 --windows 8 --ref "$M" --json >"$T/out" 2>/dev/null
@@ -32,6 +32,11 @@ assert '%.4f' % d['ppl'] == ppl and '%.5f' % d['kld'] == kld, (d['ppl'], d['kld'
     bad "the exported model scores what training reported: $(cat "$T/err")"
 "$BIN/qconv" "$T/qat.safetensors" --inspect >"$T/out" 2>&1
 stdout_has "exported in the trained scheme" "q_proj.weight *int4-g32"
+check "--plot draws the training loss and the evaluations" python3 -c "
+import xml.etree.ElementTree as ET
+root = ET.parse('$T/curves.svg').getroot()
+lines = [e for e in root.iter() if e.tag.endswith('polyline')]
+assert len(lines) == 2 and len(lines[0].get('points').split()) == 12 and len(lines[1].get('points').split()) == 2"
 check "--log-json events" python3 -c "
 import json; ev=[json.loads(l) for l in open('$T/log.jsonl')]
 assert [e['event'] for e in ev].count('step') == 12 and [e['event'] for e in ev].count('eval') == 2"
