@@ -34,6 +34,9 @@ static const char *usage_text =
     "  --wbits B          weight bits: 2..8 fake-quantized, 32 for plain fine-tuning (default 4)\n"
     "  --group G          group size along the input (default 32; 0 per channel, -1 per tensor)\n"
     "  --sym | --asym     symmetric (default) or asymmetric integer grid\n"
+    "  --abits 8          also fake-quantize the linear layers' inputs to int8: per tensor with\n"
+    "                     ranges from a moving-average min/max observer (constant 0.01), frozen\n"
+    "                     after --observer-steps N (default: never), or per token (--act-per-token)\n"
     "  --distill | --ce   loss: KL divergence from the float model (default when quantizing) or\n"
     "                     cross-entropy on the next token (default for --wbits 32)\n"
     "  --steps N --batch B --ctx T --lr LR --warmup W --clip C --weight-decay D --grad-accum K --seed S\n"
@@ -54,8 +57,20 @@ static const char *usage_text =
     "\n"
     "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure (NaN or divergence).\n";
 
+/* The running range of one linear layer's input (PyTorch's moving-average
+ * min/max observer), and the scale and zero point it gives. */
+typedef struct act_observer {
+    float min, max;
+    int seen;
+    qtc_tensor *scale, *zero; /* one value each, not trained */
+} act_observer;
+
 typedef struct qat {
     int quantize;
+    int abits, act_per_token;
+    int64_t observer_steps, step;
+    int observing;            /* set while the training forward runs */
+    act_observer *obs;        /* n_layers * 7 */
     const qtc_model_file *src;
     qtc_adamw *opt;
     char ckpt[4200];      /* the checkpoint file, or "" */
@@ -87,12 +102,38 @@ static int fail(const qtc_error *err)
 
 /* The QAT linear layer: y = x fq(W)^T for the layers' projections; the output
  * head stays in float (as compressed-tensors ignores lm_head). */
+/* Fake-quantizes a linear layer's input x to int8 (see --abits). */
+static qtc_tensor *fq_input(qat *q, qtc_graph *g, qtc_tensor *x, int layer, qtc_linear_kind kind)
+{
+    qtc_qscheme a = {QTC_QK_INT, q->abits, q->act_per_token ? 0 : -1, 0, 0};
+    if (q->act_per_token) /* dynamic: each token's own range */
+        return qtc_fake_quant(g, x, &a, NULL, NULL, 0);
+    act_observer *o = &q->obs[layer * 7 + (int)kind];
+    if (q->observing && (q->observer_steps <= 0 || q->step < q->observer_steps)) {
+        const float *v = x->data;
+        float lo = v[0], hi = v[0];
+        for (int64_t i = 1; i < qtc_tensor_numel(x); i++) {
+            lo = fminf(lo, v[i]);
+            hi = fmaxf(hi, v[i]);
+        }
+        o->min = o->seen ? o->min + 0.01f * (lo - o->min) : lo;
+        o->max = o->seen ? o->max + 0.01f * (hi - o->max) : hi;
+        o->seen = 1;
+    }
+    float range[2] = {o->min, o->max};
+    int z;
+    qtc_int_qparams(range, 2, q->abits, 0, (float *)o->scale->data, &z);
+    ((float *)o->zero->data)[0] = (float)z;
+    return qtc_fake_quant(g, x, &a, o->scale, o->zero, 0);
+}
+
 static qtc_tensor *fq_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
 {
     qat *q = ctx;
-    (void)layer;
     if (kind == QTC_LIN_OUTPUT || !q->quantize)
         return qtc_matmul(g, x, w, 0, 1);
+    if (q->abits && x)
+        x = fq_input(q, g, x, layer, kind);
     qtc_tensor *wq = q->scheme.kind == QTC_QK_NF4 ? qtc_fake_quant_nf4(g, w, &q->scheme) : qtc_fake_quant(g, w, &q->scheme, NULL, NULL, 0);
     return qtc_matmul(g, x, wq, 0, 1);
 }
@@ -100,7 +141,9 @@ static qtc_tensor *fq_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor 
 static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
 {
     qat *q = ctx;
+    q->observing = 1;
     qtc_tensor *logits = qtc_llama_forward(q->student, g, tokens, 0);
+    q->observing = 0;
     if (!q->distill)
         return qtc_cross_entropy(g, logits, targets);
     qtc_graph_reset(q->tg);
@@ -136,6 +179,7 @@ typedef struct progress {
 static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
 {
     progress *p = ctx;
+    p->q->step = ev->step;
     if (p->q->step_loss) {
         p->q->step_x[ev->step - 1] = (double)ev->step;
         p->q->step_loss[ev->step - 1] = ev->loss;
@@ -231,6 +275,8 @@ int main(int argc, char **argv)
         {"save-every", required_argument, 0, 'v'}, {"checkpoint", required_argument, 0, 'K'},
         {"resume", required_argument, 0, 'r'},   {"stop-after", required_argument, 0, 'P'},
         {"data-free", required_argument, 0, 'G'}, {"plot", required_argument, 0, 'p'},
+        {"abits", required_argument, 0, 'x'},    {"act-per-token", no_argument, 0, 'X'},
+        {"observer-steps", required_argument, 0, 'O'},
         {0, 0, 0, 0}};
     const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *log_path = NULL;
     const char *ckpt_dir = NULL, *resume = NULL, *plot = NULL;
@@ -286,6 +332,9 @@ int main(int argc, char **argv)
         case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
         case 'o': out = optarg; break;
         case 'p': plot = optarg; break;
+        case 'x': q.abits = (int)strtol(optarg, &end, 10); if (*end || q.abits != 8) die_usage("--abits is 8"); break;
+        case 'X': q.act_per_token = 1; break;
+        case 'O': q.observer_steps = strtoll(optarg, &end, 10); if (*end || q.observer_steps < 1) die_usage("--observer-steps takes a positive number"); break;
         case 'G': data_free = strtoll(optarg, &end, 10); if (*end || data_free < 1) die_usage("--data-free takes a number of tokens"); break;
         case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) die_usage("--save-every takes a positive number"); break;
         case 'K': ckpt_dir = optarg; break;
@@ -380,6 +429,21 @@ int main(int argc, char **argv)
     }
     q.student->linear = fq_linear;
     q.student->linear_ctx = &q;
+    if (q.abits && !q.quantize) {
+        fprintf(stderr, "qat-train: error: --abits needs fake-quantized weights (--wbits 2..8)\n");
+        rc = 1;
+        goto done;
+    }
+    if (q.abits && !(q.obs = calloc((size_t)src->config.n_layers * 7, sizeof *q.obs))) {
+        rc = 3;
+        goto done;
+    }
+    for (int k = 0; q.obs && k < src->config.n_layers * 7; k++)
+        if (!(q.obs[k].scale = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), &err)) ||
+            !(q.obs[k].zero = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), &err))) {
+            rc = fail(&err);
+            goto done;
+        }
     q.tg = qtc_graph_new(&err);
     qtc_tensor *params[256];
     int np = qtc_llama_params(q.student, params, 256), n_trainable = 0;
@@ -439,12 +503,35 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    char sname[32] = "none (--wbits 32)";
+    char sname[64] = "none (--wbits 32)";
     if (q.quantize)
         qtc_qscheme_name(&q.scheme, sname, sizeof sname);
+    if (q.abits)
+        snprintf(sname + strlen(sname), sizeof sname - strlen(sname), " + int8 inputs %s", q.act_per_token ? "per token" : "per tensor");
     fprintf(stderr, "qat-train: %s, fake quantization %s, loss %s, %d of %d tensors trained, %lld training tokens\n",
             argv[optind], sname, q.distill ? "KL divergence from the float model" : "cross-entropy", n_trainable, np,
             (long long)data.n);
+    if (q.abits && !q.act_per_token) { /* the observers see one training batch before anything is scored */
+        int32_t *tk = malloc((size_t)o.batch * o.ctx * sizeof *tk), *tg = malloc((size_t)o.batch * o.ctx * sizeof *tg);
+        qtc_graph *cg = qtc_graph_new(&err);
+        if (!tk || !tg || !cg) {
+            free(tk);
+            free(tg);
+            qtc_graph_free(cg);
+            rc = 3;
+            goto done;
+        }
+        qtc_train_batch(&data, o.batch, o.ctx, o.seed, first_step, tk, tg);
+        qtc_tensor *ids = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(o.batch, o.ctx), tk, NULL, &err);
+        qtc_graph_set_recording(cg, 0);
+        q.observing = 1;
+        qtc_llama_forward(q.student, cg, ids, 0);
+        q.observing = 0;
+        qtc_tensor_free(ids);
+        qtc_graph_free(cg);
+        free(tk);
+        free(tg);
+    }
     if (evaluate(&q, first_step, &err)) {
         rc = fail(&err);
         goto done;
@@ -482,6 +569,11 @@ int main(int argc, char **argv)
     }
     rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &err);
 done:
+    for (int k = 0; q.obs && k < src->config.n_layers * 7; k++) {
+        qtc_tensor_free(q.obs[k].scale);
+        qtc_tensor_free(q.obs[k].zero);
+    }
+    free(q.obs);
     free(q.step_x);
     free(q.step_loss);
     if (q.log)

@@ -41,6 +41,16 @@ check "--log-json events" python3 -c "
 import json; ev=[json.loads(l) for l in open('$T/log.jsonl')]
 assert [e['event'] for e in ev].count('step') == 12 and [e['event'] for e in ev].count('eval') == 2"
 
+# W4A8: activations fake-quantized too (per tensor from the observer, or per token)
+expect 0 "W4A8 per tensor" "$Q" "$M" --data "$TRAIN" --eval "$EVAL" --eval-windows 4 --abits 8 --observer-steps 2 \
+    --steps 4 --batch 2 --ctx 32 -o "$T/w4a8.safetensors"
+stderr_has "W4A8 per tensor" "int4-g32 + int8 inputs per tensor"
+python3 -c "
+import re; k=[float(x) for x in re.findall(r'KLD ([0-9.]+)', open('$T/err').read())]
+assert len(k) == 2 and 0 < k[0] < 1, k" 2>"$T/py" && ok || bad "W4A8 evaluations are sane: $(cat "$T/py")"
+expect 0 "W4A8 per token" "$Q" "$M" --data "$TRAIN" --abits 8 --act-per-token --steps 2 --batch 2 --ctx 32 -o "$T/w4a8t.safetensors"
+expect 1 "--abits needs quantized weights" "$Q" "$M" --data "$TRAIN" --wbits 32 --abits 8 --steps 1 -o "$T/x.safetensors"
+
 # a run stopped at a checkpoint and resumed ends where an uninterrupted run does
 common="--data $TRAIN --steps 6 --batch 2 --ctx 32 --lr 2e-3 --seed 5"
 expect 0 "uninterrupted run" "$Q" "$M" $common -o "$T/straight.safetensors"
