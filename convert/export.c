@@ -96,8 +96,8 @@ static void accumulate_error(qtc_quant_error e, double *se, double *x2, double *
 
 /* Converts input tensor i as planned and writes its entries. Fills the error
  * statistics and the bytes written. */
-static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model_writer *w, double *se, double *x2,
-                              double *mx, double *bytes_out, qtc_error *err)
+static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model_writer *w, const qtc_convert_hooks *hooks,
+                              double *se, double *x2, double *mx, double *bytes_out, qtc_error *err)
 {
     const qtc_tensor_entry *e = &m->tensors[i];
     qtc_tensor *src = qtc_model_tensor(m, i, err), *f = NULL, *q = NULL, *back = NULL;
@@ -123,7 +123,12 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
         }
     }
     if (p->out.is_scheme) {
-        if (p->keep_q)
+        int given = hooks->qweight ? hooks->qweight(hooks->ctx, e->name, &p->out.scheme, &qw, err) : 0;
+        if (given < 0)
+            rc = err->code;
+        else if (given)
+            rc = QTC_OK;
+        else if (p->keep_q)
             rc = qtc_model_qweight(m, i, &qw, err);
         else
             rc = qtc_qweight_quantize(f->data, e->ne[0], e->ne[1], &p->out.scheme, &qw, err);
@@ -168,9 +173,12 @@ done:
 }
 
 qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int compress, const qtc_target *to,
-                       const qtc_convert_rule *rules, int n_rules, void (*report)(void *ctx, const qtc_convert_row *row),
-                       void *report_ctx, qtc_convert_summary *summary, qtc_error *err)
+                       const qtc_convert_rule *rules, int n_rules, const qtc_convert_hooks *hooks,
+                       qtc_convert_summary *summary, qtc_error *err)
 {
+    static const qtc_convert_hooks none;
+    if (!hooks)
+        hooks = &none;
     int n = m->n_tensors, n_out = 0;
     plan *plans = calloc((size_t)(n ? n : 1), sizeof *plans);
     qtc_out_entry *entries = calloc((size_t)(8 * n + 1), sizeof *entries);
@@ -247,7 +255,7 @@ qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, 
         const qtc_tensor_entry *e = &m->tensors[i];
         const plan *p = &plans[i];
         double se = 0, x2 = 0, mx = 0, b_out = 0;
-        if ((rc = convert_one(m, i, p, w, &se, &x2, &mx, &b_out, err)) != QTC_OK)
+        if ((rc = convert_one(m, i, p, w, hooks, &se, &x2, &mx, &b_out, err)) != QTC_OK)
             goto done;
         qtc_model_forget(m, i);
         qtc_convert_row row;
@@ -277,8 +285,8 @@ qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, 
         sum_x2 += x2;
         if (mx > sum.max_abs_err)
             sum.max_abs_err = mx;
-        if (report)
-            report(report_ctx, &row);
+        if (hooks->report)
+            hooks->report(hooks->ctx, &row);
     }
     rc = qtc_writer_commit(w, err);
     w = NULL;

@@ -37,6 +37,8 @@ static const char *usage_text =
     "  --abits 8          also fake-quantize the linear layers' inputs to int8: per tensor with\n"
     "                     ranges from a moving-average min/max observer (constant 0.01), frozen\n"
     "                     after --observer-steps N (default: never), or per token (--act-per-token)\n"
+    "  --lsq              learn the weights' scales (and zero points) with LSQ's gradients; they are\n"
+    "                     exported as learned (not with --save-every/--resume yet)\n"
     "  --distill | --ce   loss: KL divergence from the float model (default when quantizing) or\n"
     "                     cross-entropy on the next token (default for --wbits 32)\n"
     "  --steps N --batch B --ctx T --lr LR --warmup W --clip C --weight-decay D --grad-accum K --seed S\n"
@@ -67,6 +69,8 @@ typedef struct act_observer {
 
 typedef struct qat {
     int quantize;
+    int lsq;                  /* learnable scales (and zero points) per linear weight */
+    qtc_tensor **lsq_scale, **lsq_zero; /* n_layers * 7 */
     int abits, act_per_token;
     int64_t observer_steps, step;
     int observing;            /* set while the training forward runs */
@@ -134,8 +138,36 @@ static qtc_tensor *fq_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor 
         return qtc_matmul(g, x, w, 0, 1);
     if (q->abits && x)
         x = fq_input(q, g, x, layer, kind);
+    if (q->lsq) {
+        int k = layer * 7 + (int)kind;
+        return qtc_matmul(g, x, qtc_fake_quant(g, w, &q->scheme, q->lsq_scale[k], q->lsq_zero[k], 0), 0, 1);
+    }
     qtc_tensor *wq = q->scheme.kind == QTC_QK_NF4 ? qtc_fake_quant_nf4(g, w, &q->scheme) : qtc_fake_quant(g, w, &q->scheme, NULL, NULL, 0);
     return qtc_matmul(g, x, wq, 0, 1);
+}
+
+/* The learned scales of a weight, for the export (see qtc_convert_hooks). */
+static int lsq_qweight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *out, qtc_error *err)
+{
+    qat *q = ctx;
+    static const char *kinds[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    for (int l = 0; l < q->student->c.n_layers; l++)
+        for (int k = 0; k < 7; k++) {
+            char want[QTC_NAME_MAX];
+            snprintf(want, sizeof want, "model.layers.%d.%s.weight", l, kinds[k]);
+            if (strcmp(want, name) != 0)
+                continue;
+            if (memcmp(s, &q->scheme, sizeof *s) != 0)
+                return 0; /* exported in another scheme: quantized afresh */
+            const qtc_llama_layer *L = &q->student->layers[l];
+            qtc_tensor *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+            qtc_tensor *sc = q->lsq_scale[l * 7 + k], *zp = q->lsq_zero[l * 7 + k];
+            return qtc_qweight_quantize_with(ws[k]->data, ws[k]->ne[0], ws[k]->ne[1], s, sc->data, zp ? zp->data : NULL, out, err) == QTC_OK
+                       ? 1
+                       : -1;
+        }
+    return 0;
 }
 
 static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
@@ -209,7 +241,7 @@ static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
 
 /* Writes the trained weights as the source model's twin (f32), then converts. */
 static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_format fmt, int compress,
-                const qtc_target *to, qtc_error *err)
+                const qtc_target *to, const qtc_convert_hooks *hooks, qtc_error *err)
 {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s/qat-trained-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -245,7 +277,7 @@ static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_fo
     if (t && src->tokenizer_bin && !t->tokenizer_bin)
         t->tokenizer_bin = strdup(src->tokenizer_bin);
     qtc_convert_summary s;
-    rc = t && qtc_convert(t, out, fmt, compress, to, NULL, 0, NULL, NULL, &s, err) == QTC_OK ? 0 : fail(err);
+    rc = t && qtc_convert(t, out, fmt, compress, to, NULL, 0, hooks, &s, err) == QTC_OK ? 0 : fail(err);
     if (!rc)
         fprintf(stderr, "qat-train: wrote %s: %.3f bits per weight, weights' rel rms err %.3e against the trained floats\n",
                 out, s.bits_per_weight, s.rel_rms_err);
@@ -276,7 +308,7 @@ int main(int argc, char **argv)
         {"resume", required_argument, 0, 'r'},   {"stop-after", required_argument, 0, 'P'},
         {"data-free", required_argument, 0, 'G'}, {"plot", required_argument, 0, 'p'},
         {"abits", required_argument, 0, 'x'},    {"act-per-token", no_argument, 0, 'X'},
-        {"observer-steps", required_argument, 0, 'O'},
+        {"observer-steps", required_argument, 0, 'O'}, {"lsq", no_argument, 0, 'Q'},
         {0, 0, 0, 0}};
     const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *log_path = NULL;
     const char *ckpt_dir = NULL, *resume = NULL, *plot = NULL;
@@ -334,6 +366,7 @@ int main(int argc, char **argv)
         case 'p': plot = optarg; break;
         case 'x': q.abits = (int)strtol(optarg, &end, 10); if (*end || q.abits != 8) die_usage("--abits is 8"); break;
         case 'X': q.act_per_token = 1; break;
+        case 'Q': q.lsq = 1; break;
         case 'O': q.observer_steps = strtoll(optarg, &end, 10); if (*end || q.observer_steps < 1) die_usage("--observer-steps takes a positive number"); break;
         case 'G': data_free = strtoll(optarg, &end, 10); if (*end || data_free < 1) die_usage("--data-free takes a number of tokens"); break;
         case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) die_usage("--save-every takes a positive number"); break;
@@ -445,7 +478,7 @@ int main(int argc, char **argv)
             goto done;
         }
     q.tg = qtc_graph_new(&err);
-    qtc_tensor *params[256];
+    qtc_tensor *params[1024];
     int np = qtc_llama_params(q.student, params, 256), n_trainable = 0;
     for (int i = 0; i < np; i++) {
         char name[QTC_NAME_MAX];
@@ -467,6 +500,39 @@ int main(int argc, char **argv)
         rc = 1;
         goto done;
     }
+    int n_model = np;
+    if (q.lsq) { /* the scales (and zero points) of every linear weight join the parameters */
+        if (!q.quantize || q.scheme.kind != QTC_QK_INT || q.save_every || q.stop_after || resume) {
+            fprintf(stderr, "qat-train: error: --lsq needs integer weights (--wbits 2..8) and no checkpoints yet\n");
+            rc = 1;
+            goto done;
+        }
+        int n_lin = src->config.n_layers * 7;
+        q.lsq_scale = calloc((size_t)n_lin, sizeof *q.lsq_scale);
+        q.lsq_zero = calloc((size_t)n_lin, sizeof *q.lsq_zero);
+        for (int l = 0; l < src->config.n_layers; l++) {
+            const qtc_llama_layer *L = &q.student->layers[l];
+            qtc_tensor *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+            for (int k = 0; k < 7; k++) {
+                int64_t cols = ws[k]->ne[1], rows = ws[k]->ne[0];
+                int64_t g = q.scheme.group > 0 ? q.scheme.group : cols;
+                int64_t n = q.scheme.group < 0 ? 1 : rows * ((cols + g - 1) / g);
+                qtc_tensor **sc = &q.lsq_scale[l * 7 + k], **zp = &q.lsq_zero[l * 7 + k];
+                if (!(*sc = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(n), &err)) ||
+                    (!q.scheme.symmetric && !(*zp = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(n), &err)))) {
+                    rc = fail(&err);
+                    goto done;
+                }
+                qtc_fake_quant_init_params(ws[k], &q.scheme, *sc, *zp);
+                qtc_tensor_require_grad(*sc, &err);
+                params[np++] = *sc;
+                if (*zp) {
+                    qtc_tensor_require_grad(*zp, &err);
+                    params[np++] = *zp;
+                }
+            }
+        }
+    }
     qtc_adamw_config cfg = qtc_adamw_defaults();
     cfg.weight_decay = weight_decay;
     opt = qtc_adamw_new(params, np, cfg, &err);
@@ -474,6 +540,8 @@ int main(int argc, char **argv)
         rc = fail(&err);
         goto done;
     }
+    for (int i = n_model; i < np; i++) /* scales and zero points take no weight decay */
+        qtc_adamw_set_weight_decay(opt, i, 0);
     q.src = src;
     q.opt = opt;
     if (q.save_every || q.stop_after || ckpt_dir) { /* DIR/checkpoint.safetensors */
@@ -508,8 +576,10 @@ int main(int argc, char **argv)
         qtc_qscheme_name(&q.scheme, sname, sizeof sname);
     if (q.abits)
         snprintf(sname + strlen(sname), sizeof sname - strlen(sname), " + int8 inputs %s", q.act_per_token ? "per token" : "per tensor");
+    if (q.lsq)
+        snprintf(sname + strlen(sname), sizeof sname - strlen(sname), ", learned scales");
     fprintf(stderr, "qat-train: %s, fake quantization %s, loss %s, %d of %d tensors trained, %lld training tokens\n",
-            argv[optind], sname, q.distill ? "KL divergence from the float model" : "cross-entropy", n_trainable, np,
+            argv[optind], sname, q.distill ? "KL divergence from the float model" : "cross-entropy", n_trainable, n_model,
             (long long)data.n);
     if (q.abits && !q.act_per_token) { /* the observers see one training batch before anything is scored */
         int32_t *tk = malloc((size_t)o.batch * o.ctx * sizeof *tk), *tg = malloc((size_t)o.batch * o.ctx * sizeof *tg);
@@ -567,12 +637,19 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &err);
+    qtc_convert_hooks hooks = {NULL, q.lsq ? lsq_qweight : NULL, &q};
+    rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &hooks, &err);
 done:
     for (int k = 0; q.obs && k < src->config.n_layers * 7; k++) {
         qtc_tensor_free(q.obs[k].scale);
         qtc_tensor_free(q.obs[k].zero);
     }
+    for (int k = 0; q.lsq_scale && k < src->config.n_layers * 7; k++) {
+        qtc_tensor_free(q.lsq_scale[k]);
+        qtc_tensor_free(q.lsq_zero[k]);
+    }
+    free(q.lsq_scale);
+    free(q.lsq_zero);
     free(q.obs);
     free(q.step_x);
     free(q.step_loss);

@@ -168,48 +168,76 @@ void qtc_qweight_free(qtc_qweight *q)
 qtc_status nf4_quantize(const float *w, qtc_qweight *q);
 void nf4_dequantize(const qtc_qweight *q, float *w);
 
-qtc_status qtc_qweight_quantize(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
-                                qtc_qweight *q, qtc_error *err)
+/* The values of every group of w against q's scales and zero points. */
+static void quantize_values(const float *w, qtc_qweight *q)
+{
+    const qtc_qscheme *s = &q->s;
+    const int64_t rows = q->rows, cols = q->cols, g = s->group > 0 ? s->group : cols;
+    #pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            int64_t k = s->group < 0 ? 0 : r * q->n_groups + c / g;
+            q->q[r * cols + c] = (int8_t)qtc_int_quantize_one(w[r * cols + c], 1.0f / q->scale[k], q->zero ? q->zero[k] : 0, s->bits);
+        }
+}
+
+static qtc_status check_and_alloc(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s, qtc_qweight *q,
+                                  qtc_error *err)
 {
     memset(q, 0, sizeof *q);
     q->s = *s;
     q->rows = rows;
     q->cols = cols;
-    int64_t n = rows * cols;
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0; i < rows * cols; i++)
         if (!isfinite(w[i]))
-            return qtc_error_set(err, QTC_ERR_NUMERIC, "element %lld is %s", (long long)i,
-                                 isnan(w[i]) ? "NaN" : "infinite");
-    if (qtc_qweight_alloc(q, err) != QTC_OK)
-        return QTC_ERR_NOMEM;
+            return qtc_error_set(err, QTC_ERR_NUMERIC, "element %lld is %s", (long long)i, isnan(w[i]) ? "NaN" : "infinite");
+    return qtc_qweight_alloc(q, err) == QTC_OK ? QTC_OK : QTC_ERR_NOMEM;
+}
+
+qtc_status qtc_qweight_quantize(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
+                                qtc_qweight *q, qtc_error *err)
+{
+    qtc_status rc = check_and_alloc(w, rows, cols, s, q, err);
+    if (rc != QTC_OK)
+        return rc;
     if (s->kind == QTC_QK_NF4)
         return nf4_quantize(w, q);
-    if (s->group < 0) { /* one scale for the whole tensor */
+    /* min-max scales and zero points per group (the whole tensor: one group) */
+    const int64_t g = s->group > 0 ? s->group : cols, groups = s->group < 0 ? 1 : rows * q->n_groups;
+    for (int64_t k = 0; k < groups; k++) {
+        int64_t r = s->group < 0 ? 0 : k / q->n_groups, c0 = s->group < 0 ? 0 : (k % q->n_groups) * g;
+        int64_t len = s->group < 0 ? rows * cols : (c0 + g <= cols ? g : cols - c0); /* the last group may be partial */
         int z;
-        qtc_int_qparams(w, n, s->bits, s->symmetric, &q->scale[0], &z);
+        qtc_int_qparams(w + r * cols + c0, len, s->bits, s->symmetric, &q->scale[k], &z);
         if (q->zero)
-            q->zero[0] = (int8_t)z;
-        float inv = 1.0f / q->scale[0];
-        for (int64_t i = 0; i < n; i++)
-            q->q[i] = (int8_t)qtc_int_quantize_one(w[i], inv, z, s->bits);
-        return QTC_OK;
+            q->zero[k] = (int8_t)z;
     }
-    const int64_t g = s->group > 0 ? s->group : cols;
-    #pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t k = 0; k < q->n_groups; k++) {
-            int64_t c0 = k * g, len = c0 + g <= cols ? g : cols - c0; /* the last group may be partial */
-            const float *x = w + r * cols + c0;
-            float sc;
-            int z;
-            qtc_int_qparams(x, len, s->bits, s->symmetric, &sc, &z);
-            q->scale[r * q->n_groups + k] = sc;
-            if (q->zero)
-                q->zero[r * q->n_groups + k] = (int8_t)z;
-            float inv = 1.0f / sc;
-            for (int64_t j = 0; j < len; j++)
-                q->q[r * cols + c0 + j] = (int8_t)qtc_int_quantize_one(x[j], inv, z, s->bits);
+    quantize_values(w, q);
+    return QTC_OK;
+}
+
+qtc_status qtc_qweight_quantize_with(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
+                                     const float *scale, const float *zero, qtc_qweight *q, qtc_error *err)
+{
+    if (s->kind != QTC_QK_INT)
+        return qtc_error_set(err, QTC_ERR_USAGE, "given scales are for integer schemes");
+    qtc_status rc = check_and_alloc(w, rows, cols, s, q, err);
+    if (rc != QTC_OK)
+        return rc;
+    const int qmin = QTC_QMIN(s->bits), qmax = QTC_QMAX(s->bits);
+    int64_t groups = s->group < 0 ? 1 : rows * q->n_groups;
+    for (int64_t k = 0; k < groups; k++) {
+        if (!(scale[k] > 0) || !isfinite(scale[k])) {
+            qtc_qweight_free(q);
+            return qtc_error_set(err, QTC_ERR_NUMERIC, "scale %lld is %g", (long long)k, (double)scale[k]);
         }
+        q->scale[k] = scale[k];
+        if (q->zero) { /* a float zero point rounds into the grid, as fake quantization uses it */
+            float z = nearbyintf(zero[k]);
+            q->zero[k] = (int8_t)(z < (float)qmin ? qmin : z > (float)qmax ? qmax : z);
+        }
+    }
+    quantize_values(w, q);
     return QTC_OK;
 }
 

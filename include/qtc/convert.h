@@ -262,13 +262,24 @@ typedef struct qtc_convert_summary {
     int no_tokenizer; /* GGUF output without a tokenizer to carry (llama.cpp will not load it) */
 } qtc_convert_summary;
 
+/* What a caller of qtc_convert may plug in (any member may be NULL). */
+typedef struct qtc_convert_hooks {
+    /* sees each tensor's row once it is written */
+    void (*report)(void *ctx, const qtc_convert_row *row);
+    /* supplies the stored form of a weight planned in scheme s (for example with
+     * learned scales): returns 1 with q filled, 0 to let qtc_convert quantize,
+     * -1 with err set to fail */
+    int (*qweight)(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err);
+    void *ctx;
+} qtc_convert_hooks;
+
 /* Writes every tensor of m to out in fmt: stored as `to` asks (NULL keeps the
  * types; 1-D tensors stay f32; schemes apply to *_proj.weight; rules first),
  * with block types falling back per tensor where rows do not split, NaN/Inf
  * refused (QTC_ERR_NUMERIC), and each tensor released from memory once
- * written. report (may be NULL) sees each tensor's row. */
+ * written. */
 qtc_status qtc_convert(qtc_model_file *m, const char *out, qtc_format fmt, int compress, const qtc_target *to,
-                       const qtc_convert_rule *rules, int n_rules, void (*report)(void *ctx, const qtc_convert_row *row),
-                       void *report_ctx, qtc_convert_summary *summary, qtc_error *err);
+                       const qtc_convert_rule *rules, int n_rules, const qtc_convert_hooks *hooks,
+                       qtc_convert_summary *summary, qtc_error *err);
 
 #endif

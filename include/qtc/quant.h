@@ -114,6 +114,10 @@ int qtc_int_quantize_one(float x, float inv_scale, int zero, int bits);
  * QTC_ERR_NUMERIC on NaN or Inf. */
 qtc_status qtc_qweight_quantize(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
                                 qtc_qweight *q, qtc_error *err);
+/* The same with given scales (and float zero points, rounded into the grid):
+ * what learnable-scale (LSQ) training exports. Integer schemes only. */
+qtc_status qtc_qweight_quantize_with(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
+                                     const float *scale, const float *zero, qtc_qweight *q, qtc_error *err);
 /* Dequantizes into w (rows x cols): (q - zero) * scale; NF4: code[q] * absmax. */
 void qtc_qweight_dequantize(const qtc_qweight *q, float *w);
 /* Allocates the arrays of q for its scheme and shape (zeroed); QTC_ERR_NOMEM. */

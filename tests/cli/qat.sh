@@ -41,6 +41,18 @@ check "--log-json events" python3 -c "
 import json; ev=[json.loads(l) for l in open('$T/log.jsonl')]
 assert [e['event'] for e in ev].count('step') == 12 and [e['event'] for e in ev].count('eval') == 2"
 
+# LSQ: learned scales and zero points, exported as learned: qeval scores what training reported
+expect 0 "LSQ run" "$Q" "$M" --data "$TRAIN" --eval "$EVAL" --eval-windows 6 --lsq --asym --steps 8 --batch 4 --ctx 64 \
+    -o "$T/lsq.safetensors"
+stderr_has "LSQ run" "int4-g32-asym, learned scales"
+grep "step 8 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*KLD ([0-9.]+).*/\1 \2/' >"$T/trained"
+"$E" "$T/lsq.safetensors" --tokenizer "$TOK" --text "$EVAL" --ctx 64 --windows 6 --ref "$M" --json >"$T/out" 2>/dev/null
+python3 -c "
+import json; d=json.load(open('$T/out')); ppl, kld = open('$T/trained').read().split()
+assert '%.4f' % d['ppl'] == ppl and '%.5f' % d['kld'] == kld, (d['ppl'], d['kld'], ppl, kld)" 2>"$T/err" && ok ||
+    bad "the LSQ model scores what training reported: $(cat "$T/err")"
+expect 1 "--lsq with checkpoints" "$Q" "$M" --data "$TRAIN" --lsq --save-every 2 --steps 2 -o "$T/x.safetensors"
+
 # W4A8: activations fake-quantized too (per tensor from the observer, or per token)
 expect 0 "W4A8 per tensor" "$Q" "$M" --data "$TRAIN" --eval "$EVAL" --eval-windows 4 --abits 8 --observer-steps 2 \
     --steps 4 --batch 2 --ctx 32 -o "$T/w4a8.safetensors"
