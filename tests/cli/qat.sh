@@ -102,4 +102,23 @@ printf 'tiny\n' >"$T/tiny.txt"
 expect 2 "too little data" "$Q" "$M" --data "$T/tiny.txt" --steps 2 -o "$T/x.safetensors"
 stderr_has "too little data" "not one window"
 
+# --- PyTorch replays the same fine-tuning (model, batches, AdamW, clipping, schedule)
+TORCH_PY=
+for py in python3 /usr/bin/python3; do
+    if "$py" -c "import torch, numpy" 2>/dev/null; then TORCH_PY=$py; break; fi
+done
+if [ -n "$TORCH_PY" ]; then
+    "$BIN/qconv" "$M" -o "$T/or.safetensors" 2>/dev/null
+    "$E" "$T/or.safetensors" --text "$EVAL" --windows 2 --save-tokens "$T/or.tok" >/dev/null 2>&1
+    expect 0 "fine-tuning for the PyTorch replay" "$Q" "$T/or.safetensors" --data "$T/or.tok" --wbits 32 --ce \
+        --steps 10 --batch 4 --ctx 64 --lr 3e-3 --seed 7 --log-json "$T/or.jsonl" -o "$T/or-out.safetensors"
+    check "PyTorch's losses match qat-train's, step by step" "$TORCH_PY" tests/oracle/train_oracle.py \
+        "$T/or.safetensors" "$T/or.tok" "$T/or.jsonl" 10 4 64 3e-3 7
+    check "...and a replay with another learning rate does not" sh -c "! '$TORCH_PY' tests/oracle/train_oracle.py \
+        '$T/or.safetensors' '$T/or.tok' '$T/or.jsonl' 10 4 64 3.3e-3 7"
+else
+    echo "skip: python3-torch not installed" >&2
+    skip=$((skip + 3))
+fi
+
 finish
