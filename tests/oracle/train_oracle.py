@@ -2,8 +2,12 @@
 cross-entropy) in PyTorch, independently of qtc: the llama written out in
 torch ops, torch.optim.AdamW, torch.nn.utils.clip_grad_norm_, the same
 learning-rate schedule and the same batches (qtc's seeded sampler rewritten
-here), and checks the losses qat-train logged to 1e-4 relative.
-Usage: python3 train_oracle.py MODEL.safetensors TOKENS.tok LOG.jsonl STEPS BATCH CTX LR SEED"""
+here), and checks the losses qat-train logged (to 1e-4 relative; see TOL). With WBITS
+and GROUP (symmetric integer groups) the projections' weights go through
+torch.fake_quantize_per_channel_affine, one channel per group, with min-max
+scales taken afresh each step: PyTorch's own fake quantization and its
+straight-through gradient.
+Usage: python3 train_oracle.py MODEL.safetensors TOKENS.tok LOG.jsonl STEPS BATCH CTX LR SEED [WBITS GROUP]"""
 import json
 import math
 import struct
@@ -15,6 +19,13 @@ import torch
 model_path, tok_path, log_path = sys.argv[1:4]
 steps, batch, ctx = (int(x) for x in sys.argv[4:7])
 lr, seed = float(sys.argv[7]), int(sys.argv[8])
+wbits, group = (int(sys.argv[9]), int(sys.argv[10])) if len(sys.argv) > 10 else (32, 0)
+# Fake quantization is discontinuous: after an update, weights within an ulp of
+# a rounding boundary may land on either side, so quantized runs get a looser
+# bound. Measured on stories260K (int4-g32, 2 steps, B8, lr 1e-3, seeds 7..9):
+# step 2 agrees to <= 1.4e-4; without the STE's clipping mask it is >= 1.4e-3
+# off, and a 1e-7 relative nudge of the weights moves step 1 by 1e-3.
+TOL = 1e-4 if wbits == 32 else 5e-4
 M64 = (1 << 64) - 1
 torch.set_num_threads(1)
 
@@ -81,12 +92,25 @@ def rope(x):  # (B, T, heads, hd), rotate-half
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     return torch.cat([a * c - b * s, a * s + b * c], -1)
 
+def fake_quant(w):  # symmetric groups along the input dimension
+    if wbits == 32:
+        return w
+    qmin, qmax = -(1 << (wbits - 1)), (1 << (wbits - 1)) - 1
+    rows, cols = w.shape  # each row's last group may be short: pad it with zeros
+    pad = -cols % group
+    gw = torch.nn.functional.pad(w, (0, pad)).reshape(-1, group)
+    with torch.no_grad():  # min-max over the group, the range always holding 0
+        amax = torch.maximum(-gw.min(1).values.clamp(max=0), gw.max(1).values.clamp(min=0))
+        scale = (amax / ((qmax - qmin) / 2)).clamp(min=torch.finfo(torch.float32).eps)
+    zero = torch.zeros(gw.shape[0], dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(gw, scale, zero, 0, qmin, qmax).reshape(rows, cols + pad)[:, :cols]
+
 def forward(tok):
     x = P["model.embed_tokens.weight"][tok]
     B, T = tok.shape
     mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
     for l in range(L):
-        p = lambda name: P[f"model.layers.{l}.{name}.weight"]
+        p = lambda name: P[f"model.layers.{l}.{name}.weight"] if "norm" in name else fake_quant(P[f"model.layers.{l}.{name}.weight"])
         h = rmsnorm(x, p("input_layernorm"))
         q = rope((h @ p("self_attn.q_proj").T).view(B, T, H, hd))
         k = rope((h @ p("self_attn.k_proj").T).view(B, T, KV, hd))
@@ -126,5 +150,5 @@ for step in range(steps):
     opt.step()
     rel = abs(loss.item() - logged[step]) / abs(loss.item())
     worst = max(worst, rel)
-    assert rel < 1e-4, f"step {step + 1}: qtc {logged[step]:.7f}, torch {loss.item():.7f} (rel {rel:.2e})"
+    assert rel < TOL, f"step {step + 1}: qtc {logged[step]:.7f}, torch {loss.item():.7f} (rel {rel:.2e})"
 print(f"{steps} steps agree with PyTorch (worst rel {worst:.1e}): " + ", ".join(f"{v:.5f}" for v in logged))
