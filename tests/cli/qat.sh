@@ -98,6 +98,13 @@ expect 1 "everything frozen" "$Q" "$M" --data "$TRAIN" --wbits 32 --freeze . --s
 stderr_has "everything frozen" "no parameter to train"
 expect 1 "schemes cannot go to GGUF" "$Q" "$M" --data "$TRAIN" --steps 1 --batch 1 --ctx 16 -o "$T/x.gguf"
 absent "no output on failure" "$T/x.gguf"
+# divergence: exit 4, no output model, the last checkpoint kept
+expect 4 "divergence stops the run" "$Q" "$M" --data "$TRAIN" --wbits 32 --ce --steps 6 --batch 2 --ctx 32 --lr 1e30 \
+    --warmup 0 --save-every 1 --checkpoint "$T/nanck" -o "$T/nan.safetensors"
+stderr_has "divergence stops the run" "step 2: the loss is NaN"
+absent "divergence leaves no output" "$T/nan.safetensors"
+check "the checkpoint before the NaN is kept" test -s "$T/nanck/checkpoint.safetensors"
+
 printf 'tiny\n' >"$T/tiny.txt"
 expect 2 "too little data" "$Q" "$M" --data "$T/tiny.txt" --steps 2 -o "$T/x.safetensors"
 stderr_has "too little data" "not one window"
