@@ -127,6 +127,8 @@ demo: all
 
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+	@echo "== bench/torch_train.py (the peer baseline for bench_train)"
+	@if command -v python3 >/dev/null; then python3 bench/torch_train.py; else echo "skipped: no python3"; fi
 
 qtc.pc: qtc.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define QTC_VERSION "\(.*\)"/\1/p' include/qtc/runtime.h)|' $< > $@
