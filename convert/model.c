@@ -363,7 +363,8 @@ static void find_llama2c_tokenizer(qtc_model_file *m, const char *path)
     while ((de = readdir(d))) {
         size_t n = strlen(de->d_name);
         if (strncmp(de->d_name, "tok", 3) == 0 && n > 4 && strcmp(de->d_name + n - 4, ".bin") == 0) {
-            snprintf(cand, sizeof cand, "%s/%s", dir, de->d_name);
+            if (snprintf(cand, sizeof cand, "%s/%s", dir, de->d_name) >= (int)sizeof cand)
+                continue; /* a path too long to open */
             m->tokenizer_bin = strdup(cand);
             break;
         }

@@ -348,12 +348,18 @@ qtc_model_writer *qtc_writer_open(const char *path, qtc_format fmt, int compress
             qtc_error_set(err, QTC_ERR_USAGE, "an HF folder cannot go to standard output or through zstd");
             goto fail;
         }
-        snprintf(w->dir, sizeof w->dir, "%s", path);
+        if (snprintf(w->dir, sizeof w->dir, "%s", path) >= (int)sizeof w->dir) {
+            qtc_error_set(err, QTC_ERR_USAGE, "%s: the path is too long", path);
+            goto fail;
+        }
         size_t len = strlen(w->dir);
         while (len > 1 && w->dir[len - 1] == '/')
             w->dir[--len] = '\0';
         if (!qtc_path_is_dir(w->dir)) { /* build it beside its final name, rename when done */
-            snprintf(w->tmpdir, sizeof w->tmpdir, "%s.tmp-XXXXXX", w->dir);
+            if (snprintf(w->tmpdir, sizeof w->tmpdir, "%s.tmp-XXXXXX", w->dir) >= (int)sizeof w->tmpdir) {
+                qtc_error_set(err, QTC_ERR_USAGE, "%s: the path is too long", w->dir);
+                goto fail;
+            }
             if (!mkdtemp(w->tmpdir)) {
                 qtc_error_set(err, QTC_ERR_IO, "%s: cannot create a folder: %s", w->dir, strerror(errno));
                 goto fail;
