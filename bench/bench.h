@@ -2,7 +2,12 @@
 #ifndef QTC_BENCH_H
 #define QTC_BENCH_H
 
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
+
+#include "qtc/model.h"
 
 static inline double bench_now(void)
 {
@@ -24,5 +29,39 @@ static inline double bench_now(void)
         } while (bench_now() - start_ < (min_seconds));      \
         best_;                                               \
     })
+
+/* The ceiling the benchmarks' GFLOP/s are compared with: OpenBLAS sgemm at 1024^3. */
+static inline double bench_sgemm_ceiling(void)
+{
+    int n = 1024;
+    float *a = calloc((size_t)n * n, 4), *b = calloc((size_t)n * n, 4), *c = calloc((size_t)n * n, 4);
+    double t = BENCH_BEST(1.0, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n));
+    free(a);
+    free(b);
+    free(c);
+    return 2.0 * n * n * n / t * 1e-9;
+}
+
+/* stories260K from QTC_SHARED (default ../shared); NULL with a message on stderr. */
+static inline qtc_llama *bench_load_stories260K(const char *who)
+{
+    qtc_error err;
+    const char *dir = getenv("QTC_SHARED") ? getenv("QTC_SHARED") : "../shared";
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models/stories260K/stories260K.bin", dir);
+    qtc_llama *m = qtc_llama_load(path, &err);
+    if (!m)
+        fprintf(stderr, "%s: %s\n", who, err.msg);
+    return m;
+}
+
+/* A generated llama of llama2.c's 15M shape (dim 288, 6 layers, vocab 32000). */
+static inline qtc_llama *bench_new_15M(void)
+{
+    qtc_error err;
+    qtc_llama_config c = {.dim = 288, .hidden = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6, .vocab = 32000,
+                          .ctx = 256, .head_dim = 48, .n_rot = 48, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1};
+    return qtc_llama_new_random(&c, 1, 0.02f, &err);
+}
 
 #endif

@@ -44,29 +44,14 @@ int main(int argc, char **argv)
     (void)argc;
     qtc_runtime_setup(argv); /* the tools' OpenMP wait policy */
     qtc_set_threads(0);
-    /* the ceiling: OpenBLAS sgemm at 1024^3 */
-    int n = 1024;
-    float *a = calloc((size_t)n * n, 4), *b = calloc((size_t)n * n, 4), *c = calloc((size_t)n * n, 4);
-    double t = BENCH_BEST(1.0, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n));
-    double ceiling = 2.0 * n * n * n / t * 1e-9;
-    free(a);
-    free(b);
-    free(c);
+    double ceiling = bench_sgemm_ceiling();
     printf("threads %d; sgemm ceiling (1024^3) %.1f GFLOP/s\n", qtc_get_threads(), ceiling);
-    qtc_error err;
-    const char *dir = getenv("QTC_SHARED") ? getenv("QTC_SHARED") : "../shared";
-    char path[4096];
-    snprintf(path, sizeof path, "%s/models/stories260K/stories260K.bin", dir);
-    qtc_llama *s = qtc_llama_load(path, &err);
-    if (!s) {
-        fprintf(stderr, "bench_eval: %s\n", err.msg);
+    qtc_llama *s = bench_load_stories260K("bench_eval");
+    if (!s)
         return 2;
-    }
     run("stories260K, ctx 256, batch 16", s, 256, 16, ceiling);
     qtc_llama_free(s);
-    qtc_llama_config c15 = {.dim = 288, .hidden = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6, .vocab = 32000,
-                            .ctx = 256, .head_dim = 48, .n_rot = 48, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1};
-    qtc_llama *m = qtc_llama_new_random(&c15, 1, 0.02f, &err);
+    qtc_llama *m = bench_new_15M();
     run("generated 15M llama, ctx 256, batch 16", m, 256, 16, ceiling);
     qtc_llama_free(m);
     return 0;
