@@ -63,13 +63,7 @@ qtc_status qtc_eval(qtc_llama *m, qtc_llama *ref, const qtc_tokens *data, int ct
     }
     for (int64_t w0 = 0; w0 < windows; w0 += batch) {
         int64_t B = windows - w0 < batch ? windows - w0 : batch;
-        qtc_tensor ids = {0};
-        ids.dtype = QTC_I32;
-        ids.ndim = 2;
-        int64_t shape[4] = {B, ctx, 1, 1}, strides[4] = {ctx, 1, 1, 1};
-        memcpy(ids.ne, shape, sizeof shape);
-        memcpy(ids.nb, strides, sizeof strides);
-        ids.data = data->ids + w0 * ctx;
+        qtc_tensor ids = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, ctx), data->ids + w0 * ctx);
         qtc_graph_reset(g);
         qtc_graph_set_recording(g, 0);
         qtc_tensor *logits = qtc_llama_forward(m, g, &ids, 0), *rlogits = NULL;

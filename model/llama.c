@@ -261,26 +261,13 @@ const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t p
     }
     qtc_graph_reset(g);
     qtc_graph_set_recording(g, 0);
-    qtc_tensor ids = {0};
-    ids.dtype = QTC_I32;
-    ids.ndim = 2;
-    ids.ne[0] = ids.ne[1] = ids.ne[2] = ids.ne[3] = 1;
-    ids.nb[0] = ids.nb[1] = ids.nb[2] = ids.nb[3] = 1;
-    ids.data = &token;
+    qtc_tensor ids = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(1, 1), &token);
     qtc_tensor *x = qtc_embedding(g, m->embed, &ids);
     for (int l = 0; l < c->n_layers && x; l++) {
         float *kc = m->k_cache + (int64_t)l * ctx * kv, *vc = m->v_cache + (int64_t)l * ctx * kv;
         /* the cache up to and including this position, as (1, pos + 1, kv) views */
-        qtc_tensor kall = {0}, vall = {0};
-        kall.dtype = vall.dtype = QTC_F32;
-        kall.ndim = vall.ndim = 3;
-        int64_t shape[4] = {1, pos + 1, kv, 1}, strides[4] = {(pos + 1) * kv, kv, 1, 1};
-        memcpy(kall.ne, shape, sizeof shape);
-        memcpy(vall.ne, shape, sizeof shape);
-        memcpy(kall.nb, strides, sizeof strides);
-        memcpy(vall.nb, strides, sizeof strides);
-        kall.data = kc;
-        vall.data = vc;
+        qtc_tensor kall = qtc_tensor_borrow(QTC_F32, 3, QTC_SHAPE(1, pos + 1, kv), kc);
+        qtc_tensor vall = qtc_tensor_borrow(QTC_F32, 3, QTC_SHAPE(1, pos + 1, kv), vc);
         /* k and v of this token go into the cache before attention reads it */
         qtc_tensor *q, *k, *v;
         qkv(m, g, l, x, pos, &q, &k, &v);

@@ -58,16 +58,8 @@ qtc_status qtc_train(const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const 
         rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for training");
         goto done;
     }
-    qtc_tensor tokens = {0}, targets = {0};
-    tokens.dtype = targets.dtype = QTC_I32;
-    tokens.ndim = targets.ndim = 2;
-    int64_t shape[4] = {o->batch, o->ctx, 1, 1}, strides[4] = {o->ctx, 1, 1, 1};
-    memcpy(tokens.ne, shape, sizeof shape);
-    memcpy(targets.ne, shape, sizeof shape);
-    memcpy(tokens.nb, strides, sizeof strides);
-    memcpy(targets.nb, strides, sizeof strides);
-    tokens.data = tok;
-    targets.data = tgt;
+    qtc_tensor tokens = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(o->batch, o->ctx), tok);
+    qtc_tensor targets = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(o->batch, o->ctx), tgt);
     double t0 = now();
     for (int64_t step = first_step; step < o->steps; step++) {
         double ts = now();

@@ -1,6 +1,7 @@
 /* tensor.c: tensor structs, shared buffers, views and dtype conversion. */
 #include "qtc/tensor.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,6 +159,16 @@ qtc_tensor *qtc_tensor_wrap(qtc_dtype dtype, int ndim, const int64_t *shape, voi
     t->data = data;
     t->buf = owner;
     qtc_buffer_ref(owner);
+    return t;
+}
+
+qtc_tensor qtc_tensor_borrow(qtc_dtype dtype, int ndim, const int64_t *shape, void *data)
+{
+    qtc_tensor t = {0};
+    int64_t ok = set_shape(&t, dtype, ndim, shape, NULL);
+    assert(ok >= 0);
+    (void)ok;
+    t.data = data;
     return t;
 }
 

@@ -178,6 +178,18 @@ static void count_release(void *ctx, void *ptr, size_t size)
     released += *(int *)ctx;
 }
 
+TEST(a_borrowed_tensor_has_the_shape_and_strides_of_a_wrapped_one)
+{
+    qtc_error err;
+    int32_t mem[24] = {0};
+    qtc_tensor b = qtc_tensor_borrow(QTC_I32, 3, QTC_SHAPE(2, 3, 4), mem);
+    qtc_tensor *w = qtc_tensor_wrap(QTC_I32, 3, QTC_SHAPE(2, 3, 4), mem, NULL, &err);
+    CHECK(w && b.dtype == QTC_I32 && b.ndim == 3 && b.data == mem && !b.buf && !b.grad && b.flags == 0);
+    CHECK(memcmp(b.ne, w->ne, sizeof b.ne) == 0 && memcmp(b.nb, w->nb, sizeof b.nb) == 0);
+    CHECK(b.nb[0] == 12 && b.nb[1] == 4 && b.nb[2] == 1 && b.ne[3] == 1 && qtc_tensor_is_contiguous(&b));
+    qtc_tensor_free(w);
+}
+
 TEST(views_share_memory_and_the_last_reference_releases_external_buffers)
 {
     qtc_error err;

@@ -99,6 +99,11 @@ qtc_tensor *qtc_tensor_new(qtc_dtype t, int ndim, const int64_t *shape, qtc_erro
 qtc_tensor *qtc_tensor_wrap(qtc_dtype t, int ndim, const int64_t *shape, void *data,
                             qtc_buffer *owner, qtc_error *err);
 
+/* The same as a value, for a short-lived tensor on the stack (a batch of token
+ * ids, a view of a cache): no allocation, no owner. The shape comes from the
+ * code, not from a file, so it must be valid. */
+qtc_tensor qtc_tensor_borrow(qtc_dtype t, int ndim, const int64_t *shape, void *data);
+
 /* A buffer over external memory (an mmap, a caller's allocation). release, if
  * not NULL, is called with (ctx, ptr, size) when the last reference goes. The
  * new buffer has one reference, which the caller drops with qtc_buffer_unref

@@ -16,6 +16,17 @@ trap 'rm -rf "$T"' EXIT
 NAME=qat
 . tests/cli/lib.sh
 
+# scores_as_trained WHAT STEP MODEL WINDOWS: qeval's perplexity and KLD of the
+# exported MODEL (ctx 64) equal what training's evaluation at STEP printed to $T/err
+scores_as_trained() {
+    grep "step $2 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*KLD ([0-9.]+).*/\1 \2/' >"$T/trained"
+    "$E" "$3" --tokenizer "$TOK" --text "$EVAL" --ctx 64 --windows "$4" --ref "$M" --json >"$T/out" 2>/dev/null
+    python3 -c "
+import json; d=json.load(open('$T/out')); ppl, kld = open('$T/trained').read().split()
+assert '%.4f' % d['ppl'] == ppl and '%.5f' % d['kld'] == kld, (d['ppl'], d['kld'], ppl, kld)" 2>"$T/err" && ok ||
+        bad "$1 scores what training reported: $(cat "$T/err")"
+}
+
 expect 0 "--help" "$Q" --help
 expect 1 "no data" "$Q" "$M" -o "$T/x.safetensors"
 expect 1 "bad bits" "$Q" "$M" --data "$TRAIN" --wbits 9 -o "$T/x.safetensors"
@@ -24,12 +35,7 @@ expect 1 "bad bits" "$Q" "$M" --data "$TRAIN" --wbits 9 -o "$T/x.safetensors"
 expect 0 "QAT run" "$Q" "$M" --data "$TRAIN" --eval "$EVAL" --eval-windows 8 --steps 12 --batch 4 --ctx 64 \
     --log-json "$T/log.jsonl" --plot "$T/curves.svg" -o "$T/qat.safetensors"
 stderr_has "QAT run" "fake quantization int4-g32, loss KL divergence"
-grep "step 12 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*KLD ([0-9.]+).*/\1 \2/' >"$T/trained"
-"$E" "$T/qat.safetensors" --tokenizer "$TOK" --text "$EVAL" --ctx 64 --windows 8 --ref "$M" --json >"$T/out" 2>/dev/null
-python3 -c "
-import json; d=json.load(open('$T/out')); ppl, kld = open('$T/trained').read().split()
-assert '%.4f' % d['ppl'] == ppl and '%.5f' % d['kld'] == kld, (d['ppl'], d['kld'], ppl, kld)" 2>"$T/err" && ok ||
-    bad "the exported model scores what training reported: $(cat "$T/err")"
+scores_as_trained "the exported model" 12 "$T/qat.safetensors" 8
 "$BIN/qconv" "$T/qat.safetensors" --inspect >"$T/out" 2>&1
 stdout_has "exported in the trained scheme" "q_proj.weight *int4-g32"
 check "--plot draws the training loss and the evaluations" python3 -c "
@@ -45,12 +51,7 @@ assert [e['event'] for e in ev].count('step') == 12 and [e['event'] for e in ev]
 expect 0 "LSQ run" "$Q" "$M" --data "$TRAIN" --eval "$EVAL" --eval-windows 6 --lsq --asym --steps 8 --batch 4 --ctx 64 \
     -o "$T/lsq.safetensors"
 stderr_has "LSQ run" "int4-g32-asym, learned scales"
-grep "step 8 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*KLD ([0-9.]+).*/\1 \2/' >"$T/trained"
-"$E" "$T/lsq.safetensors" --tokenizer "$TOK" --text "$EVAL" --ctx 64 --windows 6 --ref "$M" --json >"$T/out" 2>/dev/null
-python3 -c "
-import json; d=json.load(open('$T/out')); ppl, kld = open('$T/trained').read().split()
-assert '%.4f' % d['ppl'] == ppl and '%.5f' % d['kld'] == kld, (d['ppl'], d['kld'], ppl, kld)" 2>"$T/err" && ok ||
-    bad "the LSQ model scores what training reported: $(cat "$T/err")"
+scores_as_trained "the LSQ model" 8 "$T/lsq.safetensors" 6
 expect 1 "--lsq with checkpoints" "$Q" "$M" --data "$TRAIN" --lsq --save-every 2 --steps 2 -o "$T/x.safetensors"
 
 # W4A8: activations fake-quantized too (per tensor from the observer, or per token)
