@@ -61,7 +61,7 @@ static void run(const char *what, qtc_llama *m, int fake_quant, int steps, doubl
 {
     qtc_error err;
     enum { B = 16, T = 256 };
-    qtc_tokens data = {malloc(20000 * sizeof(int32_t)), 20000};
+    qtc_tokens data = {malloc(20000 * sizeof(int32_t)), 20000, NULL};
     qtc_rng r;
     qtc_rng_seed(&r, 1);
     for (int i = 0; i < 20000; i++)

@@ -105,6 +105,7 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
     qtc_qweight qw;
     memset(&qw, 0, sizeof qw);
     qtc_status rc = QTC_OK;
+    int changed = 0;
     if (!src)
         return err->code;
     int is_weight = qtc_dtype_info(e->dtype)->is_float || qtc_dtype_info(e->dtype)->is_quantized;
@@ -121,6 +122,18 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
                                (long long)bad, isnan(((float *)f->data)[bad]) ? "NaN" : "infinite");
             goto done;
         }
+        if (hooks->transform) {
+            if (f == src && !(f = qtc_tensor_to_f32(src, err))) { /* src may be a read-only view of the file */
+                rc = err->code;
+                goto done;
+            }
+            int r = hooks->transform(hooks->ctx, e->name, f, err);
+            if (r < 0) {
+                rc = err->code;
+                goto done;
+            }
+            changed = r > 0;
+        }
     }
     if (p->out.is_scheme) {
         int given = hooks->qweight ? hooks->qweight(hooks->ctx, e->name, &p->out.scheme, &qw, err) : 0;
@@ -128,7 +141,7 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
             rc = err->code;
         else if (given)
             rc = QTC_OK;
-        else if (p->keep_q)
+        else if (p->keep_q && !changed)
             rc = qtc_model_qweight(m, i, &qw, err);
         else
             rc = qtc_qweight_quantize(f->data, e->ne[0], e->ne[1], &p->out.scheme, &qw, err);
@@ -146,7 +159,7 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
         goto done;
     }
     const qtc_tensor *put = src;
-    if (p->out.dtype != e->dtype || e->qparts.scheme_set) {
+    if (p->out.dtype != e->dtype || e->qparts.scheme_set || changed) {
         qtc_quant_error qe;
         q = qtc_tensor_quantize_measured(f, p->out.dtype, &qe, err);
         if (!q) {

@@ -242,7 +242,7 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
     report_ctx rc = {as_json, log, cJSON_AddArrayToObject(summary, "tensors")};
     if (!as_json)
         fprintf(stderr, "%-52s %-6s -> %-13s %7s %11s %11s\n", "tensor", "in", "out", "bpw", "rel rms err", "max abs err");
-    qtc_convert_hooks hooks = {report, NULL, &rc};
+    qtc_convert_hooks hooks = {.report = report, .ctx = &rc};
     qtc_status st = qtc_convert(m, out_path, fmt, compress, to, rules, n_rules, &hooks, &s, &err);
     if (s.no_tokenizer)
         fprintf(stderr, "qconv: warning: %s has no tokenizer qtc can carry into GGUF; llama.cpp will not load the output\n", m->path);

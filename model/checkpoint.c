@@ -7,13 +7,55 @@
 
 #define MAX_PARAMS 1024
 
+/* The llama's parameters and their names (names: n * QTC_NAME_MAX bytes). */
+static int llama_params(qtc_llama *m, qtc_tensor **ps, char (*names)[QTC_NAME_MAX])
+{
+    int n = qtc_llama_params(m, ps, MAX_PARAMS);
+    for (int i = 0; i < n && i < MAX_PARAMS; i++)
+        qtc_llama_param_name(m, i, names[i], QTC_NAME_MAX);
+    return n;
+}
+
 qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_llama *m, qtc_adamw *opt, int64_t step,
                                qtc_error *err)
 {
+    char (*names)[QTC_NAME_MAX] = malloc(MAX_PARAMS * sizeof *names);
+    const char **np = malloc(MAX_PARAMS * sizeof *np);
     qtc_tensor *ps[MAX_PARAMS];
-    int n = qtc_llama_params(m, ps, MAX_PARAMS);
-    if (n > MAX_PARAMS)
-        return qtc_error_set(err, QTC_ERR_USAGE, "%d parameter tensors (checkpoints hold %d)", n, MAX_PARAMS);
+    int n = names && np ? llama_params(m, ps, names) : 0;
+    qtc_status rc = !names || !np ? qtc_error_set(err, QTC_ERR_NOMEM, "out of memory")
+                    : n > MAX_PARAMS ? qtc_error_set(err, QTC_ERR_USAGE, "%d parameter tensors (checkpoints hold %d)", n, MAX_PARAMS)
+                                     : QTC_OK;
+    for (int i = 0; rc == QTC_OK && i < n; i++)
+        np[i] = names[i];
+    if (rc == QTC_OK)
+        rc = qtc_checkpoint_save_params(path, src, ps, np, n, opt, step, err);
+    free(names);
+    free(np);
+    return rc;
+}
+
+qtc_status qtc_checkpoint_load(const char *path, qtc_llama *m, qtc_adamw *opt, int64_t *step, qtc_error *err)
+{
+    char (*names)[QTC_NAME_MAX] = malloc(MAX_PARAMS * sizeof *names);
+    const char **np = malloc(MAX_PARAMS * sizeof *np);
+    qtc_tensor *ps[MAX_PARAMS];
+    int n = names && np ? llama_params(m, ps, names) : 0;
+    qtc_status rc = !names || !np ? qtc_error_set(err, QTC_ERR_NOMEM, "out of memory")
+                    : n > MAX_PARAMS ? qtc_error_set(err, QTC_ERR_USAGE, "%d parameter tensors (checkpoints hold %d)", n, MAX_PARAMS)
+                                     : QTC_OK;
+    for (int i = 0; rc == QTC_OK && i < n; i++)
+        np[i] = names[i];
+    if (rc == QTC_OK)
+        rc = qtc_checkpoint_load_params(path, ps, np, n, opt, step, err);
+    free(names);
+    free(np);
+    return rc;
+}
+
+qtc_status qtc_checkpoint_save_params(const char *path, const qtc_model_file *src, qtc_tensor *const *ps,
+                                      const char *const *names, int n, qtc_adamw *opt, int64_t step, qtc_error *err)
+{
     qtc_out_entry *e = calloc((size_t)(3 * n), sizeof *e);
     qtc_kvs meta = {0};
     char value[32];
@@ -25,8 +67,7 @@ qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_
     snprintf(value, sizeof value, "%lld", (long long)step);
     qtc_kvs_set_str(&meta, "qtc.checkpoint.step", value);
     for (int i = 0; i < n; i++) {
-        char name[QTC_NAME_MAX];
-        qtc_llama_param_name(m, i, name, sizeof name);
+        const char *name = names[i];
         for (int k = 0; k < 3; k++) {
             qtc_out_entry *x = &e[3 * i + k];
             snprintf(x->name, sizeof x->name, "%s%.*s", k == 0 ? "" : k == 1 ? "adamw.m." : "adamw.v.",
@@ -58,7 +99,8 @@ done:
     return rc;
 }
 
-qtc_status qtc_checkpoint_load(const char *path, qtc_llama *m, qtc_adamw *opt, int64_t *step, qtc_error *err)
+qtc_status qtc_checkpoint_load_params(const char *path, qtc_tensor *const *ps, const char *const *names, int n,
+                                      qtc_adamw *opt, int64_t *step, qtc_error *err)
 {
     qtc_model_file *f = qtc_model_open(path, err);
     if (!f)
@@ -71,11 +113,9 @@ qtc_status qtc_checkpoint_load(const char *path, qtc_llama *m, qtc_adamw *opt, i
         rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: not a qtc checkpoint (no qtc.checkpoint.step)", path);
         goto done;
     }
-    qtc_tensor *ps[MAX_PARAMS];
-    int n = qtc_llama_params(m, ps, MAX_PARAMS);
     for (int i = 0; i < n && rc == QTC_OK; i++) {
-        char name[QTC_NAME_MAX], full[QTC_NAME_MAX + 16];
-        qtc_llama_param_name(m, i, name, sizeof name);
+        char full[QTC_NAME_MAX + 16];
+        const char *name = names[i];
         for (int k = 0; k < 3 && rc == QTC_OK; k++) {
             snprintf(full, sizeof full, "%s%s", k == 0 ? "" : k == 1 ? "adamw.m." : "adamw.v.", name);
             int j = qtc_model_find(f, full);

@@ -10,7 +10,9 @@
 void qtc_tokens_free(qtc_tokens *d)
 {
     free(d->ids);
+    free(d->loss_mask);
     d->ids = NULL;
+    d->loss_mask = NULL;
     d->n = 0;
 }
 
@@ -147,11 +149,15 @@ qtc_status qtc_tokens_load(const qtc_tokenizer *t, const char *path, int vocab, 
     memset(out, 0, sizeof *out);
     if (qtc_in_open(&in, path, err) != QTC_OK)
         return err->code;
-    if (in.size < 8 || memcmp(in.data, TOKENS_MAGIC, 8) != 0) { /* not a token file: text */
+    if (in.size < 8 || memcmp(in.data, TOKENS_MAGIC, 8) != 0) { /* not a token file: JSON lines or text */
+        size_t k = 0;
+        while (k < in.size && isspace(in.data[k]))
+            k++;
+        int jsonl = k < in.size && in.data[k] == '{';
         qtc_in_close(&in);
         if (!t)
             return qtc_error_set(err, QTC_ERR_INPUT, "%s: not a qtc token file, and no tokenizer to read it as text", path);
-        return qtc_tokens_from_text(t, path, out, err);
+        return jsonl ? qtc_tokens_from_jsonl(t, path, out, err) : qtc_tokens_from_text(t, path, out, err);
     }
     qtc_status rc = QTC_OK;
     uint32_t version, width;

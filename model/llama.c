@@ -225,11 +225,18 @@ static qtc_tensor *attend_and_mlp(const qtc_llama *m, qtc_graph *g, int l, qtc_t
 {
     const qtc_llama_config *c = &m->c;
     const qtc_llama_layer *L = &m->layers[l];
-    qtc_tensor *a = qtc_attention(g, q, k, v, c->n_heads, c->n_kv_heads);
-    x = qtc_add(g, x, linear(m, g, a, L->wo, l, QTC_LIN_O));
+    if (m->extend_kv)
+        m->extend_kv(m->hook_ctx, g, l, &k, &v);
+    qtc_tensor *a = linear(m, g, qtc_attention(g, q, k, v, c->n_heads, c->n_kv_heads), L->wo, l, QTC_LIN_O);
+    if (m->sublayer)
+        a = m->sublayer(m->hook_ctx, g, a, l, 0);
+    x = qtc_add(g, x, a);
     qtc_tensor *h = qtc_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
     qtc_tensor *mlp = qtc_swiglu(g, linear(m, g, h, L->w_gate, l, QTC_LIN_GATE), linear(m, g, h, L->w_up, l, QTC_LIN_UP));
-    return qtc_add(g, x, linear(m, g, mlp, L->w_down, l, QTC_LIN_DOWN));
+    mlp = linear(m, g, mlp, L->w_down, l, QTC_LIN_DOWN);
+    if (m->sublayer)
+        mlp = m->sublayer(m->hook_ctx, g, mlp, l, 1);
+    return qtc_add(g, x, mlp);
 }
 
 qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)

@@ -30,6 +30,9 @@ void qtc_train_batch(const qtc_tokens *data, int batch, int ctx, uint64_t seed, 
         int64_t s = (int64_t)qtc_rng_below(&r, starts);
         memcpy(tokens + (int64_t)b * ctx, data->ids + s, (size_t)ctx * sizeof *tokens);
         memcpy(targets + (int64_t)b * ctx, data->ids + s + 1, (size_t)ctx * sizeof *targets);
+        for (int t = 0; data->loss_mask && t < ctx; t++) /* SFT: only the responses count */
+            if (!data->loss_mask[s + 1 + t])
+                targets[(int64_t)b * ctx + t] = -1;
     }
 }
 

@@ -637,7 +637,7 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    qtc_convert_hooks hooks = {NULL, q.lsq ? lsq_qweight : NULL, &q};
+    qtc_convert_hooks hooks = {.qweight = q.lsq ? lsq_qweight : NULL, .ctx = &q};
     rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &hooks, &err);
 done:
     for (int k = 0; q.obs && k < src->config.n_layers * 7; k++) {

@@ -316,7 +316,7 @@ TEST(token_files_round_trip_and_lying_headers_are_rejected)
 {
     qtc_error err;
     int32_t ids[5] = {1, 300, 511, 2, 70000};
-    qtc_tokens d = {ids, 5}, back;
+    qtc_tokens d = {ids, 5, NULL}, back;
     char path[] = "/tmp/qtc-tokens-XXXXXX";
     int fd = mkstemp(path);
     CHECK(fd >= 0);

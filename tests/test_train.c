@@ -38,7 +38,7 @@ TEST(training_steps_match_a_double_precision_replica)
     enum { STEPS = 4, B = 2, T = 6 };
     qtc_error err;
     qtc_llama *m = test_random_llama(tiny, 11);
-    qtc_tokens data = {malloc(300 * sizeof(int32_t)), 300};
+    qtc_tokens data = {malloc(300 * sizeof(int32_t)), 300, NULL};
     qtc_rng r;
     qtc_rng_seed(&r, 12);
     for (int i = 0; i < 300; i++)
@@ -115,7 +115,7 @@ TEST(training_leaves_frozen_parameters_alone_and_stops_on_nan)
 {
     qtc_error err;
     qtc_llama *m = test_random_llama(tiny, 21);
-    qtc_tokens data = {malloc(100 * sizeof(int32_t)), 100};
+    qtc_tokens data = {malloc(100 * sizeof(int32_t)), 100, NULL};
     for (int i = 0; i < 100; i++)
         data.ids[i] = i % 16;
     qtc_tensor *params[64];

@@ -270,6 +270,10 @@ typedef struct qtc_convert_hooks {
      * learned scales): returns 1 with q filled, 0 to let qtc_convert quantize,
      * -1 with err set to fail */
     int (*qweight)(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err);
+    /* may change a weight before it is stored: w is a private f32 copy of the
+     * weight as stored (dequantized); returns 1 when it changed w (the weight
+     * is then quantized afresh, never copied), 0 when not, -1 with err set */
+    int (*transform)(void *ctx, const char *name, qtc_tensor *w, qtc_error *err);
     void *ctx;
 } qtc_convert_hooks;
 

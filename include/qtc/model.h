@@ -37,6 +37,14 @@ typedef struct qtc_llama {
     qtc_llama_config c;
     qtc_linear_fn linear;             /* NULL: the plain matmul */
     void *linear_ctx;
+    /* Adapters (qtc/lora.h): `sublayer` sees the output of attention (which 0)
+     * and of the MLP (which 1) before its residual add and returns what is
+     * added; `extend_kv` may replace a layer's keys and values (B, Tk, kv)
+     * before attention, with more of them (a prefix). NULL: none. A weight may
+     * be NULL when the linear hook holds it in another form (a quantized base). */
+    qtc_tensor *(*sublayer)(void *ctx, qtc_graph *g, qtc_tensor *out, int layer, int which);
+    void (*extend_kv)(void *ctx, qtc_graph *g, int layer, qtc_tensor **k, qtc_tensor **v);
+    void *hook_ctx;
     qtc_tensor *embed;                /* (vocab, dim) */
     qtc_llama_layer *layers;          /* n_layers */
     qtc_tensor *norm;                 /* (dim) */
@@ -113,6 +121,7 @@ const char *qtc_tokenizer_piece(const qtc_tokenizer *t, int32_t prev, int32_t id
 typedef struct qtc_tokens {
     int32_t *ids;
     int64_t n;
+    uint8_t *loss_mask;  /* NULL, or per token: 1 when predicting it counts in the loss (SFT data) */
 } qtc_tokens;
 
 /* Tokenizes a text file: documents are separated by lines reading
@@ -121,11 +130,19 @@ typedef struct qtc_tokens {
 qtc_status qtc_tokens_from_text(const qtc_tokenizer *t, const char *path, qtc_tokens *out, qtc_error *err);
 void qtc_tokens_free(qtc_tokens *d);
 
+/* Supervised fine-tuning data: JSON lines {"prompt": "...", "response": "..."}
+ * become BOS, the prompt's tokens, the response's tokens and EOS, with the
+ * loss mask set on the response and EOS only. Blank lines are skipped; a line
+ * that is not such an object is an error naming the file and the line. */
+qtc_status qtc_tokens_from_jsonl(const qtc_tokenizer *t, const char *path, qtc_tokens *out, qtc_error *err);
+
 /* Token files, for data tokenized once:
  *   8 bytes "QTCTOKS\0" | u32 version (1) | u32 bytes per id (2 or 4) | u64 count |
  *   count little-endian ids (u16 or u32)
- * qtc_tokens_load reads one (checking every field against the file size) and
- * falls back to qtc_tokens_from_text for anything else, so tools take either.
+ * qtc_tokens_load reads one (checking every field against the file size),
+ * reads a file whose first non-blank byte is '{' as JSON lines
+ * (qtc_tokens_from_jsonl), and falls back to qtc_tokens_from_text for
+ * anything else, so tools take any of them.
  * qtc_tokens_save picks 2 bytes per id when every id fits. vocab > 0 checks
  * the ids against a vocabulary size. */
 qtc_status qtc_tokens_load(const qtc_tokenizer *t, const char *path, int vocab, qtc_tokens *out, qtc_error *err);

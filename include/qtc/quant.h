@@ -130,4 +130,35 @@ extern const float qtc_nf4_code[16];
  * the double-quantized absmax values: 256 sorted values in [-1, 1]. */
 void qtc_dynamic_map(float map[256]);
 
+/* --- a frozen quantized matrix, dequantized a few rows at a time -------------
+ * The base weights of QLoRA: a scheme's codes packed as stored (4 bits and
+ * fewer two to a byte, the first element in the high nibble as bitsandbytes
+ * packs NF4), NF4's absmax kept double-quantized (reconstructed per block as
+ * a reader does), or ggml blocks. qtc_qmatrix_rows gives exactly the values
+ * qtc_qweight_dequantize / qtc_dequantize_row give for those rows. */
+typedef struct qtc_qmatrix {
+    int64_t rows, cols;
+    int is_scheme;          /* 1: s below; 0: dtype (a ggml block type or f16/bf16/f32) */
+    qtc_qscheme s;
+    qtc_dtype dtype;
+    uint8_t *data;          /* scheme: packed codes; dtype: rows of blocks */
+    float *scale;           /* INT: as qtc_qweight; NF4 without double quant: absmax per block */
+    int8_t *zero;           /* INT asymmetric */
+    int64_t n_groups, n_blocks;
+    uint8_t *absmax_q;      /* NF4 double quant */
+    float *nested_absmax;
+    float nested_offset;
+    float dyn_map[256];     /* NF4 double quant: the dynamic map */
+} qtc_qmatrix;
+
+/* Quantizes w (rows x cols, f32) with scheme s, or to dtype t when s is NULL.
+ * QTC_ERR_NUMERIC on NaN/Inf; QTC_ERR_USAGE when t's blocks do not divide a row. */
+qtc_status qtc_qmatrix_quantize(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s, qtc_dtype t,
+                                qtc_qmatrix *q, qtc_error *err);
+/* Rows r0 .. r0+n-1 as floats into out (n x cols). Safe to call from several threads. */
+void qtc_qmatrix_rows(const qtc_qmatrix *q, int64_t r0, int64_t n, float *out);
+/* Bytes the matrix holds. */
+size_t qtc_qmatrix_bytes(const qtc_qmatrix *q);
+void qtc_qmatrix_free(qtc_qmatrix *q);
+
 #endif

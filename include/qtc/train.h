@@ -40,7 +40,7 @@ typedef struct qtc_train_event {
 typedef int (*qtc_train_cb)(void *ctx, const qtc_train_event *ev, qtc_error *err);
 
 /* The windows of step `step`: tokens (B, T) and targets (B, T), the tokens
- * shifted by one. */
+ * shifted by one (-1, ignored, where the data's loss mask is 0). */
 void qtc_train_batch(const qtc_tokens *data, int batch, int ctx, uint64_t seed, int64_t step, int32_t *tokens,
                      int32_t *targets);
 
@@ -69,5 +69,11 @@ qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_
 /* Restores weights, moments and the optimizer's step count; *step is the step
  * the checkpoint was taken after. The model must have the same shapes. */
 qtc_status qtc_checkpoint_load(const char *path, qtc_llama *m, qtc_adamw *opt, int64_t *step, qtc_error *err);
+/* The same for any list of parameters under the given names (adapters): the
+ * optimizer's parameter i is params[i]. */
+qtc_status qtc_checkpoint_save_params(const char *path, const qtc_model_file *src, qtc_tensor *const *params,
+                                      const char *const *names, int n, qtc_adamw *opt, int64_t step, qtc_error *err);
+qtc_status qtc_checkpoint_load_params(const char *path, qtc_tensor *const *params, const char *const *names, int n,
+                                      qtc_adamw *opt, int64_t *step, qtc_error *err);
 
 #endif

@@ -1,0 +1,295 @@
+/* peft.c: the trainable parts of LoRA, bottleneck adapters and prefix tuning,
+ * their initialisation, and the hooks that put them into a llama's forward. */
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qtc/lora.h"
+
+static const char *const linear_path[QTC_N_LINEAR] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                      "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                      "mlp.down_proj"};
+
+int qtc_peft_targets(const char *spec, int layer, qtc_linear_kind kind)
+{
+    if (kind >= QTC_N_LINEAR || layer < 0)
+        return 0;
+    char path[96];
+    snprintf(path, sizeof path, "model.layers.%d.%s", layer, linear_path[kind]);
+    const char *leaf = strchr(linear_path[kind], '.') + 1;
+    if (strpbrk(spec, "\\^$.*+?()[]{}|")) { /* a regex over the whole module path, as PEFT's fullmatch */
+        char *anchored = malloc(strlen(spec) + 5);
+        if (!anchored)
+            return -1;
+        sprintf(anchored, "^(%s)$", spec);
+        regex_t re;
+        int bad = regcomp(&re, anchored, REG_EXTENDED | REG_NOSUB);
+        free(anchored);
+        if (bad)
+            return -1;
+        int hit = regexec(&re, path, 0, NULL, 0) == 0;
+        regfree(&re);
+        return hit;
+    }
+    if (strcmp(spec, "all-linear") == 0)
+        return 1;
+    for (const char *s = spec; *s;) {
+        size_t n = strcspn(s, ",");
+        if (n == strlen(leaf) && strncmp(s, leaf, n) == 0)
+            return 1;
+        s += n + (s[n] == ',');
+    }
+    return 0;
+}
+
+static qtc_tensor *param(int64_t rows, int64_t cols, const char *name, qtc_error *err)
+{
+    qtc_tensor *t = cols ? qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(rows, cols), err)
+                         : qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(rows), err);
+    if (t && qtc_tensor_require_grad(t, err) != QTC_OK) {
+        qtc_tensor_free(t);
+        return NULL;
+    }
+    if (t)
+        snprintf(t->name, sizeof t->name, "%s", name);
+    return t;
+}
+
+qtc_peft *qtc_peft_new(const qtc_llama_config *mc, const qtc_peft_config *c, uint64_t seed, qtc_error *err)
+{
+    if (c->method == QTC_PEFT_PREFIX ? c->prefix_len < 1 : c->r < 1)
+        return qtc_error_set(err, QTC_ERR_USAGE, c->method == QTC_PEFT_PREFIX ? "the prefix length must be at least 1"
+                                                                               : "the rank must be at least 1"), NULL;
+    if (c->dropout < 0 || c->dropout >= 1)
+        return qtc_error_set(err, QTC_ERR_USAGE, "dropout %g is outside [0, 1)", c->dropout), NULL;
+    qtc_peft *p = calloc(1, sizeof *p);
+    const int L = mc->n_layers;
+    if (!p)
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), NULL;
+    p->c = *c;
+    p->mc = *mc;
+    p->scaling = c->rslora ? c->alpha / sqrtf((float)c->r) : c->alpha / (float)c->r;
+    qtc_rng_seed(&p->rng, seed);
+    const int64_t D = mc->dim, H = mc->hidden, QD = (int64_t)mc->n_heads * mc->head_dim,
+                  KV = (int64_t)mc->n_kv_heads * mc->head_dim;
+    const int64_t out_dim[QTC_N_LINEAR] = {QD, KV, KV, D, H, H, D}, in_dim[QTC_N_LINEAR] = {D, D, D, QD, D, D, H};
+    char name[QTC_NAME_MAX];
+    int ok = 1, n_targets = 0;
+    if (c->method == QTC_PEFT_LORA) {
+        ok = (p->lora_a = calloc((size_t)L * QTC_N_LINEAR, sizeof *p->lora_a)) &&
+             (p->lora_b = calloc((size_t)L * QTC_N_LINEAR, sizeof *p->lora_b));
+        for (int l = 0; ok && l < L; l++)
+            for (int k = 0; k < QTC_N_LINEAR && ok; k++) {
+                int hit = qtc_peft_targets(c->target, l, (qtc_linear_kind)k);
+                if (hit < 0) {
+                    qtc_error_set(err, QTC_ERR_USAGE, "bad target pattern '%s'", c->target);
+                    ok = 0;
+                    break;
+                }
+                if (!hit)
+                    continue;
+                n_targets++;
+                int i = l * QTC_N_LINEAR + k;
+                snprintf(name, sizeof name, "model.layers.%d.%s.lora_A", l, linear_path[k]);
+                ok = (p->lora_a[i] = param(c->r, in_dim[k], name, err)) != NULL;
+                snprintf(name, sizeof name, "model.layers.%d.%s.lora_B", l, linear_path[k]);
+                ok = ok && (p->lora_b[i] = param(out_dim[k], c->r, name, err)) != NULL;
+                if (ok) /* PEFT: kaiming_uniform_(A, a=sqrt(5)), B zero */
+                    qtc_rng_kaiming_uniform(&p->rng, p->lora_a[i], sqrt(5.0));
+            }
+        if (ok && !n_targets) {
+            qtc_error_set(err, QTC_ERR_USAGE, "the targets '%s' name no linear layer of the model", c->target);
+            ok = 0;
+        }
+    } else if (c->method == QTC_PEFT_ADAPTER) {
+        ok = (p->down = calloc((size_t)L * 2, sizeof *p->down)) && (p->down_b = calloc((size_t)L * 2, sizeof *p->down)) &&
+             (p->up = calloc((size_t)L * 2, sizeof *p->down)) && (p->up_b = calloc((size_t)L * 2, sizeof *p->down));
+        for (int i = 0; ok && i < 2 * L; i++) {
+            const char *where = i % 2 ? "mlp_adapter" : "attn_adapter";
+            snprintf(name, sizeof name, "model.layers.%d.%s.down", i / 2, where);
+            ok = (p->down[i] = param(c->r, D, name, err)) && (p->down_b[i] = param(c->r, 0, name, err)) &&
+                 (p->up[i] = param(D, c->r, name, err)) && (p->up_b[i] = param(D, 0, name, err));
+            if (ok)
+                qtc_rng_kaiming_uniform(&p->rng, p->down[i], sqrt(5.0));
+        }
+    } else {
+        ok = (p->prefix_k = calloc((size_t)L, sizeof *p->prefix_k)) && (p->prefix_v = calloc((size_t)L, sizeof *p->prefix_v));
+        for (int l = 0; ok && l < L; l++) {
+            snprintf(name, sizeof name, "prefix.%d", l);
+            ok = (p->prefix_k[l] = param(c->prefix_len, KV, name, err)) && (p->prefix_v[l] = param(c->prefix_len, KV, name, err));
+            if (ok) { /* small random keys and values: the prefix starts nearly silent */
+                qtc_rng_fill_normal(&p->rng, p->prefix_k[l], 0.0f, 0.02f);
+                qtc_rng_fill_normal(&p->rng, p->prefix_v[l], 0.0f, 0.02f);
+            }
+        }
+    }
+    if (!ok) {
+        if (!err->code)
+            qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        qtc_peft_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void qtc_peft_free(qtc_peft *p)
+{
+    if (!p)
+        return;
+    const int L = p->mc.n_layers;
+    for (int i = 0; i < L * QTC_N_LINEAR; i++) {
+        if (p->lora_a)
+            qtc_tensor_free(p->lora_a[i]);
+        if (p->lora_b)
+            qtc_tensor_free(p->lora_b[i]);
+        if (p->base)
+            qtc_qmatrix_free(&p->base[i]);
+    }
+    for (int i = 0; i < 2 * L; i++) {
+        qtc_tensor *t[4] = {p->down ? p->down[i] : NULL, p->down_b ? p->down_b[i] : NULL, p->up ? p->up[i] : NULL,
+                            p->up_b ? p->up_b[i] : NULL};
+        for (int k = 0; k < 4; k++)
+            qtc_tensor_free(t[k]);
+    }
+    for (int l = 0; l < L; l++) {
+        if (p->prefix_k)
+            qtc_tensor_free(p->prefix_k[l]);
+        if (p->prefix_v)
+            qtc_tensor_free(p->prefix_v[l]);
+    }
+    free(p->lora_a);
+    free(p->lora_b);
+    free(p->base);
+    free(p->down);
+    free(p->down_b);
+    free(p->up);
+    free(p->up_b);
+    free(p->prefix_k);
+    free(p->prefix_v);
+    free(p);
+}
+
+static qtc_tensor **layer_weight(qtc_llama *m, int l, int k)
+{
+    qtc_llama_layer *L = &m->layers[l];
+    qtc_tensor **w[QTC_N_LINEAR] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    return w[k];
+}
+
+qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *s, qtc_dtype t, qtc_error *err)
+{
+    const int n = m->c.n_layers * QTC_N_LINEAR;
+    if (!p->base && !(p->base = calloc((size_t)n, sizeof *p->base)))
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        qtc_tensor **w = layer_weight(m, i / QTC_N_LINEAR, i % QTC_N_LINEAR);
+        if (!*w)
+            continue; /* already quantized */
+        if (qtc_qmatrix_quantize((*w)->data, (*w)->ne[0], (*w)->ne[1], s, t, &p->base[i], err) != QTC_OK)
+            return qtc_error_prefix(err, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, linear_path[i % QTC_N_LINEAR]);
+        qtc_tensor_free(*w);
+        *w = NULL;
+    }
+    return QTC_OK;
+}
+
+size_t qtc_peft_base_bytes(const qtc_peft *p)
+{
+    size_t b = 0;
+    for (int i = 0; p->base && i < p->mc.n_layers * QTC_N_LINEAR; i++)
+        b += qtc_qmatrix_bytes(&p->base[i]);
+    return b;
+}
+
+static qtc_tensor *peft_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
+{
+    qtc_peft *p = ctx;
+    int i = layer * QTC_N_LINEAR + (int)kind;
+    qtc_tensor *y = layer >= 0 && !w && p->base ? qtc_qmatmul(g, x, &p->base[i]) : qtc_matmul(g, x, w, 0, 1);
+    if (layer < 0 || !p->lora_a || !p->lora_a[i])
+        return y;
+    qtc_tensor *xa = p->training && p->c.dropout > 0 ? qtc_dropout(g, x, p->c.dropout, &p->rng) : x;
+    qtc_tensor *d = qtc_matmul(g, qtc_matmul(g, xa, p->lora_a[i], 0, 1), p->lora_b[i], 0, 1);
+    return qtc_add(g, y, qtc_scale(g, d, p->scaling));
+}
+
+static qtc_tensor *peft_sublayer(void *ctx, qtc_graph *g, qtc_tensor *out, int layer, int which)
+{
+    qtc_peft *p = ctx;
+    if (!p->down)
+        return out;
+    int i = layer * 2 + which;
+    qtc_tensor *h = qtc_silu(g, qtc_add(g, qtc_matmul(g, out, p->down[i], 0, 1), p->down_b[i]));
+    return qtc_add(g, out, qtc_add(g, qtc_matmul(g, h, p->up[i], 0, 1), p->up_b[i]));
+}
+
+static void peft_extend_kv(void *ctx, qtc_graph *g, int layer, qtc_tensor **k, qtc_tensor **v)
+{
+    qtc_peft *p = ctx;
+    if (!p->prefix_k)
+        return;
+    *k = qtc_concat_prefix(g, p->prefix_k[layer], *k);
+    *v = qtc_concat_prefix(g, p->prefix_v[layer], *v);
+}
+
+void qtc_peft_attach(qtc_peft *p, qtc_llama *m)
+{
+    m->linear = peft_linear;
+    m->linear_ctx = p;
+    m->sublayer = p->down ? peft_sublayer : NULL;
+    m->extend_kv = p->prefix_k ? peft_extend_kv : NULL;
+    m->hook_ctx = p;
+}
+
+void qtc_peft_detach(qtc_llama *m)
+{
+    m->linear = NULL;
+    m->sublayer = NULL;
+    m->extend_kv = NULL;
+    m->linear_ctx = m->hook_ctx = NULL;
+}
+
+/* The i-th trainable tensor, or NULL past the end (fixed order: layer by
+ * layer), and its file key into name (cap bytes) when name is not NULL. */
+static qtc_tensor *nth(const qtc_peft *p, int i, char *name, size_t cap)
+{
+    const int L = p->mc.n_layers;
+    for (int j = 0; p->lora_a && j < L * QTC_N_LINEAR; j++)
+        if (p->lora_a[j] && (i -= 2) < 0) {
+            if (name)
+                snprintf(name, cap, "base_model.model.model.layers.%d.%s.lora_%c.weight", j / QTC_N_LINEAR,
+                         linear_path[j % QTC_N_LINEAR], i == -2 ? 'A' : 'B');
+            return i == -2 ? p->lora_a[j] : p->lora_b[j];
+        }
+    static const char *part[4] = {"down.weight", "down.bias", "up.weight", "up.bias"};
+    for (int j = 0; p->down && j < 2 * L; j++)
+        if ((i -= 4) < 0) {
+            if (name)
+                snprintf(name, cap, "base_model.model.model.layers.%d.%s_adapter.%s", j / 2, j % 2 ? "mlp" : "attn",
+                         part[i + 4]);
+            return (qtc_tensor *[]){p->down[j], p->down_b[j], p->up[j], p->up_b[j]}[i + 4];
+        }
+    for (int j = 0; p->prefix_k && j < L; j++) /* stored together as prompt_embeddings; named apart in checkpoints */
+        if ((i -= 2) < 0) {
+            if (name)
+                snprintf(name, cap, "prefix.layers.%d.%s", j, i == -2 ? "key" : "value");
+            return i == -2 ? p->prefix_k[j] : p->prefix_v[j];
+        }
+    return NULL;
+}
+
+int qtc_peft_params(const qtc_peft *p, qtc_tensor **out, int cap)
+{
+    int n = 0;
+    for (qtc_tensor *t; (t = nth(p, n, NULL, 0)); n++)
+        if (n < cap)
+            out[n] = t;
+    return n;
+}
+
+const char *qtc_peft_param_name(const qtc_peft *p, int i, char *buf, size_t cap)
+{
+    return nth(p, i, buf, cap) ? buf : NULL;
+}
