@@ -299,9 +299,10 @@ qtc_status gguf_parse(qtc_model_file *m, int in_index, qtc_error *err)
                                in->name, name, qtc_dtype_info(e->dtype)->name);
             goto done;
         }
-        if (strstr(name, ".attn_q.weight"))
+        size_t len = strlen(name); /* q/k weights only, not tensors named after them (a LoRA's lora_b) */
+        if (len > 14 && strcmp(name + len - 14, ".attn_q.weight") == 0)
             e->rope_heads = n_head;
-        else if (strstr(name, ".attn_k.weight"))
+        else if (len > 14 && strcmp(name + len - 14, ".attn_k.weight") == 0)
             e->rope_heads = n_head_kv;
     }
     size_t data_start = (c.pos + alignment - 1) / alignment * alignment;

@@ -70,7 +70,8 @@ qtc_peft *qtc_peft_new(const qtc_llama_config *mc, const qtc_peft_config *c, uin
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), NULL;
     p->c = *c;
     p->mc = *mc;
-    p->scaling = c->rslora ? c->alpha / sqrtf((float)c->r) : c->alpha / (float)c->r;
+    if (c->method == QTC_PEFT_LORA)
+        p->scaling = c->rslora ? c->alpha / sqrtf((float)c->r) : c->alpha / (float)c->r;
     qtc_rng_seed(&p->rng, seed);
     const int64_t D = mc->dim, H = mc->hidden, QD = (int64_t)mc->n_heads * mc->head_dim,
                   KV = (int64_t)mc->n_kv_heads * mc->head_dim;

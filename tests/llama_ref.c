@@ -59,8 +59,43 @@ static void d_rope(double *v, int n_head, int hd, int pos, double theta)
         }
 }
 
+/* y = W x, plus LoRA's s B A x when the module has an adapter */
+static void d_proj(const ref_peft *a, int slot, const double *W, const double *x, double *y, int out, int in)
+{
+    d_linear(W, x, y, out, in);
+    if (!a || !a->A[slot])
+        return;
+    double *ax = malloc((size_t)a->r * sizeof *ax), *bax = malloc((size_t)out * sizeof *bax);
+    d_linear(a->A[slot], x, ax, a->r, in);
+    d_linear(a->B[slot], ax, bax, out, a->r);
+    for (int o = 0; o < out; o++)
+        y[o] += a->lora_scale * bax[o];
+    free(ax);
+    free(bax);
+}
+
+/* a sublayer's output o becomes o + U silu(D o + d) + u under a bottleneck adapter */
+static void d_bottleneck(const ref_peft *a, int slot, double *o, int D)
+{
+    if (!a || !a->down[slot])
+        return;
+    double *h = malloc((size_t)a->r * sizeof *h), *y = malloc((size_t)D * sizeof *y);
+    d_linear(a->down[slot], o, h, a->r, D);
+    for (int i = 0; i < a->r; i++) {
+        double z = h[i] + a->down_b[slot][i];
+        h[i] = z / (1 + exp(-z));
+    }
+    d_linear(a->up[slot], h, y, D, a->r);
+    for (int i = 0; i < D; i++)
+        o[i] += y[i] + a->up_b[slot][i];
+    free(h);
+    free(y);
+}
+
 double *ref_forward(const ref_llama *r, const int32_t *tok, int T)
 {
+    const ref_peft *a = r->peft;
+    const int NP = a ? a->prefix_len : 0;
     const qtc_llama_config *c = &r->c;
     int D = c->dim, H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim, V = c->vocab;
     /* parameter order: embed, then per layer 9 (attn_norm wq wk wv wo ffn_norm gate up down), norm, [output] */
@@ -70,7 +105,7 @@ double *ref_forward(const ref_llama *r, const int32_t *tok, int T)
     double *q = malloc((size_t)T * nh * hd * sizeof *q), *k = malloc((size_t)T * nkv * hd * sizeof *k);
     double *v = malloc((size_t)T * nkv * hd * sizeof *v), *att = malloc((size_t)nh * hd * sizeof *att);
     double *g = malloc((size_t)H * sizeof *g), *u = malloc((size_t)H * sizeof *u), *o = malloc((size_t)D * sizeof *o);
-    double *sc = malloc((size_t)T * sizeof *sc), *logits = malloc((size_t)T * V * sizeof *logits);
+    double *sc = malloc((size_t)(T + NP) * sizeof *sc), *logits = malloc((size_t)T * V * sizeof *logits);
     for (int t = 0; t < T; t++)
         memcpy(x + (int64_t)t * D, E + (int64_t)tok[t] * D, (size_t)D * sizeof *x);
     for (int l = 0; l < c->n_layers; l++) {
@@ -79,9 +114,9 @@ double *ref_forward(const ref_llama *r, const int32_t *tok, int T)
                      *wd = P[8];
         for (int t = 0; t < T; t++) {
             d_rmsnorm(x + (int64_t)t * D, an, h, D, c->norm_eps);
-            d_linear(wq, h, q + (int64_t)t * nh * hd, nh * hd, D);
-            d_linear(wk, h, k + (int64_t)t * nkv * hd, nkv * hd, D);
-            d_linear(wv, h, v + (int64_t)t * nkv * hd, nkv * hd, D);
+            d_proj(a, 7 * l + 0, wq, h, q + (int64_t)t * nh * hd, nh * hd, D);
+            d_proj(a, 7 * l + 1, wk, h, k + (int64_t)t * nkv * hd, nkv * hd, D);
+            d_proj(a, 7 * l + 2, wv, h, v + (int64_t)t * nkv * hd, nkv * hd, D);
             d_rope(q + (int64_t)t * nh * hd, nh, hd, t, c->rope_theta);
             d_rope(k + (int64_t)t * nkv * hd, nkv, hd, t, c->rope_theta);
         }
@@ -89,31 +124,35 @@ double *ref_forward(const ref_llama *r, const int32_t *tok, int T)
             for (int hh = 0; hh < nh; hh++) {
                 int kvh = hh / (nh / nkv);
                 double mx = -1e300, sum = 0;
-                for (int j = 0; j <= t; j++) {
+                /* key j < NP is prefix key j (not rotated), then the window's keys 0..t */
+                for (int j = 0; j <= t + NP; j++) {
+                    const double *kj = j < NP ? a->pk[l] + ((int64_t)j * nkv + kvh) * hd : k + ((int64_t)(j - NP) * nkv + kvh) * hd;
                     double s = 0;
                     for (int i = 0; i < hd; i++)
-                        s += q[((int64_t)t * nh + hh) * hd + i] * k[((int64_t)j * nkv + kvh) * hd + i];
+                        s += q[((int64_t)t * nh + hh) * hd + i] * kj[i];
                     sc[j] = s / sqrt((double)hd);
                     mx = fmax(mx, sc[j]);
                 }
-                for (int j = 0; j <= t; j++)
+                for (int j = 0; j <= t + NP; j++)
                     sum += (sc[j] = exp(sc[j] - mx));
                 for (int i = 0; i < hd; i++) {
-                    double a = 0;
-                    for (int j = 0; j <= t; j++)
-                        a += sc[j] / sum * v[((int64_t)j * nkv + kvh) * hd + i];
-                    att[hh * hd + i] = a;
+                    double acc = 0;
+                    for (int j = 0; j <= t + NP; j++)
+                        acc += sc[j] / sum * (j < NP ? a->pv[l][((int64_t)j * nkv + kvh) * hd + i] : v[((int64_t)(j - NP) * nkv + kvh) * hd + i]);
+                    att[hh * hd + i] = acc;
                 }
             }
-            d_linear(wo, att, o, D, nh * hd);
+            d_proj(a, 7 * l + 3, wo, att, o, D, nh * hd);
+            d_bottleneck(a, 2 * l, o, D);
             for (int i = 0; i < D; i++)
                 x[(int64_t)t * D + i] += o[i];
             d_rmsnorm(x + (int64_t)t * D, fn, h, D, c->norm_eps);
-            d_linear(wg, h, g, H, D);
-            d_linear(wu, h, u, H, D);
+            d_proj(a, 7 * l + 4, wg, h, g, H, D);
+            d_proj(a, 7 * l + 5, wu, h, u, H, D);
             for (int i = 0; i < H; i++)
                 g[i] = g[i] / (1 + exp(-g[i])) * u[i];
-            d_linear(wd, g, o, D, H);
+            d_proj(a, 7 * l + 6, wd, g, o, D, H);
+            d_bottleneck(a, 2 * l + 1, o, D);
             for (int i = 0; i < D; i++)
                 x[(int64_t)t * D + i] += o[i];
         }

@@ -6,11 +6,23 @@
 
 #include "qtc/model.h"
 
+/* Adapters in double precision (see qtc/lora.h for what each computes);
+ * NULL entries are absent. */
+typedef struct ref_peft {
+    double lora_scale;
+    int r;                        /* LoRA rank and bottleneck width */
+    double *A[64 * 7], *B[64 * 7];  /* LoRA, per layer * 7 + kind */
+    double *down[128], *down_b[128], *up[128], *up_b[128]; /* bottleneck, per layer * 2 + (attn, mlp) */
+    int prefix_len;
+    double *pk[64], *pv[64];      /* prefix keys and values, per layer: (prefix_len, n_kv_heads * head_dim) */
+} ref_peft;
+
 typedef struct ref_llama {
     qtc_llama_config c;
     int n;           /* parameter tensors, in qtc_llama_params order */
     double *p[64];
     int64_t len[64];
+    const ref_peft *peft; /* NULL: the plain model */
 } ref_llama;
 
 /* A double copy of m's parameters (in qtc_llama_params order). */
