@@ -14,6 +14,7 @@
 
 #include <cJSON.h>
 
+#include "qtc/lora.h"
 #include "qtc/model.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
@@ -27,6 +28,8 @@ static const char *usage_text =
     "                    after BOS, cut into consecutive windows of --ctx tokens (default 128); every\n"
     "                    prediction after a window's first token is scored\n"
     "  --ref MODEL       also score REF on the same windows: mean KL(REF || MODEL), top-1 agreement\n"
+    "  --adapter A       run MODEL with an adapter (a PEFT folder: LoRA, bottleneck or prefix, or a\n"
+    "                    GGUF LoRA), for scoring and generation\n"
     "  --batch B         windows per forward pass (default 8); --windows N scores the first N only\n"
     "  --json            the scores as one JSON document on standard output\n"
     "  --save-tokens OUT also write the text's tokens as a qtc token file (FILE may be one already)\n"
@@ -160,8 +163,9 @@ int main(int argc, char **argv)
         {"generate", required_argument, 0, 'g'}, {"temp", required_argument, 0, 'T'},
         {"top-p", required_argument, 0, 'p'}, {"seed", required_argument, 0, 's'},
         {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
-        {"save-tokens", required_argument, 0, 'S'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *text = NULL, *ref_path = NULL, *prompt = NULL, *tokenizer = NULL, *save_tokens = NULL;
+        {"save-tokens", required_argument, 0, 'S'}, {"adapter", required_argument, 0, 'a'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *adapter = NULL, *text = NULL, *ref_path = NULL, *prompt = NULL, *tokenizer = NULL, *save_tokens = NULL;
     int ctx = 128, batch = 8, as_json = 0, n = 200, threads = 0;
     int64_t windows = 0;
     float temp = 0, top_p = 0.9f;
@@ -183,6 +187,7 @@ int main(int argc, char **argv)
         case 's': seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
         case 'k': tokenizer = optarg; break;
         case 'S': save_tokens = optarg; break;
+        case 'a': adapter = optarg; break;
         case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: die_usage("bad option");
@@ -198,6 +203,14 @@ int main(int argc, char **argv)
     qtc_llama *m = load(argv[optind], tokenizer, &tok, &err), *ref = NULL;
     if (!m)
         return fail(&err);
+    qtc_peft *peft = NULL;
+    if (adapter && !(peft = qtc_peft_load(adapter, &m->c, &err))) {
+        qtc_llama_free(m);
+        qtc_tokenizer_free(tok);
+        return fail(&err);
+    }
+    if (peft)
+        qtc_peft_attach(peft, m);
     int rc = 0;
     if (prompt) {
         rc = generate(m, tok, prompt, n, temp, top_p, seed);
@@ -256,6 +269,7 @@ int main(int argc, char **argv)
         }
     }
     qtc_llama_free(m);
+    qtc_peft_free(peft);
     qtc_llama_free(ref);
     qtc_tokenizer_free(tok);
     if (fclose(stdout) != 0 && !rc)
