@@ -127,8 +127,11 @@ demo: all
 
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
-	@echo "== bench/torch_train.py (the peer baseline for bench_train)"
-	@if command -v python3 >/dev/null; then python3 bench/torch_train.py; else echo "skipped: no python3"; fi
+	@echo "== examples/finetune.sh: the fine-tuning table (500 steps per method, several minutes)"
+	@STEPS=500 BATCH=16 WINDOWS=all QTC_BIN=$(BINDIR) sh examples/finetune.sh build/finetune
+	@echo "== bench/torch_train.py (the peer baseline for bench_train and bench_lora)"
+	@py=; for p in python3 /usr/bin/python3; do if $$p -c "import torch" 2>/dev/null; then py=$$p; break; fi; done; \
+	  if [ -n "$$py" ]; then $$py bench/torch_train.py; else echo "skipped: no python3 with torch"; fi
 
 qtc.pc: qtc.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define QTC_VERSION "\(.*\)"/\1/p' include/qtc/runtime.h)|' $< > $@

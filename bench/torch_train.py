@@ -1,7 +1,11 @@
-"""torch_train.py: the peer baseline for bench_train, measured in the same
-`make bench` run: PyTorch training a llama of the same shapes (B16 x T256,
-cross-entropy, forward + backward + AdamW + clipping), fp32 and with int4
-groups of 32 through torch.fake_quantize_per_channel_affine, on 2 threads.
+"""torch_train.py: the peer baseline for bench_train and bench_lora, measured
+in the same `make bench` run: PyTorch training a llama of the same shapes
+(B16 x T256, cross-entropy, forward + backward + AdamW + clipping), fp32 and
+with int4 groups of 32 through torch.fake_quantize_per_channel_affine; and
+LoRA (rank 8, alpha 16, every linear layer, the base frozen) on an f32 base
+and on an NF4 base dequantized in the forward as bitsandbytes' reference
+backend does (codes looked up in the NF4 table, times the block's absmax), on
+2 threads.
 Tokens/s is the mean over the steps after the first, as bench_train reports.
 Skips itself when torch is missing."""
 import math
@@ -30,18 +34,47 @@ def fake_quant(w, group=32, bits=4):
     return torch.fake_quantize_per_channel_affine(gw, scale, zero, 0, qmin, qmax).reshape(rows, cols + pad)[:, :cols]
 
 
-def run(name, dim, hidden, layers, heads, kv, vocab, quant, steps):
+NF4 = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                    0.7229568362236023, 1.0])
+
+
+def nf4_pack(w):
+    """codes (uint8, one per weight) and absmax per block of 64 of the flattened weight"""
+    blocks = w.detach().reshape(-1, 64)
+    absmax = blocks.abs().max(1).values
+    codes = (blocks / absmax[:, None]).unsqueeze(-1).sub(NF4).abs().argmin(-1).to(torch.uint8)
+    return codes, absmax, w.shape
+
+
+def nf4_dequant(packed):
+    codes, absmax, shape = packed
+    return (NF4[codes.long()] * absmax[:, None]).reshape(shape)
+
+
+def run(name, dim, hidden, layers, heads, kv, vocab, quant, steps, mode="full"):
+    """mode: full (every weight trains), lora (rank 8 adapters on a frozen f32 base), qlora (the same on NF4)"""
     hd = dim // heads
     g = torch.Generator().manual_seed(1)
-    w = lambda *shape: (0.02 * torch.randn(*shape, generator=g)).requires_grad_()
-    P = {"embed": w(vocab, dim), "norm": torch.ones(dim, requires_grad=True)}
+    w = lambda *shape: (0.02 * torch.randn(*shape, generator=g)).requires_grad_(mode == "full")
+    P = {"embed": w(vocab, dim), "norm": torch.ones(dim, requires_grad=mode == "full")}
     for l in range(layers):
         for k, shape in {"q": (hd * heads, dim), "k": (hd * kv, dim), "v": (hd * kv, dim), "o": (dim, hd * heads),
                          "gate": (hidden, dim), "up": (hidden, dim), "down": (dim, hidden)}.items():
             P[f"{l}.{k}"] = w(*shape)
-        P[f"{l}.n1"] = torch.ones(dim, requires_grad=True)
-        P[f"{l}.n2"] = torch.ones(dim, requires_grad=True)
+        P[f"{l}.n1"] = torch.ones(dim, requires_grad=mode == "full")
+        P[f"{l}.n2"] = torch.ones(dim, requires_grad=mode == "full")
     lin = (lambda x, k: x @ fake_quant(P[k]).T) if quant else (lambda x, k: x @ P[k].T)
+    if mode != "full":  # LoRA on every linear layer: A Kaiming-like, B zero; the base frozen (NF4 for qlora)
+        r, scale, L = 8, 16 / 8, {}
+        for k in [k for k in P if k.split(".")[-1] in ("q", "k", "v", "o", "gate", "up", "down")]:
+            L[k] = ((torch.rand(r, P[k].shape[1], generator=g) * 2 - 1) / math.sqrt(P[k].shape[1])).requires_grad_(), \
+                torch.zeros(P[k].shape[0], r, requires_grad=True)
+            if mode == "qlora":
+                P[k] = nf4_pack(P[k])
+        base = (lambda k: nf4_dequant(P[k])) if mode == "qlora" else (lambda k: P[k])
+        lin = lambda x, k: x @ base(k).T + scale * ((x @ L[k][0].T) @ L[k][1].T)
     inv = 10000.0 ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd)
     ang = torch.arange(T, dtype=torch.float32)[:, None] * inv[None, :]
     cos, sin = torch.cos(ang)[None, :, None, :], torch.sin(ang)[None, :, None, :]
@@ -67,7 +100,7 @@ def run(name, dim, hidden, layers, heads, kv, vocab, quant, steps):
             x = x + lin(torch.nn.functional.silu(lin(h, f"{l}.gate")) * lin(h, f"{l}.up"), f"{l}.down")
         return rms(x, P["norm"]) @ P["embed"].T
 
-    params = list(P.values())
+    params = list(P.values()) if mode == "full" else [t for ab in L.values() for t in ab]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     data = torch.randint(0, vocab, (B, T + 1), generator=g)
     times = []
@@ -88,3 +121,8 @@ run("stories260K fp32", 64, 172, 5, 8, 4, 512, False, 12)
 run("stories260K int4-g32 fake quant", 64, 172, 5, 8, 4, 512, True, 12)
 run("generated 15M llama fp32", 288, 768, 6, 6, 6, 32000, False, 4)
 run("generated 15M llama int4-g32 fake quant", 288, 768, 6, 6, 6, 32000, True, 4)
+print("PyTorch LoRA baselines (bench_lora): rank 8, alpha 16, all linear layers")
+run("stories260K LoRA, f32 base", 64, 172, 5, 8, 4, 512, False, 12, "lora")
+run("stories260K QLoRA, NF4 base", 64, 172, 5, 8, 4, 512, False, 12, "qlora")
+run("generated 15M llama LoRA, f32 base", 288, 768, 6, 6, 6, 32000, False, 4, "lora")
+run("generated 15M llama QLoRA, NF4 base", 288, 768, 6, 6, 6, 32000, False, 4, "qlora")

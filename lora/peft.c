@@ -196,6 +196,30 @@ qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *
     return QTC_OK;
 }
 
+typedef struct base_loader {
+    qtc_peft *p;
+    const qtc_qscheme *s;
+    qtc_dtype t;
+} base_loader;
+
+static int quantize_on_load(void *ctx, int layer, qtc_linear_kind kind, const qtc_tensor *w, qtc_error *err)
+{
+    base_loader *b = ctx;
+    if (qtc_qmatrix_quantize(w->data, w->ne[0], w->ne[1], b->s, b->t, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err) != QTC_OK) {
+        qtc_error_prefix(err, "model.layers.%d.%s.weight", layer, linear_path[kind]);
+        return -1;
+    }
+    return 1;
+}
+
+qtc_llama *qtc_peft_load_base(qtc_peft *p, const qtc_model_file *f, const qtc_qscheme *s, qtc_dtype t, qtc_error *err)
+{
+    if (!p->base && !(p->base = calloc((size_t)p->mc.n_layers * QTC_N_LINEAR, sizeof *p->base)))
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), NULL;
+    base_loader b = {p, s, t};
+    return qtc_llama_from_model_with(f, quantize_on_load, &b, err);
+}
+
 size_t qtc_peft_base_bytes(const qtc_peft *p)
 {
     size_t b = 0;

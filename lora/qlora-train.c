@@ -258,7 +258,13 @@ int main(int argc, char **argv)
     qtc_model_file *src = qtc_model_open(argv[optind], &err);
     qtc_tokenizer *tok = NULL;
     qtc_tokens data = {0};
-    if (!src || !(r.m = qtc_llama_from_model(src, &err)) ||
+    int quantized = base.is_scheme || base.dtype != QTC_F32;
+    if (src && !src->has_config)
+        qtc_error_set(&err, QTC_ERR_INPUT, "%s: no llama configuration (config.json, GGUF llama.* keys or a llama2.c header)",
+                      src->path);
+    if (!src || !src->has_config || !(r.p = qtc_peft_new(&src->config, &pc, o.seed ^ 0x10a4u, &err)) ||
+        !(r.m = quantized ? qtc_peft_load_base(r.p, src, base.is_scheme ? &base.scheme : NULL, base.dtype, &err)
+                          : qtc_llama_from_model(src, &err)) ||
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
         qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
         (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &r.eval, &err) != QTC_OK)) {
@@ -274,23 +280,9 @@ int main(int argc, char **argv)
     if (pc.method == QTC_PEFT_PREFIX && o.ctx + pc.prefix_len > src->config.ctx)
         fprintf(stderr, "qlora-train: note: --ctx %d plus a prefix of %d exceeds the model's context of %d\n", o.ctx,
                 pc.prefix_len, src->config.ctx);
-    if (!(r.p = qtc_peft_new(&src->config, &pc, o.seed ^ 0x10a4u, &err))) {
-        rc = fail(&err);
-        goto done;
-    }
-    double f32_base = 0;
-    for (int l = 0; l < src->config.n_layers; l++) {
-        const qtc_llama_layer *L = &r.m->layers[l];
-        const qtc_tensor *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-        for (int k = 0; k < 7; k++)
-            f32_base += (double)qtc_tensor_nbytes(ws[k]);
-    }
-    if (base.is_scheme || base.dtype != QTC_F32) {
-        if (qtc_peft_quantize_base(r.p, r.m, base.is_scheme ? &base.scheme : NULL, base.dtype, &err) != QTC_OK) {
-            rc = fail(&err);
-            goto done;
-        }
-    }
+    const qtc_llama_config *mc = &src->config;
+    double f32_base = 4.0 * mc->n_layers *
+                      ((double)mc->dim * mc->head_dim * (mc->n_heads * 2 + mc->n_kv_heads * 2) + 3.0 * mc->dim * mc->hidden);
     qtc_peft_attach(r.p, r.m);
     r.np = qtc_peft_params(r.p, r.params, 4096);
     int64_t n_trainable = 0;

@@ -58,6 +58,11 @@ static qtc_tensor *take(const qtc_model_file *f, const char *name, int64_t rows,
 
 qtc_llama *qtc_llama_from_model(const qtc_model_file *f, qtc_error *err)
 {
+    return qtc_llama_from_model_with(f, NULL, NULL, err);
+}
+
+qtc_llama *qtc_llama_from_model_with(const qtc_model_file *f, qtc_llama_weight_fn keep, void *keep_ctx, qtc_error *err)
+{
     if (!f->has_config) {
         qtc_error_set(err, QTC_ERR_INPUT, "%s: no llama configuration (config.json, GGUF llama.* keys or a llama2.c header)", f->path);
         return NULL;
@@ -95,10 +100,21 @@ qtc_llama *qtc_llama_from_model(const qtc_model_file *f, qtc_error *err)
             {&L->w_gate, "mlp.gate_proj", H, D},      {&L->w_up, "mlp.up_proj", H, D},
             {&L->w_down, "mlp.down_proj", D, H},
         };
+        static const int kind[9] = {-1, QTC_LIN_Q, QTC_LIN_K, QTC_LIN_V, QTC_LIN_O, -1, QTC_LIN_GATE, QTC_LIN_UP, QTC_LIN_DOWN};
         for (size_t k = 0; k < sizeof want / sizeof *want; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, want[k].part);
             if (!(*want[k].dst = take(f, name, want[k].rows, want[k].cols, err)))
                 goto fail;
+            if (keep && kind[k] >= 0) { /* the caller may hold it in another form */
+                int kept = keep(keep_ctx, l, (qtc_linear_kind)kind[k], *want[k].dst, err);
+                if (kept < 0)
+                    goto fail;
+                if (kept) {
+                    qtc_tensor_free(*want[k].dst);
+                    *want[k].dst = NULL;
+                    qtc_model_forget(f, qtc_model_find(f, name));
+                }
+            }
         }
     }
     return m;

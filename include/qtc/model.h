@@ -58,6 +58,12 @@ typedef struct qtc_llama {
  * Errors name the file and the missing or misshapen tensor. */
 qtc_llama *qtc_llama_load(const char *path, qtc_error *err);
 qtc_llama *qtc_llama_from_model(const qtc_model_file *m, qtc_error *err);
+/* The same, offering each layer's linear weight (f32, loaded) to keep(): a
+ * return of 1 means the caller kept it in another form (a quantized base), so
+ * the llama frees it at once and holds NULL; 0 keeps it; -1 fails with err.
+ * Memory then stays near one f32 weight above what the caller keeps. */
+typedef int (*qtc_llama_weight_fn)(void *ctx, int layer, qtc_linear_kind kind, const qtc_tensor *w, qtc_error *err);
+qtc_llama *qtc_llama_from_model_with(const qtc_model_file *m, qtc_llama_weight_fn keep, void *keep_ctx, qtc_error *err);
 void qtc_llama_free(qtc_llama *m);
 /* A llama of configuration c with seeded random weights: matrices ~ N(0, std^2),
  * norm weights ~ N(1, 0.1^2), the output head tied to the embedding. */
