@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "qtc/model.h"
+#include "qtc/train.h"
 
 static inline double bench_now(void)
 {
@@ -62,6 +63,31 @@ static inline qtc_llama *bench_new_15M(void)
     qtc_llama_config c = {.dim = 288, .hidden = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6, .vocab = 32000,
                           .ctx = 256, .head_dim = 48, .n_rot = 48, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1};
     return qtc_llama_new_random(&c, 1, 0.02f, &err);
+}
+
+/* Training throughput as the mean step after the first (the first also faults
+ * in the graph's arena and the optimizer's moments, which a run pays once):
+ * pass bench_on_step and a bench_steps to qtc_train. */
+typedef struct bench_steps {
+    double first, last;
+    int64_t steps;
+} bench_steps;
+
+static inline int bench_on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
+{
+    (void)err;
+    bench_steps *t = ctx;
+    if (ev->step == 1)
+        t->first = ev->elapsed;
+    t->last = ev->elapsed;
+    t->steps = ev->step;
+    return 0;
+}
+
+/* Next-token cross-entropy of the llama passed as ctx (a qtc_loss_fn). */
+static inline qtc_tensor *bench_ce(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
+{
+    return qtc_cross_entropy(g, qtc_llama_forward(ctx, g, tokens, 0), targets);
 }
 
 #endif

@@ -19,27 +19,6 @@
 #include "qtc/runtime.h"
 #include "qtc/train.h"
 
-static qtc_tensor *ce(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
-{
-    return qtc_cross_entropy(g, qtc_llama_forward(ctx, g, tokens, 0), targets);
-}
-
-typedef struct step_times {
-    double first, last;
-    int64_t steps;
-} step_times;
-
-static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
-{
-    (void)err;
-    step_times *t = ctx;
-    if (ev->step == 1)
-        t->first = ev->elapsed;
-    t->last = ev->elapsed;
-    t->steps = ev->step;
-    return 0;
-}
-
 static double rss_mb(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -85,8 +64,8 @@ static int run(const char *what, const char *path, int qlora, int steps)
     qtc_train_opts o = qtc_train_defaults(steps);
     o.batch = B;
     o.ctx = T;
-    step_times st = {0};
-    if (qtc_train(&o, opt, params, np, &data, 0, ce, m, on_step, &st, &err) != QTC_OK) {
+    bench_steps st = {0};
+    if (qtc_train(&o, opt, params, np, &data, 0, bench_ce, m, bench_on_step, &st, &err) != QTC_OK) {
         fprintf(stderr, "bench_lora: %s\n", err.msg);
         return 4;
     }
@@ -102,13 +81,65 @@ static int run(const char *what, const char *path, int qlora, int steps)
     return 0;
 }
 
-/* Runs one configuration in a child process (its own peak RSS). */
+/* merge of a random rank-8 LoRA on every linear layer into the model at path,
+ * written as f32 safetensors: time and peak RSS against the largest tensor
+ * and the whole file. */
+static int run_merge(const char *path)
+{
+    qtc_error err;
+    char out[] = "/tmp/qtc-bench-merged-XXXXXX";
+    int fd = mkstemp(out);
+    if (fd < 0)
+        return 3;
+    close(fd);
+    qtc_model_file *f = qtc_model_open(path, &err);
+    qtc_peft_config c = {.method = QTC_PEFT_LORA, .r = 8, .alpha = 16, .target = "all-linear"};
+    qtc_peft *p = f ? qtc_peft_new(&f->config, &c, 1, &err) : NULL;
+    if (!p) {
+        fprintf(stderr, "bench_lora: %s\n", err.msg);
+        return 2;
+    }
+    qtc_tensor *ps[512];
+    int np = qtc_peft_params(p, ps, 512);
+    qtc_rng r;
+    qtc_rng_seed(&r, 2);
+    for (int i = 0; i < np; i++)
+        qtc_rng_fill_normal(&r, ps[i], 0.0f, 0.01f);
+    double largest = 0, total = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        total += (double)f->tensors[i].nbytes;
+        if ((double)f->tensors[i].nbytes > largest)
+            largest = (double)f->tensors[i].nbytes;
+    }
+    qtc_merge_opts mo = {QTC_MERGE_SUM, 1, 0};
+    float one = 1;
+    qtc_convert_summary s;
+    double t0 = bench_now();
+    qtc_status st = qtc_merge_model(f, &p, &one, 1, &mo, out, QTC_FMT_SAFETENSORS, 0, NULL, &s, &err);
+    double dt = bench_now() - t0;
+    unlink(out);
+    if (st != QTC_OK) {
+        fprintf(stderr, "bench_lora: %s\n", err.msg);
+        return 2;
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double mb = 1024.0 * 1024.0, peak = (double)ru.ru_maxrss * 1024.0;
+    printf("%-36s %7.2f s  %7.1f MB/s  peak RSS %7.1f MB = %.2fx the largest tensor (%.1f MB), %.2fx the model (%.1f MB)\n",
+           "merge 15M llama + LoRA (f32 out)", dt, total / mb / dt, peak / mb, peak / largest, largest / mb, peak / total,
+           total / mb);
+    qtc_peft_free(p);
+    qtc_model_close(f);
+    return 0;
+}
+
+/* Runs one configuration in a child process (its own peak RSS); steps 0 runs the merge. */
 static int in_child(const char *what, const char *path, int qlora, int steps)
 {
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
-        int rc = run(what, path, qlora, steps);
+        int rc = steps ? run(what, path, qlora, steps) : run_merge(path);
         fflush(stdout);
         _exit(rc);
     }
@@ -163,7 +194,7 @@ int main(int argc, char **argv)
         close(fd);
     rc = rc || in_child("stories260K LoRA, f32 base", s260, 0, 12) || in_child("stories260K QLoRA, NF4 base", s260, 1, 12) ||
          save_15M(m15) || in_child("generated 15M llama LoRA, f32 base", m15, 0, 4) ||
-         in_child("generated 15M llama QLoRA, NF4 base", m15, 1, 4);
+         in_child("generated 15M llama QLoRA, NF4 base", m15, 1, 4) || in_child("merge", m15, 0, 0);
     unlink(m15);
     return rc;
 }

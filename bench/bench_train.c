@@ -26,35 +26,12 @@ static qtc_tensor *fq_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor 
     return qtc_matmul(g, x, qtc_fake_quant(g, w, &int4, NULL, NULL, 0), 0, 1);
 }
 
-static qtc_tensor *ce(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
-{
-    return qtc_cross_entropy(g, qtc_llama_forward(ctx, g, tokens, 0), targets);
-}
-
 /* training FLOPs per token: 3x the forward's (matmuls and attention) */
 static double flops_per_token(const qtc_llama_config *c, int T)
 {
     double d = c->dim, qd = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
     double per_layer = 2 * d * (qd + 2 * kv) + 2 * qd * d + 3 * 2 * d * c->hidden + 2 * 2 * qd * (T / 2.0);
     return 3 * (c->n_layers * per_layer + 2 * d * c->vocab);
-}
-
-/* the mean step after the first: the first one also faults in the graph's
- * arena and the optimizer's moments, which a run pays once */
-typedef struct step_times {
-    double first, last;
-    int64_t steps;
-} step_times;
-
-static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
-{
-    (void)err;
-    step_times *t = ctx;
-    if (ev->step == 1)
-        t->first = ev->elapsed;
-    t->last = ev->elapsed;
-    t->steps = ev->step;
-    return 0;
 }
 
 static void run(const char *what, qtc_llama *m, int fake_quant, int steps, double ceiling)
@@ -75,8 +52,8 @@ static void run(const char *what, qtc_llama *m, int fake_quant, int steps, doubl
     qtc_train_opts o = qtc_train_defaults(steps);
     o.batch = B;
     o.ctx = T;
-    step_times st = {0};
-    qtc_train(&o, opt, params, np, &data, 0, ce, m, on_step, &st, &err);
+    bench_steps st = {0};
+    qtc_train(&o, opt, params, np, &data, 0, bench_ce, m, bench_on_step, &st, &err);
     double tps = (double)B * T * (double)(st.steps - 1) / (st.last - st.first), gflops = flops_per_token(&m->c, T) * tps * 1e-9;
     printf("%-42s %8.0f tokens/s %8.1f GFLOP/s %6.1f%% of sgemm (steps 2..%d; step 1 %.2f s)\n", what, tps, gflops,
            100 * gflops / ceiling, steps, st.first);

@@ -188,7 +188,8 @@ qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *
         qtc_tensor **w = layer_weight(m, i / QTC_N_LINEAR, i % QTC_N_LINEAR);
         if (!*w)
             continue; /* already quantized */
-        if (qtc_qmatrix_quantize((*w)->data, (*w)->ne[0], (*w)->ne[1], s, t, &p->base[i], err) != QTC_OK)
+        qtc_dtype ti = s ? t : qtc_dtype_fallback(t, (*w)->ne[1]);
+        if (qtc_qmatrix_quantize((*w)->data, (*w)->ne[0], (*w)->ne[1], s, ti, &p->base[i], err) != QTC_OK)
             return qtc_error_prefix(err, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, linear_path[i % QTC_N_LINEAR]);
         qtc_tensor_free(*w);
         *w = NULL;
@@ -205,7 +206,9 @@ typedef struct base_loader {
 static int quantize_on_load(void *ctx, int layer, qtc_linear_kind kind, const qtc_tensor *w, qtc_error *err)
 {
     base_loader *b = ctx;
-    if (qtc_qmatrix_quantize(w->data, w->ne[0], w->ne[1], b->s, b->t, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err) != QTC_OK) {
+    /* a block type that does not divide the rows falls back as qconv's does (stories260K's 172-wide down_proj) */
+    qtc_dtype t = b->s ? b->t : qtc_dtype_fallback(b->t, w->ne[1]);
+    if (qtc_qmatrix_quantize(w->data, w->ne[0], w->ne[1], b->s, t, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err) != QTC_OK) {
         qtc_error_prefix(err, "model.layers.%d.%s.weight", layer, linear_path[kind]);
         return -1;
     }

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "qtc/lora.h"
@@ -115,15 +114,14 @@ static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
         r->step_x[ev->step - 1] = (double)ev->step;
         r->step_loss[ev->step - 1] = ev->loss;
     }
+    char line[256];
     int tty = isatty(STDERR_FILENO);
-    double eta = ev->elapsed / (double)ev->step * (double)(r->steps - ev->step);
+    qtc_train_event_text(ev, r->steps, line, sizeof line);
     if (tty || ev->step % 10 == 0 || ev->step == r->steps)
-        fprintf(stderr, "%sqlora-train: step %lld/%lld loss %.4f lr %.2e |g| %.3f %.0f tokens/s eta %.0fs%s", tty ? "\r" : "",
-                (long long)ev->step, (long long)r->steps, ev->loss, ev->lr, ev->grad_norm, ev->tokens_per_s, eta,
-                tty && ev->step < r->steps ? "" : "\n");
+        fprintf(stderr, "%sqlora-train: %s%s", tty ? "\r" : "", line, tty && ev->step < r->steps ? "" : "\n");
+    qtc_train_event_json(ev, line, sizeof line);
     if (r->log)
-        fprintf(r->log, "{\"event\":\"step\",\"step\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f}\n",
-                (long long)ev->step, ev->loss, ev->lr, ev->grad_norm, ev->tokens_per_s);
+        fprintf(r->log, "%s\n", line);
     int stop = r->stop_after > 0 && ev->step >= r->stop_after && ev->step < r->steps;
     if (r->ckpt[0] && ((r->save_every > 0 && ev->step % r->save_every == 0) || stop)) {
         if (qtc_checkpoint_save_params(r->ckpt, r->src, r->params, r->name_ptr, r->np, r->opt, ev->step, err) != QTC_OK)
@@ -302,22 +300,15 @@ int main(int argc, char **argv)
         rc = 3;
         goto done;
     }
-    if (r.save_every || r.stop_after || ckpt_dir) { /* DIR/checkpoint.safetensors */
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", ckpt_dir ? ckpt_dir : out);
-        size_t len = strlen(dir);
-        while (len > 1 && dir[len - 1] == '/')
-            dir[--len] = '\0';
-        if (!ckpt_dir)
-            snprintf(dir + len, sizeof dir - len, ".ckpt");
-        mkdir(dir, 0777);
-        snprintf(r.ckpt, sizeof r.ckpt, "%s/checkpoint.safetensors", dir);
+    if ((r.save_every || r.stop_after || ckpt_dir) && qtc_checkpoint_path(ckpt_dir, out, 1, r.ckpt, sizeof r.ckpt, &err) != QTC_OK) {
+        rc = fail(&err);
+        goto done;
     }
     int64_t first_step = 0;
     if (resume) {
         char path[4200];
-        snprintf(path, sizeof path, "%s/checkpoint.safetensors", resume);
-        if (qtc_checkpoint_load_params(path, r.params, r.name_ptr, r.np, r.opt, &first_step, &err) != QTC_OK) {
+        if (qtc_checkpoint_path(resume, NULL, 0, path, sizeof path, &err) != QTC_OK ||
+            qtc_checkpoint_load_params(path, r.params, r.name_ptr, r.np, r.opt, &first_step, &err) != QTC_OK) {
             rc = fail(&err);
             goto done;
         }

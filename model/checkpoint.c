@@ -1,11 +1,29 @@
 /* checkpoint.c: saving and restoring a training run (see qtc/train.h). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "qtc/train.h"
 
 #define MAX_PARAMS 1024
+
+qtc_status qtc_checkpoint_path(const char *dir, const char *out, int create, char *path, size_t cap, qtc_error *err)
+{
+    char d[4096];
+    snprintf(d, sizeof d, "%s", dir ? dir : out);
+    size_t len = strlen(d);
+    while (len > 1 && d[len - 1] == '/')
+        d[--len] = '\0';
+    if (!dir)
+        snprintf(d + len, sizeof d - len, ".ckpt");
+    if (create && mkdir(d, 0777) != 0 && errno != EEXIST)
+        return qtc_error_set(err, QTC_ERR_IO, "%s: cannot create the checkpoint folder: %s", d, strerror(errno));
+    if ((size_t)snprintf(path, cap, "%s/checkpoint.safetensors", d) >= cap)
+        return qtc_error_set(err, QTC_ERR_USAGE, "%s: the checkpoint path is too long", d);
+    return QTC_OK;
+}
 
 /* The llama's parameters and their names (names: n * QTC_NAME_MAX bytes). */
 static int llama_params(qtc_llama *m, qtc_tensor **ps, char (*names)[QTC_NAME_MAX])
@@ -16,8 +34,9 @@ static int llama_params(qtc_llama *m, qtc_tensor **ps, char (*names)[QTC_NAME_MA
     return n;
 }
 
-qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_llama *m, qtc_adamw *opt, int64_t step,
-                               qtc_error *err)
+/* Runs save (src non-NULL or not) or load over the llama's named parameters. */
+static qtc_status over_llama(const char *path, const qtc_model_file *src, int saving, qtc_llama *m, qtc_adamw *opt,
+                             int64_t step, int64_t *step_out, qtc_error *err)
 {
     char (*names)[QTC_NAME_MAX] = malloc(MAX_PARAMS * sizeof *names);
     const char **np = malloc(MAX_PARAMS * sizeof *np);
@@ -29,28 +48,22 @@ qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_
     for (int i = 0; rc == QTC_OK && i < n; i++)
         np[i] = names[i];
     if (rc == QTC_OK)
-        rc = qtc_checkpoint_save_params(path, src, ps, np, n, opt, step, err);
+        rc = saving ? qtc_checkpoint_save_params(path, src, ps, np, n, opt, step, err)
+                    : qtc_checkpoint_load_params(path, ps, np, n, opt, step_out, err);
     free(names);
     free(np);
     return rc;
 }
 
+qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_llama *m, qtc_adamw *opt, int64_t step,
+                               qtc_error *err)
+{
+    return over_llama(path, src, 1, m, opt, step, NULL, err);
+}
+
 qtc_status qtc_checkpoint_load(const char *path, qtc_llama *m, qtc_adamw *opt, int64_t *step, qtc_error *err)
 {
-    char (*names)[QTC_NAME_MAX] = malloc(MAX_PARAMS * sizeof *names);
-    const char **np = malloc(MAX_PARAMS * sizeof *np);
-    qtc_tensor *ps[MAX_PARAMS];
-    int n = names && np ? llama_params(m, ps, names) : 0;
-    qtc_status rc = !names || !np ? qtc_error_set(err, QTC_ERR_NOMEM, "out of memory")
-                    : n > MAX_PARAMS ? qtc_error_set(err, QTC_ERR_USAGE, "%d parameter tensors (checkpoints hold %d)", n, MAX_PARAMS)
-                                     : QTC_OK;
-    for (int i = 0; rc == QTC_OK && i < n; i++)
-        np[i] = names[i];
-    if (rc == QTC_OK)
-        rc = qtc_checkpoint_load_params(path, ps, np, n, opt, step, err);
-    free(names);
-    free(np);
-    return rc;
+    return over_llama(path, NULL, 0, m, opt, 0, step, err);
 }
 
 qtc_status qtc_checkpoint_save_params(const char *path, const qtc_model_file *src, qtc_tensor *const *ps,

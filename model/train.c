@@ -1,5 +1,6 @@
 /* train.c: the shared training loop (see qtc/train.h). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,6 +19,19 @@ qtc_train_opts qtc_train_defaults(int64_t steps)
     o.lr = (qtc_lr_schedule){QTC_LR_COSINE, 1e-3f, steps / 10, steps, 0.1f};
     o.clip = 1.0f;
     return o;
+}
+
+void qtc_train_event_text(const qtc_train_event *ev, int64_t total_steps, char *buf, size_t cap)
+{
+    double eta = ev->step ? ev->elapsed / (double)ev->step * (double)(total_steps - ev->step) : 0;
+    snprintf(buf, cap, "step %lld/%lld loss %.4f lr %.2e |g| %.3f %.0f tokens/s eta %.0fs", (long long)ev->step,
+             (long long)total_steps, ev->loss, ev->lr, ev->grad_norm, ev->tokens_per_s, eta);
+}
+
+void qtc_train_event_json(const qtc_train_event *ev, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "{\"event\":\"step\",\"step\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f}",
+             (long long)ev->step, ev->loss, ev->lr, ev->grad_norm, ev->tokens_per_s);
 }
 
 void qtc_train_batch(const qtc_tokens *data, int batch, int ctx, uint64_t seed, int64_t step, int32_t *tokens,

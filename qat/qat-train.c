@@ -216,15 +216,14 @@ static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
         p->q->step_x[ev->step - 1] = (double)ev->step;
         p->q->step_loss[ev->step - 1] = ev->loss;
     }
-    int64_t left = p->q->steps - ev->step;
-    double eta = ev->step ? ev->elapsed / (double)ev->step * (double)left : 0;
-    if (isatty(STDERR_FILENO) || ev->step % 10 == 0 || ev->step == p->q->steps)
-        fprintf(stderr, "%sqat-train: step %lld/%lld loss %.4f lr %.2e |g| %.3f %.0f tokens/s eta %.0fs%s",
-                isatty(STDERR_FILENO) ? "\r" : "", (long long)ev->step, (long long)p->q->steps, ev->loss, ev->lr,
-                ev->grad_norm, ev->tokens_per_s, eta, isatty(STDERR_FILENO) && ev->step < p->q->steps ? "" : "\n");
+    char line[256];
+    int tty = isatty(STDERR_FILENO);
+    qtc_train_event_text(ev, p->q->steps, line, sizeof line);
+    if (tty || ev->step % 10 == 0 || ev->step == p->q->steps)
+        fprintf(stderr, "%sqat-train: %s%s", tty ? "\r" : "", line, tty && ev->step < p->q->steps ? "" : "\n");
+    qtc_train_event_json(ev, line, sizeof line);
     if (p->q->log)
-        fprintf(p->q->log, "{\"event\":\"step\",\"step\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f}\n",
-                (long long)ev->step, ev->loss, ev->lr, ev->grad_norm, ev->tokens_per_s);
+        fprintf(p->q->log, "%s\n", line);
     qat *q = p->q;
     int stop = q->stop_after > 0 && ev->step >= q->stop_after && ev->step < q->steps;
     if (q->ckpt[0] && ((q->save_every > 0 && ev->step % q->save_every == 0) || stop)) {
@@ -544,22 +543,15 @@ int main(int argc, char **argv)
         qtc_adamw_set_weight_decay(opt, i, 0);
     q.src = src;
     q.opt = opt;
-    if (q.save_every || q.stop_after || ckpt_dir) { /* DIR/checkpoint.safetensors */
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", ckpt_dir ? ckpt_dir : out);
-        size_t len = strlen(dir);
-        while (len > 1 && dir[len - 1] == '/')
-            dir[--len] = '\0';
-        if (!ckpt_dir)
-            snprintf(dir + len, sizeof dir - len, ".ckpt");
-        mkdir(dir, 0777);
-        snprintf(q.ckpt, sizeof q.ckpt, "%s/checkpoint.safetensors", dir);
+    if ((q.save_every || q.stop_after || ckpt_dir) && qtc_checkpoint_path(ckpt_dir, out, 1, q.ckpt, sizeof q.ckpt, &err) != QTC_OK) {
+        rc = fail(&err);
+        goto done;
     }
     int64_t first_step = 0;
     if (resume) {
         char path[4200];
-        snprintf(path, sizeof path, "%s/checkpoint.safetensors", resume);
-        if (qtc_checkpoint_load(path, q.student, opt, &first_step, &err) != QTC_OK) {
+        if (qtc_checkpoint_path(resume, NULL, 0, path, sizeof path, &err) != QTC_OK ||
+            qtc_checkpoint_load(path, q.student, opt, &first_step, &err) != QTC_OK) {
             rc = fail(&err);
             goto done;
         }

@@ -68,7 +68,8 @@ qtc_peft *qtc_peft_new(const qtc_llama_config *mc, const qtc_peft_config *c, uin
 void qtc_peft_free(qtc_peft *p);
 
 /* Quantizes m's linear layers (not the output head) with scheme s, or to dtype
- * t when s is NULL, into p->base, and frees m's f32 copies (their pointers
+ * t when s is NULL (falling back per tensor as qconv does where t's blocks do
+ * not divide a row), into p->base, and frees m's f32 copies (their pointers
  * become NULL: m then only runs with p attached). */
 qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *s, qtc_dtype t, qtc_error *err);
 /* Loads the llama of f with its linear layers quantized as they are read (a

@@ -39,6 +39,12 @@ typedef struct qtc_train_event {
 /* Called after each step; a non-zero return stops the run (with QTC_OK). */
 typedef int (*qtc_train_cb)(void *ctx, const qtc_train_event *ev, qtc_error *err);
 
+/* One line for a progress display ("step 12/200 loss 3.1416 lr 1.00e-03 |g| 0.532
+ * 8012 tokens/s eta 41s") and one JSON object for --log-json files
+ * ({"event":"step",...}), without newlines. */
+void qtc_train_event_text(const qtc_train_event *ev, int64_t total_steps, char *buf, size_t cap);
+void qtc_train_event_json(const qtc_train_event *ev, char *buf, size_t cap);
+
 /* The windows of step `step`: tokens (B, T) and targets (B, T), the tokens
  * shifted by one (-1, ignored, where the data's loss mask is 0). */
 void qtc_train_batch(const qtc_tokens *data, int batch, int ctx, uint64_t seed, int64_t step, int32_t *tokens,
@@ -69,6 +75,10 @@ qtc_status qtc_checkpoint_save(const char *path, const qtc_model_file *src, qtc_
 /* Restores weights, moments and the optimizer's step count; *step is the step
  * the checkpoint was taken after. The model must have the same shapes. */
 qtc_status qtc_checkpoint_load(const char *path, qtc_llama *m, qtc_adamw *opt, int64_t *step, qtc_error *err);
+/* The checkpoint file of a run: DIR/checkpoint.safetensors, DIR being dir or,
+ * when dir is NULL, the output path's name with ".ckpt" (trailing slashes
+ * dropped). create makes DIR if it does not exist. */
+qtc_status qtc_checkpoint_path(const char *dir, const char *out, int create, char *path, size_t cap, qtc_error *err);
 /* The same for any list of parameters under the given names (adapters): the
  * optimizer's parameter i is params[i]. */
 qtc_status qtc_checkpoint_save_params(const char *path, const qtc_model_file *src, qtc_tensor *const *params,

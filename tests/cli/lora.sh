@@ -77,6 +77,17 @@ want=$(grep "step 16 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
 got=$("$E" "$T/base-nf4.safetensors" --adapter "$T/qlora" --text "$T/eval.txt" --ctx 64 --windows 16 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
 [ "$want" = "$got" ] && ok || bad "QLoRA on qconv's NF4 file scores $got, training $want"
 
+# other quantized bases: each scores through qeval as qconv's file of that type does
+for bt in int4-g32 q4_0 int8; do
+    case $bt in q4_0) ext=gguf ;; *) ext=safetensors ;; esac
+    expect 0 "LoRA on a $bt base" "$Q" "$M" --data "$T/train.txt" --eval "$T/eval.txt" --eval-windows 8 --steps 4 \
+        --batch 2 --ctx 64 --base-type $bt -o "$T/lora-$bt"
+    want=$(grep "step 4 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
+    "$C" "$M" --to $bt --tensor-type 'embed_tokens=f32' -o "$T/base-$bt.$ext" 2>/dev/null # the base keeps its embedding
+    got=$("$E" "$T/base-$bt.$ext" --tokenizer "$TOK" --adapter "$T/lora-$bt" --text "$T/eval.txt" --ctx 64 --windows 8 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
+    [ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "LoRA on $bt: qeval on qconv's $bt file $got, training $want"
+done
+
 # bottleneck adapters and prefix tuning
 expect 0 "adapter run" "$Q" "$M" $RUN --method adapter --rank 8 -o "$T/adapter"
 eval_improved "adapter"
