@@ -123,16 +123,18 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
             goto done;
         }
         if (hooks->transform) {
-            if (f == src && !(f = qtc_tensor_to_f32(src, err))) { /* src may be a read-only view of the file */
-                rc = err->code;
-                goto done;
-            }
-            int r = hooks->transform(hooks->ctx, e->name, f, err);
+            qtc_tensor *changed_f = NULL;
+            int r = hooks->transform(hooks->ctx, e->name, f, &changed_f, err);
             if (r < 0) {
                 rc = err->code;
                 goto done;
             }
-            changed = r > 0;
+            if (r > 0) {
+                if (f != src)
+                    qtc_tensor_free(f);
+                f = changed_f;
+                changed = 1;
+            }
         }
     }
     if (p->out.is_scheme) {

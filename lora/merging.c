@@ -179,7 +179,7 @@ static int parse_linear(const char *name, int *layer, int *kind)
     return 0;
 }
 
-static int add_delta(void *ctx, const char *name, qtc_tensor *w, qtc_error *err)
+static int add_delta(void *ctx, const char *name, const qtc_tensor *base, qtc_tensor **out, qtc_error *err)
 {
     merge_ctx *m = ctx;
     int layer, kind, any = 0;
@@ -189,12 +189,16 @@ static int add_delta(void *ctx, const char *name, qtc_tensor *w, qtc_error *err)
         any |= layer < m->adapters[i]->mc.n_layers && m->adapters[i]->lora_a[layer * QTC_N_LINEAR + kind] != NULL;
     if (!any)
         return 0;
-    int64_t numel = qtc_tensor_numel(w);
-    float *d = malloc((size_t)numel * sizeof *d);
-    if (!d)
+    int64_t numel = qtc_tensor_numel(base);
+    qtc_tensor *w = qtc_tensor_to_f32(base, err);
+    float *d = w ? malloc((size_t)numel * sizeof *d) : NULL;
+    if (!d) {
+        qtc_tensor_free(w);
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), -1;
+    }
     if (qtc_merge_delta(m->adapters, m->weights, m->n, layer, (qtc_linear_kind)kind, m->o, d, err) != QTC_OK) {
         free(d);
+        qtc_tensor_free(w);
         return -1;
     }
     float *v = w->data;
@@ -202,6 +206,7 @@ static int add_delta(void *ctx, const char *name, qtc_tensor *w, qtc_error *err)
         v[j] += d[j];
     free(d);
     m->merged++;
+    *out = w;
     return 1;
 }
 

@@ -270,10 +270,11 @@ typedef struct qtc_convert_hooks {
      * learned scales): returns 1 with q filled, 0 to let qtc_convert quantize,
      * -1 with err set to fail */
     int (*qweight)(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err);
-    /* may change a weight before it is stored: w is a private f32 copy of the
-     * weight as stored (dequantized); returns 1 when it changed w (the weight
-     * is then quantized afresh, never copied), 0 when not, -1 with err set */
-    int (*transform)(void *ctx, const char *name, qtc_tensor *w, qtc_error *err);
+    /* may replace a weight before it is stored: w is the weight as stored
+     * (f32, dequantized; read-only); returns 1 with *out a new f32 tensor of
+     * w's shape to store instead (quantized afresh, never copied; qtc_convert
+     * frees it), 0 to keep w, -1 with err set */
+    int (*transform)(void *ctx, const char *name, const qtc_tensor *w, qtc_tensor **out, qtc_error *err);
     void *ctx;
 } qtc_convert_hooks;
 
