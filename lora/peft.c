@@ -199,13 +199,48 @@ qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *
 
 typedef struct base_loader {
     qtc_peft *p;
+    const qtc_model_file *f;
     const qtc_qscheme *s;
     qtc_dtype t;
 } base_loader;
 
+/* A weight the file already stores in the wanted form is taken as stored
+ * (codes or blocks copied): training then sees exactly the file's weights. */
+static int take_as_stored(base_loader *b, int layer, qtc_linear_kind kind, qtc_qmatrix *out, qtc_error *err)
+{
+    char name[96];
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, linear_path[kind]);
+    int i = qtc_model_find(b->f, name);
+    const qtc_tensor_entry *e = i >= 0 ? &b->f->tensors[i] : NULL;
+    if (!e)
+        return 0;
+    if (b->s && e->qparts.scheme_set && memcmp(&e->scheme, b->s, sizeof *b->s) == 0) {
+        qtc_qweight qw;
+        if (qtc_model_qweight(b->f, i, &qw, err) != QTC_OK || qtc_qmatrix_from_qweight(&qw, out, err) != QTC_OK)
+            return -1;
+        return 1;
+    }
+    if (!b->s && e->dtype == b->t && qtc_dtype_info(e->dtype)->is_quantized && e->ndim == 2) {
+        if (!(out->data = malloc(e->nbytes)))
+            return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), -1;
+        if (e->rope_heads) /* a GGUF's q/k: whole rows of blocks back into HF's order */
+            qtc_rope_rows_to_hf(e->data, out->data, e->ne[0], e->nbytes / (size_t)e->ne[0], e->rope_heads);
+        else
+            memcpy(out->data, e->data, e->nbytes);
+        out->rows = e->ne[0];
+        out->cols = e->ne[1];
+        out->dtype = e->dtype;
+        return 1;
+    }
+    return 0;
+}
+
 static int quantize_on_load(void *ctx, int layer, qtc_linear_kind kind, const qtc_tensor *w, qtc_error *err)
 {
     base_loader *b = ctx;
+    int stored = take_as_stored(b, layer, kind, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err);
+    if (stored)
+        return stored;
     /* a block type that does not divide the rows falls back as qconv's does (stories260K's 172-wide down_proj) */
     qtc_dtype t = b->s ? b->t : qtc_dtype_fallback(b->t, w->ne[1]);
     if (qtc_qmatrix_quantize(w->data, w->ne[0], w->ne[1], b->s, t, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err) != QTC_OK) {
@@ -219,7 +254,7 @@ qtc_llama *qtc_peft_load_base(qtc_peft *p, const qtc_model_file *f, const qtc_qs
 {
     if (!p->base && !(p->base = calloc((size_t)p->mc.n_layers * QTC_N_LINEAR, sizeof *p->base)))
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), NULL;
-    base_loader b = {p, s, t};
+    base_loader b = {p, f, s, t};
     return qtc_llama_from_model_with(f, quantize_on_load, &b, err);
 }
 

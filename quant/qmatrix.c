@@ -36,11 +36,22 @@ qtc_status qtc_qmatrix_quantize(const float *w, int64_t rows, int64_t cols, cons
     qtc_qweight qw;
     if (qtc_qweight_quantize(w, rows, cols, s, &qw, err) != QTC_OK)
         return err->code;
+    return qtc_qmatrix_from_qweight(&qw, q, err);
+}
+
+qtc_status qtc_qmatrix_from_qweight(qtc_qweight *qw_in, qtc_qmatrix *q, qtc_error *err)
+{
+    qtc_qweight qw = *qw_in;
+    const qtc_qscheme *s = &qw.s;
+    memset(qw_in, 0, sizeof *qw_in);
+    memset(q, 0, sizeof *q);
+    q->rows = qw.rows;
+    q->cols = qw.cols;
     q->is_scheme = 1;
     q->s = *s;
     q->n_groups = qw.n_groups;
     q->n_blocks = qw.n_blocks;
-    int64_t n = rows * cols;
+    int64_t n = qw.rows * qw.cols;
     size_t bytes = packs_nibbles(q) ? (size_t)(n + 1) / 2 : (size_t)n;
     if (!(q->data = calloc(bytes, 1))) {
         qtc_qweight_free(&qw);
@@ -54,13 +65,18 @@ qtc_status qtc_qmatrix_quantize(const float *w, int64_t rows, int64_t cols, cons
         else
             q->data[i] = v;
     }
-    if (s->kind == QTC_QK_NF4 && s->double_quant) { /* the float absmax is not kept */
+    int compact = s->kind == QTC_QK_NF4 && s->double_quant && qw.absmax_q && qw.nested_absmax;
+    if (compact) { /* the float absmax is dropped when the codes reproduce it (a file's own map may differ) */
+        qtc_dynamic_map(q->dyn_map);
+        for (int64_t b = 0; b < qw.n_blocks && compact; b++)
+            compact = q->dyn_map[qw.absmax_q[b]] * qw.nested_absmax[b / 256] + qw.nested_offset == qw.scale[b];
+    }
+    if (compact) {
         q->absmax_q = qw.absmax_q;
         q->nested_absmax = qw.nested_absmax;
         q->nested_offset = qw.nested_offset;
         qw.absmax_q = NULL;
         qw.nested_absmax = NULL;
-        qtc_dynamic_map(q->dyn_map);
     } else {
         q->scale = qw.scale;
         q->zero = qw.zero;

@@ -74,7 +74,9 @@ void qtc_peft_free(qtc_peft *p);
 qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *s, qtc_dtype t, qtc_error *err);
 /* Loads the llama of f with its linear layers quantized as they are read (a
  * weight at a time, so the f32 base never exists in memory), into p->base.
- * f must be the configuration p was made for. */
+ * A weight f already stores in that scheme or block type is taken as stored
+ * (a GGUF's q/k rows of blocks permuted back to HF's order), so training
+ * sees exactly the file's weights. f must be the configuration p was made for. */
 qtc_llama *qtc_peft_load_base(qtc_peft *p, const qtc_model_file *f, const qtc_qscheme *s, qtc_dtype t, qtc_error *err);
 /* Bytes the quantized base holds (0 without one). */
 size_t qtc_peft_base_bytes(const qtc_peft *p);

@@ -155,6 +155,9 @@ typedef struct qtc_qmatrix {
  * QTC_ERR_NUMERIC on NaN/Inf; QTC_ERR_USAGE when t's blocks do not divide a row. */
 qtc_status qtc_qmatrix_quantize(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s, qtc_dtype t,
                                 qtc_qmatrix *q, qtc_error *err);
+/* The same from a stored quantized weight (qtc_model_qweight: the codes a
+ * file holds, kept exactly); takes qw's arrays (qw is left empty). */
+qtc_status qtc_qmatrix_from_qweight(qtc_qweight *qw, qtc_qmatrix *q, qtc_error *err);
 /* Rows r0 .. r0+n-1 as floats into out (n x cols). Safe to call from several threads. */
 void qtc_qmatrix_rows(const qtc_qmatrix *q, int64_t r0, int64_t n, float *out);
 /* Bytes the matrix holds. */

@@ -77,6 +77,20 @@ want=$(grep "step 16 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
 got=$("$E" "$T/base-nf4.safetensors" --adapter "$T/qlora" --text "$T/eval.txt" --ctx 64 --windows 16 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
 [ "$want" = "$got" ] && ok || bad "QLoRA on qconv's NF4 file scores $got, training $want"
 
+# a base file already quantized trains against exactly its stored weights (codes and blocks taken as stored,
+# a GGUF's q/k rows of blocks permuted): the first evaluation equals qeval's score of the file
+"$C" "$M" --to q8_0 --tensor-type 'embed_tokens=f32' -o "$T/bq8.gguf" 2>/dev/null
+for f in "$T/base-nf4.safetensors qlora" "$T/bq8.gguf lora --base-type q8_0"; do
+    set -- $f
+    file=$1 method=$2
+    shift 2
+    "$Q" "$file" --data "$T/train.txt" --eval "$T/eval.txt" --eval-windows 8 --steps 1 --batch 2 --ctx 64 --method $method "$@" \
+        -o "$T/stored" >/dev/null 2>"$T/err"
+    want=$("$E" "$file" --tokenizer "$TOK" --text "$T/eval.txt" --ctx 64 --windows 8 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
+    got=$(grep "step 0 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
+    [ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "training on $(basename "$file") starts at $got, the file scores $want"
+done
+
 # other quantized bases: each scores through qeval as qconv's file of that type does
 for bt in int4-g32 q4_0 int8; do
     case $bt in q4_0) ext=gguf ;; *) ext=safetensors ;; esac
