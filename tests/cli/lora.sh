@@ -182,6 +182,16 @@ json.dump(c, open('$T/liar/adapter_config.json', 'w'))"
 cp "$T/lora/adapter_model.safetensors" "$T/liar/"
 expect 2 "a DoRA adapter" "$G" "$T/base.safetensors" "$T/liar" -o "$T/m.safetensors"
 stderr_has "a DoRA adapter" "use_dora"
+python3 - "$T/lora/adapter_model.safetensors" "$T/liar/adapter_model.safetensors" <<'PY'
+import json, struct, sys
+raw = bytearray(open(sys.argv[1], "rb").read()); n = struct.unpack("<Q", raw[:8])[0]; h = json.loads(raw[8:8 + n])
+b, _ = h["base_model.model.model.layers.2.mlp.up_proj.lora_B.weight"]["data_offsets"]
+raw[8 + n + b + 4 * 5:8 + n + b + 4 * 6] = struct.pack("<f", float("nan"))
+open(sys.argv[2], "wb").write(raw)
+PY
+cp "$T/lora/adapter_config.json" "$T/liar/adapter_config.json"
+expect 4 "an adapter with a NaN" "$G" "$T/base.safetensors" "$T/liar" -o "$T/m.safetensors"
+stderr_has "an adapter with a NaN" "layers.2.mlp.up_proj.lora_B.weight': element 5 is not finite"
 "$Q" "$M" --data "$T/train.txt" --steps 1 --batch 1 --ctx 8 --target q_proj -o "$T/qonly" 2>/dev/null
 "$C" "$T/base.safetensors" --tensor-type 'layers\.0\.self_attn\.q_proj=f32' -o "$T/b2.safetensors" 2>/dev/null
 python3 - "$T/b2.safetensors" "$T/wrong.safetensors" <<'PY' 2>/dev/null
