@@ -53,7 +53,7 @@ endif
 
 # Library sources: every .c in the module folders except the tools' mains.
 MODULES := tensor quant convert model qat lora
-TOOLS := qconv qeval qat-train qlora-train merge
+TOOLS := qconv qeval qat-train qlora-train merge qcalib
 TOOL_MAINS := $(foreach t,$(TOOLS),$(wildcard */$(t).c))
 LIB_SRC := $(filter-out $(TOOL_MAINS),$(wildcard $(addsuffix /*.c,$(MODULES))))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

@@ -185,6 +185,12 @@ const char *qtc_gguf_name(const char *hf_name, char *buf, size_t cap)
     return buf;
 }
 
+const char *qtc_hf_name(const char *gguf_name, char *buf, size_t cap)
+{
+    map_name(gguf_name, 1, buf, cap);
+    return buf;
+}
+
 static int by_data(const void *a, const void *b)
 {
     const qtc_tensor_entry *x = *(const qtc_tensor_entry *const *)a, *y = *(const qtc_tensor_entry *const *)b;

@@ -8,10 +8,6 @@
 
 #include "qtc/lora.h"
 
-static const char *const linear_path[QTC_N_LINEAR] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                      "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                                      "mlp.down_proj"};
-
 /* d = scale * B A: (out, r) . (r, in). */
 static void full_delta(const qtc_tensor *a, const qtc_tensor *b, float scale, float *d)
 {
@@ -169,8 +165,8 @@ static int parse_linear(const char *name, int *layer, int *kind)
     if (end == name + 13 || *end != '.')
         return 0;
     for (int k = 0; k < QTC_N_LINEAR; k++) {
-        size_t n = strlen(linear_path[k]);
-        if (strncmp(end + 1, linear_path[k], n) == 0 && strcmp(end + 1 + n, ".weight") == 0) {
+        size_t n = strlen(qtc_linear_path((qtc_linear_kind)(k)));
+        if (strncmp(end + 1, qtc_linear_path((qtc_linear_kind)(k)), n) == 0 && strcmp(end + 1 + n, ".weight") == 0) {
             *layer = (int)l;
             *kind = k;
             return 1;
@@ -232,7 +228,7 @@ qtc_status qtc_merge_model(qtc_model_file *base, qtc_peft *const *adapters, cons
             if (!p->lora_a[s])
                 continue;
             char name[QTC_NAME_MAX];
-            snprintf(name, sizeof name, "model.layers.%d.%s.weight", s / QTC_N_LINEAR, linear_path[s % QTC_N_LINEAR]);
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", s / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(s % QTC_N_LINEAR)));
             int j = qtc_model_find(base, name);
             if (j < 0)
                 return qtc_error_set(err, QTC_ERR_INPUT, "adapter %d: %s has no tensor '%s' to merge into", i + 1,

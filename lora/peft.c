@@ -8,17 +8,13 @@
 
 #include "qtc/lora.h"
 
-static const char *const linear_path[QTC_N_LINEAR] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                      "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                                      "mlp.down_proj"};
-
 int qtc_peft_targets(const char *spec, int layer, qtc_linear_kind kind)
 {
     if (kind >= QTC_N_LINEAR || layer < 0)
         return 0;
     char path[96];
-    snprintf(path, sizeof path, "model.layers.%d.%s", layer, linear_path[kind]);
-    const char *leaf = strchr(linear_path[kind], '.') + 1;
+    snprintf(path, sizeof path, "model.layers.%d.%s", layer, qtc_linear_path((qtc_linear_kind)(kind)));
+    const char *leaf = strchr(qtc_linear_path((qtc_linear_kind)(kind)), '.') + 1;
     if (strpbrk(spec, "\\^$.*+?()[]{}|")) { /* a regex over the whole module path, as PEFT's fullmatch */
         char *anchored = malloc(strlen(spec) + 5);
         if (!anchored)
@@ -93,9 +89,9 @@ qtc_peft *qtc_peft_new(const qtc_llama_config *mc, const qtc_peft_config *c, uin
                     continue;
                 n_targets++;
                 int i = l * QTC_N_LINEAR + k;
-                snprintf(name, sizeof name, "model.layers.%d.%s.lora_A", l, linear_path[k]);
+                snprintf(name, sizeof name, "model.layers.%d.%s.lora_A", l, qtc_linear_path((qtc_linear_kind)(k)));
                 ok = (p->lora_a[i] = param(c->r, in_dim[k], name, err)) != NULL;
-                snprintf(name, sizeof name, "model.layers.%d.%s.lora_B", l, linear_path[k]);
+                snprintf(name, sizeof name, "model.layers.%d.%s.lora_B", l, qtc_linear_path((qtc_linear_kind)(k)));
                 ok = ok && (p->lora_b[i] = param(out_dim[k], c->r, name, err)) != NULL;
                 if (ok) /* PEFT: kaiming_uniform_(A, a=sqrt(5)), B zero */
                     qtc_rng_kaiming_uniform(&p->rng, p->lora_a[i], sqrt(5.0));
@@ -190,7 +186,7 @@ qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *
             continue; /* already quantized */
         qtc_dtype ti = s ? t : qtc_dtype_fallback(t, (*w)->ne[1]);
         if (qtc_qmatrix_quantize((*w)->data, (*w)->ne[0], (*w)->ne[1], s, ti, &p->base[i], err) != QTC_OK)
-            return qtc_error_prefix(err, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, linear_path[i % QTC_N_LINEAR]);
+            return qtc_error_prefix(err, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
         qtc_tensor_free(*w);
         *w = NULL;
     }
@@ -209,7 +205,7 @@ typedef struct base_loader {
 static int take_as_stored(base_loader *b, int layer, qtc_linear_kind kind, qtc_qmatrix *out, qtc_error *err)
 {
     char name[96];
-    snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, linear_path[kind]);
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, qtc_linear_path((qtc_linear_kind)(kind)));
     int i = qtc_model_find(b->f, name);
     const qtc_tensor_entry *e = i >= 0 ? &b->f->tensors[i] : NULL;
     if (!e)
@@ -244,7 +240,7 @@ static int quantize_on_load(void *ctx, int layer, qtc_linear_kind kind, const qt
     /* a block type that does not divide the rows falls back as qconv's does (stories260K's 172-wide down_proj) */
     qtc_dtype t = b->s ? b->t : qtc_dtype_fallback(b->t, w->ne[1]);
     if (qtc_qmatrix_quantize(w->data, w->ne[0], w->ne[1], b->s, t, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err) != QTC_OK) {
-        qtc_error_prefix(err, "model.layers.%d.%s.weight", layer, linear_path[kind]);
+        qtc_error_prefix(err, "model.layers.%d.%s.weight", layer, qtc_linear_path((qtc_linear_kind)(kind)));
         return -1;
     }
     return 1;
@@ -323,7 +319,7 @@ static qtc_tensor *nth(const qtc_peft *p, int i, char *name, size_t cap)
         if (p->lora_a[j] && (i -= 2) < 0) {
             if (name)
                 snprintf(name, cap, "base_model.model.model.layers.%d.%s.lora_%c.weight", j / QTC_N_LINEAR,
-                         linear_path[j % QTC_N_LINEAR], i == -2 ? 'A' : 'B');
+                         qtc_linear_path((qtc_linear_kind)(j % QTC_N_LINEAR)), i == -2 ? 'A' : 'B');
             return i == -2 ? p->lora_a[j] : p->lora_b[j];
         }
     static const char *part[4] = {"down.weight", "down.bias", "up.weight", "up.bias"};

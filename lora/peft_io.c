@@ -12,9 +12,6 @@
 
 #include "qtc/lora.h"
 
-static const char *const linear_path[QTC_N_LINEAR] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                      "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                                      "mlp.down_proj"};
 static const char *const method_name[3] = {"LORA", "BOTTLENECK", "PREFIX_TUNING"};
 
 static void linear_dims(const qtc_llama_config *mc, int k, int64_t *out, int64_t *in)
@@ -47,7 +44,7 @@ static char *config_json(const qtc_peft *p, const char *base_name)
             cJSON *t = cJSON_AddArrayToObject(o, "target_modules");
             for (int k = 0; k < QTC_N_LINEAR; k++)
                 if (p->lora_a[k])
-                    cJSON_AddItemToArray(t, cJSON_CreateString(strchr(linear_path[k], '.') + 1));
+                    cJSON_AddItemToArray(t, cJSON_CreateString(strchr(qtc_linear_path((qtc_linear_kind)(k)), '.') + 1));
         } else {
             cJSON_AddStringToObject(o, "target_modules", p->c.target);
         }
@@ -112,7 +109,7 @@ static int file_tensors(const qtc_peft *p, int gguf, qtc_out_entry *e, qtc_tenso
                         break;
                     }
                 char hf[QTC_NAME_MAX], g[96];
-                snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", l, linear_path[k]);
+                snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", l, qtc_linear_path((qtc_linear_kind)(k)));
                 qtc_gguf_name(hf, g, sizeof g);
                 snprintf(name, sizeof name, "%s.lora_%c", g, is_b ? 'b' : 'a');
                 if (is_b && (k == QTC_LIN_Q || k == QTC_LIN_K)) {
@@ -287,15 +284,15 @@ static qtc_tensor *take(const qtc_model_file *f, const char *name, int64_t rows,
 static int load_pair(qtc_peft *p, const qtc_model_file *f, int gguf, int l, int k, qtc_error *err)
 {
     char a[QTC_NAME_MAX + 32], b[QTC_NAME_MAX + 32], hf[QTC_NAME_MAX];
-    snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", l, linear_path[k]);
+    snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", l, qtc_linear_path((qtc_linear_kind)(k)));
     if (gguf) {
         char g[QTC_NAME_MAX];
         qtc_gguf_name(hf, g, sizeof g);
         snprintf(a, sizeof a, "%s.lora_a", g);
         snprintf(b, sizeof b, "%s.lora_b", g);
     } else {
-        snprintf(a, sizeof a, "base_model.model.model.layers.%d.%s.lora_A.weight", l, linear_path[k]);
-        snprintf(b, sizeof b, "base_model.model.model.layers.%d.%s.lora_B.weight", l, linear_path[k]);
+        snprintf(a, sizeof a, "base_model.model.model.layers.%d.%s.lora_A.weight", l, qtc_linear_path((qtc_linear_kind)(k)));
+        snprintf(b, sizeof b, "base_model.model.model.layers.%d.%s.lora_B.weight", l, qtc_linear_path((qtc_linear_kind)(k)));
     }
     int ia = qtc_model_find(f, a), ib = qtc_model_find(f, b);
     if (ia < 0 && ib < 0)

@@ -9,6 +9,14 @@
 #include "qtc/model.h"
 #include "qtc/rng.h"
 
+const char *qtc_linear_path(qtc_linear_kind kind)
+{
+    static const char *const path[QTC_N_LINEAR] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                    "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                    "mlp.down_proj"};
+    return kind < QTC_N_LINEAR ? path[kind] : "lm_head";
+}
+
 void qtc_llama_free(qtc_llama *m)
 {
     if (!m)

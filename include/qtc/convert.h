@@ -204,6 +204,8 @@ qtc_status qtc_writer_commit(qtc_model_writer *w, qtc_error *err);
 void qtc_writer_abort(qtc_model_writer *w);
 /* The llama.cpp name of an HF tensor name ("blk.0.attn_q.weight"), or NULL. */
 const char *qtc_gguf_name(const char *hf_name, char *buf, size_t cap);
+/* The HF name of a llama.cpp tensor name (names it does not know pass through). */
+const char *qtc_hf_name(const char *gguf_name, char *buf, size_t cap);
 
 /* --- quantized layouts in safetensors --------------------------------------------------
  * Integer schemes use compressed-tensors' layout: 8 bits as `<module>.weight` (i8) with

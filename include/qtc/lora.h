@@ -27,8 +27,6 @@
 #include "qtc/model.h"
 #include "qtc/quant.h"
 
-#define QTC_N_LINEAR 7 /* q k v o gate up down: a layer's projections (qtc_linear_kind order) */
-
 typedef enum qtc_peft_method { QTC_PEFT_LORA = 0, QTC_PEFT_ADAPTER, QTC_PEFT_PREFIX } qtc_peft_method;
 
 typedef struct qtc_peft_config {

@@ -27,6 +27,9 @@ typedef struct qtc_llama_layer {
 typedef enum qtc_linear_kind {
     QTC_LIN_Q, QTC_LIN_K, QTC_LIN_V, QTC_LIN_O, QTC_LIN_GATE, QTC_LIN_UP, QTC_LIN_DOWN, QTC_LIN_OUTPUT
 } qtc_linear_kind;
+#define QTC_N_LINEAR 7 /* a layer's projections: q k v o gate up down (QTC_LIN_Q .. QTC_LIN_DOWN) */
+/* "self_attn.q_proj", ... "mlp.down_proj": the module path of a layer's projection kind */
+const char *qtc_linear_path(qtc_linear_kind kind);
 
 /* y = x W^T for one projection of layer `layer` (-1 for the output head). A
  * hook replaces it to fake-quantize W or x (QAT) or add an adapter (LoRA). */

@@ -1,0 +1,129 @@
+/* qtc/calib.h: calibration: what real text makes the activations look like,
+ * and what that says about quantizing them and the weights.
+ *
+ * A qtc_calib records, at the input of every linear layer of a llama (through
+ * the model's linear hook), the minimum and maximum, a histogram of 2048 bins
+ * over a symmetric range that doubles (merging bin pairs exactly) when a
+ * value falls outside it, per input channel the sums of x^2 and |x|, and, for
+ * GPTQ, the sum of x x^T. Projections that read the same input (q, k, v; gate,
+ * up) each get the statistics under their own weight name, as llama.cpp's
+ * imatrix does. Windows are taken in order from the token stream, so results
+ * repeat exactly.
+ */
+#ifndef QTC_CALIB_H
+#define QTC_CALIB_H
+
+#include "qtc/model.h"
+
+#define QTC_HIST_BINS 2048
+
+typedef struct qtc_act_stats {
+    char weight[QTC_NAME_MAX]; /* the weight whose input this is */
+    int64_t in;                /* input channels */
+    int64_t rows;              /* input vectors seen (tokens) */
+    double min, max;
+    double *sum_sq, *sum_abs;  /* per channel */
+    double *xtx;               /* in x in, sum of x x^T (NULL unless asked for) */
+    double range;              /* the histogram covers [-range, range) */
+    double hist[QTC_HIST_BINS];
+} qtc_act_stats;
+
+typedef struct qtc_calib {
+    int n_layers;
+    qtc_act_stats *s;          /* per layer * QTC_N_LINEAR + kind */
+    int64_t tokens, windows;
+} qtc_calib;
+
+/* Statistics for every linear layer of a model of configuration c; with_xtx
+ * also keeps x x^T sums (in^2 doubles per layer input). */
+qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err);
+void qtc_calib_free(qtc_calib *cb);
+/* Adds one batch of inputs x (rows x in) to s. */
+void qtc_act_stats_add(qtc_act_stats *s, const float *x, int64_t rows);
+/* Runs the first max_tokens tokens of data (<= 0: all) through m in windows of
+ * ctx, batch windows at a time, recording every linear layer's inputs.
+ * progress (may be NULL) gets windows done and the total. */
+qtc_status qtc_calib_run(qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, int ctx, int batch, int64_t max_tokens,
+                         void (*progress)(void *ctx, int64_t done, int64_t total), void *progress_ctx, qtc_error *err);
+
+/* --- activation ranges ---------------------------------------------------------------- */
+
+typedef enum qtc_range_method { QTC_RANGE_MINMAX = 0, QTC_RANGE_PERCENTILE, QTC_RANGE_MSE, QTC_RANGE_KL } qtc_range_method;
+
+/* 0 on success. */
+int qtc_range_method_parse(const char *name, qtc_range_method *m);
+const char *qtc_range_method_name(qtc_range_method m);
+
+/* The clipping range [*lo, *hi] for quantizing the recorded values to `bits`:
+ *   minmax: the observed minimum and maximum;
+ *   percentile: the two-sided percentile p (99.99: 0.01% of the values clipped
+ *     on each side), interpolated within histogram bins;
+ *   mse: the symmetric threshold T minimising the expected squared error of
+ *     symmetric quantization clipped at T, over the histogram (bin centres);
+ *   kl: TensorRT's entropy calibration: over |x| folded into 2048 bins, the
+ *     threshold whose 2^(bits-1)-level quantization of the clipped
+ *     distribution has the least KL divergence from it.
+ * mse and kl give [-T, T]. */
+void qtc_act_range(const qtc_act_stats *s, qtc_range_method m, double p, int bits, double *lo, double *hi);
+
+/* --- files -------------------------------------------------------------------------- */
+
+/* Provenance written into calibration files. */
+typedef struct qtc_calib_source {
+    const char *data_path;
+    char sha256[65];          /* of the data file's bytes */
+    int64_t tokens;
+    int ctx;
+    uint64_t seed;
+} qtc_calib_source;
+
+/* sha256 of a file's bytes as 64 hex digits. */
+qtc_status qtc_sha256_file(const char *path, char hex[65], qtc_error *err);
+void qtc_sha256(const void *data, size_t n, unsigned char out[32]);
+
+/* The calibration file (JSON): {"format":"qtc-calibration","version":1,
+ * "qtc_version", "method", "percentile", "bits", "source":{data, sha256,
+ * tokens, ctx, seed}, "tensors":{"<weight>":{"input":{"min","max","scale",
+ * "zero_point","observed_min","observed_max"}}}}: per linear weight, the
+ * static int8 range of its input (asymmetric, PyTorch's qparams for the
+ * range). Written atomically. */
+qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_method m, double p, int bits,
+                               const qtc_calib_source *src, qtc_error *err);
+
+/* An importance matrix in llama.cpp's GGUF form: general.type "imatrix",
+ * imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size, and per weight
+ * (llama.cpp's names) <weight>.in_sum2 (f32 [in]) and <weight>.counts (f32 [1]). */
+qtc_status qtc_imatrix_save(const qtc_calib *cb, const qtc_llama_config *c, const char *path, const char *dataset,
+                            int chunk_size, qtc_error *err);
+
+/* An imatrix read back: per HF weight name, the mean of x^2 per input channel. */
+typedef struct qtc_imatrix {
+    int n;
+    char (*names)[QTC_NAME_MAX];
+    float **importance;
+    int64_t *len;
+    int64_t chunk_count, chunk_size;
+} qtc_imatrix;
+qtc_status qtc_imatrix_load(const char *path, qtc_imatrix *im, qtc_error *err);
+/* The importance of an HF weight (len values), or NULL. */
+const float *qtc_imatrix_find(const qtc_imatrix *im, const char *weight, int64_t len);
+void qtc_imatrix_free(qtc_imatrix *im);
+
+/* --- GPTQ ------------------------------------------------------------------------------ */
+
+typedef struct qtc_gptq_opts {
+    double damp;       /* fraction of the mean diagonal added (0.01) */
+    int act_order;     /* columns by descending diag(H); group scales then come from the
+                          original weights (static groups) so the layout stays plain */
+} qtc_gptq_opts;
+
+/* GPTQ of one weight w (rows x cols, f32, not modified) with H = 2/n sum x x^T
+ * given as xtx (cols x cols, the sum) and n rows: columns quantized one at a
+ * time in scheme s (integer, any group), each column's error spread over the
+ * columns not yet quantized through the Cholesky factor of H^-1 (LAPACK's
+ * dpotrf/dpotri). out receives the stored form. Channels never seen (zero
+ * diagonal) get weight 0, as AutoGPTQ does. */
+qtc_status qtc_gptq(const float *w, int64_t rows, int64_t cols, const double *xtx, int64_t n, const qtc_qscheme *s,
+                    const qtc_gptq_opts *o, qtc_qweight *out, qtc_error *err);
+
+#endif

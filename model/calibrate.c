@@ -1,0 +1,327 @@
+/* calibrate.c: running calibration text through a llama to collect the
+ * statistics of qtc/calib.h, and the files they are written to: the
+ * calibration JSON and llama.cpp's imatrix GGUF. */
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qtc/calib.h"
+#include "qtc/io.h"
+#include "qtc/runtime.h"
+
+/* Projections that read the same input record it once (q for k and v, gate for up). */
+static int recorded_kind(int k)
+{
+    return k == QTC_LIN_K || k == QTC_LIN_V ? QTC_LIN_Q : k == QTC_LIN_UP ? QTC_LIN_GATE : k;
+}
+
+qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err)
+{
+    qtc_calib *cb = calloc(1, sizeof *cb);
+    if (!cb || !(cb->s = calloc((size_t)c->n_layers * QTC_N_LINEAR, sizeof *cb->s))) {
+        free(cb);
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), NULL;
+    }
+    cb->n_layers = c->n_layers;
+    const int64_t in[QTC_N_LINEAR] = {c->dim, c->dim, c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->dim, c->hidden};
+    for (int i = 0; i < c->n_layers * QTC_N_LINEAR; i++) {
+        qtc_act_stats *s = &cb->s[i];
+        int k = i % QTC_N_LINEAR;
+        snprintf(s->weight, sizeof s->weight, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)k));
+        s->in = in[k];
+        s->sum_sq = calloc((size_t)s->in, sizeof *s->sum_sq);
+        s->sum_abs = calloc((size_t)s->in, sizeof *s->sum_abs);
+        if (with_xtx && recorded_kind(k) == k)
+            s->xtx = calloc((size_t)(s->in * s->in), sizeof *s->xtx);
+        if (!s->sum_sq || !s->sum_abs || (with_xtx && recorded_kind(k) == k && !s->xtx)) {
+            qtc_calib_free(cb);
+            return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the calibration statistics"), NULL;
+        }
+    }
+    return cb;
+}
+
+void qtc_calib_free(qtc_calib *cb)
+{
+    if (!cb)
+        return;
+    for (int i = 0; cb->s && i < cb->n_layers * QTC_N_LINEAR; i++) {
+        int k = i % QTC_N_LINEAR;
+        free(cb->s[i].sum_sq);
+        free(cb->s[i].sum_abs);
+        if (recorded_kind(k) == k) /* copies share their source's x x^T */
+            free(cb->s[i].xtx);
+    }
+    free(cb->s);
+    free(cb);
+}
+
+static qtc_tensor *record_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
+{
+    qtc_calib *cb = ctx;
+    if (x && layer >= 0 && recorded_kind(kind) == (int)kind)
+        qtc_act_stats_add(&cb->s[layer * QTC_N_LINEAR + kind], x->data, qtc_tensor_numel(x) / x->ne[x->ndim - 1]);
+    return qtc_matmul(g, x, w, 0, 1);
+}
+
+/* Copies the shared statistics to the projections that read the same input. */
+static void share(qtc_calib *cb)
+{
+    for (int i = 0; i < cb->n_layers * QTC_N_LINEAR; i++) {
+        int k = i % QTC_N_LINEAR, from = recorded_kind(k);
+        if (from == k)
+            continue;
+        qtc_act_stats *d = &cb->s[i];
+        const qtc_act_stats *s = &cb->s[i - k + from];
+        double *sq = d->sum_sq, *ab = d->sum_abs;
+        char name[QTC_NAME_MAX];
+        memcpy(name, d->weight, sizeof name);
+        *d = *s;
+        memcpy(d->weight, name, sizeof name);
+        d->sum_sq = sq;
+        d->sum_abs = ab;
+        memcpy(sq, s->sum_sq, (size_t)s->in * sizeof *sq);
+        memcpy(ab, s->sum_abs, (size_t)s->in * sizeof *ab);
+        d->xtx = s->xtx;
+    }
+}
+
+qtc_status qtc_calib_run(qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, int ctx, int batch, int64_t max_tokens,
+                         void (*progress)(void *ctx, int64_t done, int64_t total), void *progress_ctx, qtc_error *err)
+{
+    int64_t n = max_tokens > 0 && max_tokens < data->n ? max_tokens : data->n, windows = n / ctx;
+    if (windows < 1)
+        return qtc_error_set(err, QTC_ERR_INPUT, "%lld calibration tokens: not one window of %d", (long long)n, ctx);
+    qtc_graph *g = qtc_graph_new(err);
+    if (!g)
+        return err->code;
+    qtc_graph_set_recording(g, 0);
+    qtc_linear_fn saved = m->linear;
+    void *saved_ctx = m->linear_ctx;
+    m->linear = record_linear;
+    m->linear_ctx = cb;
+    qtc_status rc = QTC_OK;
+    for (int64_t w0 = 0; w0 < windows && rc == QTC_OK; w0 += batch) {
+        int64_t b = w0 + batch <= windows ? batch : windows - w0;
+        qtc_tensor ids = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(b, ctx), data->ids + w0 * ctx);
+        qtc_graph_reset(g);
+        qtc_llama_forward(m, g, &ids, 0);
+        rc = qtc_graph_status(g, err);
+        cb->windows += b;
+        cb->tokens += b * ctx;
+        if (progress)
+            progress(progress_ctx, w0 + b, windows);
+    }
+    m->linear = saved;
+    m->linear_ctx = saved_ctx;
+    qtc_graph_free(g);
+    if (rc == QTC_OK)
+        share(cb);
+    return rc;
+}
+
+/* The static int8 quantization parameters of a range (PyTorch's asymmetric qparams). */
+static void range_qparams(double lo, double hi, int bits, float *scale, int *zero)
+{
+    float r[2] = {(float)lo, (float)hi};
+    qtc_int_qparams(r, 2, bits, 0, scale, zero);
+}
+
+static qtc_status write_text(const char *path, const char *text, qtc_error *err)
+{
+    qtc_out *o = qtc_out_open(path, 0, err);
+    if (!o)
+        return err->code;
+    if (qtc_out_pwrite(o, text, strlen(text), 0, err) != QTC_OK) {
+        qtc_out_abort(o);
+        return err->code;
+    }
+    return qtc_out_commit(o, err);
+}
+
+qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_method m, double p, int bits,
+                               const qtc_calib_source *src, qtc_error *err)
+{
+    cJSON *o = cJSON_CreateObject(), *s = cJSON_CreateObject(), *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "format", "qtc-calibration");
+    cJSON_AddNumberToObject(o, "version", 1);
+    cJSON_AddStringToObject(o, "qtc_version", qtc_version());
+    cJSON_AddStringToObject(o, "method", qtc_range_method_name(m));
+    if (m == QTC_RANGE_PERCENTILE)
+        cJSON_AddNumberToObject(o, "percentile", p);
+    cJSON_AddNumberToObject(o, "bits", bits);
+    cJSON_AddStringToObject(s, "data", src->data_path ? src->data_path : "");
+    cJSON_AddStringToObject(s, "sha256", src->sha256);
+    cJSON_AddNumberToObject(s, "tokens", (double)src->tokens);
+    cJSON_AddNumberToObject(s, "ctx", src->ctx);
+    cJSON_AddNumberToObject(s, "seed", (double)src->seed);
+    cJSON_AddItemToObject(o, "source", s);
+    for (int i = 0; i < cb->n_layers * QTC_N_LINEAR; i++) {
+        const qtc_act_stats *a = &cb->s[i];
+        double lo, hi;
+        qtc_act_range(a, m, p, bits, &lo, &hi);
+        float scale;
+        int zero;
+        range_qparams(lo, hi, bits, &scale, &zero);
+        cJSON *e = cJSON_CreateObject(), *in = cJSON_CreateObject();
+        cJSON_AddNumberToObject(in, "min", lo);
+        cJSON_AddNumberToObject(in, "max", hi);
+        cJSON_AddNumberToObject(in, "scale", scale);
+        cJSON_AddNumberToObject(in, "zero_point", zero);
+        cJSON_AddNumberToObject(in, "observed_min", a->min);
+        cJSON_AddNumberToObject(in, "observed_max", a->max);
+        cJSON_AddItemToObject(e, "input", in);
+        cJSON_AddItemToObject(t, a->weight, e);
+    }
+    cJSON_AddItemToObject(o, "tensors", t);
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!text)
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    qtc_status rc = write_text(path, text, err);
+    cJSON_free(text);
+    return rc;
+}
+
+qtc_status qtc_imatrix_save(const qtc_calib *cb, const qtc_llama_config *c, const char *path, const char *dataset,
+                            int chunk_size, qtc_error *err)
+{
+    const int n = cb->n_layers * QTC_N_LINEAR;
+    qtc_out_entry *e = calloc((size_t)(2 * n), sizeof *e);
+    qtc_tensor **t = calloc((size_t)(2 * n), sizeof *t);
+    qtc_kvs kv = {0};
+    qtc_status rc = QTC_OK;
+    if (!e || !t) {
+        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n && rc == QTC_OK; i++) {
+        const qtc_act_stats *a = &cb->s[i];
+        char g[96];
+        qtc_gguf_name(a->weight, g, sizeof g);
+        snprintf(e[2 * i].name, sizeof e->name, "%s.in_sum2", g);
+        snprintf(e[2 * i + 1].name, sizeof e->name, "%s.counts", g);
+        e[2 * i].dtype = e[2 * i + 1].dtype = QTC_F32;
+        e[2 * i].ndim = e[2 * i + 1].ndim = 2;
+        e[2 * i].ne[0] = e[2 * i + 1].ne[0] = 1; /* one expert */
+        e[2 * i].ne[1] = a->in;
+        e[2 * i + 1].ne[1] = 1;
+        if (!(t[2 * i] = qtc_tensor_new(QTC_F32, 2, e[2 * i].ne, err)) || !(t[2 * i + 1] = qtc_tensor_new(QTC_F32, 2, e[2 * i + 1].ne, err))) {
+            rc = err->code;
+            break;
+        }
+        for (int64_t j = 0; j < a->in; j++)
+            ((float *)t[2 * i]->data)[j] = (float)a->sum_sq[j];
+        ((float *)t[2 * i + 1]->data)[0] = (float)a->rows;
+    }
+    qtc_str ds = {strlen(dataset), (char *)dataset};
+    if (rc == QTC_OK && (qtc_kvs_set_str(&kv, "general.type", "imatrix") ||
+                         qtc_kvs_set_array(&kv, "imatrix.datasets", QTC_KV_STRING, 1, &ds) ||
+                         qtc_kvs_set_num(&kv, "imatrix.chunk_count", QTC_KV_U32, (double)cb->windows) ||
+                         qtc_kvs_set_num(&kv, "imatrix.chunk_size", QTC_KV_U32, chunk_size)))
+        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    if (rc == QTC_OK) {
+        qtc_model_file like; /* the configuration the GGUF writer wants; no tokenizer */
+        memset(&like, 0, sizeof like);
+        like.has_config = 1;
+        like.config = *c;
+        qtc_model_writer *w = qtc_writer_open(path, QTC_FMT_GGUF, 0, &like, e, 2 * n, &kv, err);
+        for (int i = 0; w && i < 2 * n && rc == QTC_OK; i++)
+            rc = qtc_writer_put(w, i, t[i], err);
+        if (!w)
+            rc = err->code;
+        else if (rc != QTC_OK)
+            qtc_writer_abort(w);
+        else
+            rc = qtc_writer_commit(w, err);
+    }
+done:
+    for (int i = 0; t && i < 2 * n; i++)
+        qtc_tensor_free(t[i]);
+    free(t);
+    free(e);
+    qtc_kvs_free(&kv);
+    return rc;
+}
+
+qtc_status qtc_imatrix_load(const char *path, qtc_imatrix *im, qtc_error *err)
+{
+    memset(im, 0, sizeof *im);
+    qtc_model_file *f = qtc_model_open(path, err);
+    if (!f)
+        return err->code;
+    qtc_status rc = QTC_OK;
+    const char *type = qtc_kvs_str(&f->meta, "general.type");
+    if (f->format != QTC_FMT_GGUF || !type || strcmp(type, "imatrix") != 0) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: not an imatrix GGUF (general.type imatrix)", path);
+        goto done;
+    }
+    im->chunk_count = (int64_t)qtc_kvs_num(&f->meta, "imatrix.chunk_count", 0);
+    im->chunk_size = (int64_t)qtc_kvs_num(&f->meta, "imatrix.chunk_size", 0);
+    im->names = calloc((size_t)f->n_tensors + 1, sizeof *im->names);
+    im->importance = calloc((size_t)f->n_tensors + 1, sizeof *im->importance);
+    im->len = calloc((size_t)f->n_tensors + 1, sizeof *im->len);
+    if (!im->names || !im->importance || !im->len) {
+        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < f->n_tensors && rc == QTC_OK; i++) {
+        const qtc_tensor_entry *e = &f->tensors[i];
+        size_t len = strlen(e->name);
+        if (len < 9 || strcmp(e->name + len - 8, ".in_sum2") != 0)
+            continue;
+        char base[QTC_NAME_MAX], counts[QTC_NAME_MAX + 8];
+        snprintf(base, sizeof base, "%.*s", (int)(len - 8), e->name);
+        snprintf(counts, sizeof counts, "%s.counts", base);
+        int j = qtc_model_find(f, counts);
+        int64_t in = e->ndim ? e->ne[e->ndim - 1] : 0;
+        if (j < 0 || e->dtype != QTC_F32 || f->tensors[j].dtype != QTC_F32 || f->tensors[j].nbytes < 4 ||
+            e->nbytes != (size_t)in * 4) {
+            rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s' %s", path, e->name,
+                               j < 0 ? "has no .counts beside it" : "is not f32 [1, in] with an f32 count (experts are not supported)");
+            break;
+        }
+        float count;
+        memcpy(&count, f->tensors[j].data, 4);
+        if (!(count > 0)) {
+            rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s': count %g", path, counts, count);
+            break;
+        }
+        float *v = malloc((size_t)in * sizeof *v);
+        if (!v) {
+            rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+            break;
+        }
+        memcpy(v, e->data, (size_t)in * 4);
+        for (int64_t k = 0; k < in; k++)
+            v[k] /= count;
+        qtc_hf_name(base, im->names[im->n], QTC_NAME_MAX);
+        im->importance[im->n] = v;
+        im->len[im->n++] = in;
+    }
+done:
+    if (rc != QTC_OK)
+        qtc_imatrix_free(im);
+    qtc_model_close(f);
+    return rc;
+}
+
+const float *qtc_imatrix_find(const qtc_imatrix *im, const char *weight, int64_t len)
+{
+    for (int i = 0; i < im->n; i++)
+        if (strcmp(im->names[i], weight) == 0 && im->len[i] == len)
+            return im->importance[i];
+    return NULL;
+}
+
+void qtc_imatrix_free(qtc_imatrix *im)
+{
+    for (int i = 0; im->importance && i < im->n; i++)
+        free(im->importance[i]);
+    free(im->importance);
+    free(im->names);
+    free(im->len);
+    memset(im, 0, sizeof *im);
+}

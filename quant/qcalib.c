@@ -1,0 +1,249 @@
+/* qcalib: runs calibration text through a model and turns what the
+ * activations look like into activation ranges (a calibration file), an
+ * importance matrix (llama.cpp's imatrix GGUF), or GPTQ-calibrated weights.
+ *
+ *   qcalib MODEL --data calib.txt [--tokens N] [--ctx T] [--method minmax|percentile|mse|kl]
+ *          [--imatrix OUT.gguf] [--gptq] [--wbits 4 --group 32] [-o CALIB.json|MODEL] [--json]
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+
+#include "qtc/calib.h"
+#include "qtc/runtime.h"
+
+static const char *usage_text =
+    "usage: qcalib MODEL --data FILE [-o CALIB.json | -o MODEL --gptq] [--imatrix OUT.gguf] [options]\n"
+    "\n"
+    "  --data FILE        calibration text (or a qtc token file)\n"
+    "  --tokens N         calibrate on the first N tokens (default 65536; 0: all)\n"
+    "  --ctx T            tokens per window (default 128); --batch B windows per pass (default 8)\n"
+    "  --method M         activation ranges: minmax (default), percentile, mse or kl\n"
+    "  --percentile P     for --method percentile (default 99.99: 0.01%% clipped on each side)\n"
+    "  --abits B          activation bits the ranges are for (default 8)\n"
+    "  -o CALIB.json      the calibration file: per linear weight, its input's static range,\n"
+    "                     scale and zero point, with the data's sha256, tokens, ctx and seed\n"
+    "  --imatrix OUT.gguf the importance matrix (mean x^2 per input channel) in llama.cpp's format\n"
+    "  --gptq             GPTQ the linear weights to --wbits B --group G (default 4, 32; 0 per channel,\n"
+    "                     -1 per tensor) [--asym] [--act-order] [--damp D (0.01)], written to -o MODEL\n"
+    "                     (safetensors, an HF folder; the format from --format or the name)\n"
+    "  --json             a JSON summary per tensor on standard output\n"
+    "  --tokenizer FILE --threads N --seed S (recorded)\n"
+    "\n"
+    "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure.\n";
+
+static void die_usage(const char *msg)
+{
+    fprintf(stderr, "qcalib: %s\n%s", msg, usage_text);
+    exit(1);
+}
+
+static int fail(const qtc_error *err)
+{
+    fprintf(stderr, "qcalib: error: %s\n", err->msg);
+    return qtc_exit_code(err->code);
+}
+
+static void show_progress(void *ctx, int64_t done, int64_t total)
+{
+    (void)ctx;
+    if (isatty(STDERR_FILENO))
+        fprintf(stderr, "\rqcalib: %lld/%lld windows%s", (long long)done, (long long)total, done == total ? "\n" : "");
+}
+
+typedef struct gptq_run {
+    const qtc_calib *cb;
+    qtc_llama *m;
+    qtc_qscheme s;
+    qtc_gptq_opts o;
+    int done;
+} gptq_run;
+
+/* qtc_convert asks for each linear weight's stored form: GPTQ it from the recorded inputs. */
+static int gptq_weight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err)
+{
+    gptq_run *g = ctx;
+    if (memcmp(s, &g->s, sizeof *s) != 0)
+        return 0;
+    for (int i = 0; i < g->cb->n_layers * QTC_N_LINEAR; i++) {
+        const qtc_act_stats *a = &g->cb->s[i];
+        if (strcmp(a->weight, name) != 0)
+            continue;
+        const qtc_llama_layer *L = &g->m->layers[i / QTC_N_LINEAR];
+        const qtc_tensor *ws[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        const qtc_tensor *w = ws[i % QTC_N_LINEAR];
+        if (qtc_gptq(w->data, w->ne[0], w->ne[1], a->xtx, a->rows, s, &g->o, q, err) != QTC_OK) {
+            qtc_error_prefix(err, "%s", name);
+            return -1;
+        }
+        g->done++;
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    qtc_runtime_setup(argv);
+    static const struct option opts[] = {
+        {"data", required_argument, 0, 'd'},    {"tokens", required_argument, 0, 'n'},
+        {"ctx", required_argument, 0, 'c'},     {"batch", required_argument, 0, 'b'},
+        {"method", required_argument, 0, 'm'},  {"percentile", required_argument, 0, 'p'},
+        {"abits", required_argument, 0, 'A'},   {"imatrix", required_argument, 0, 'i'},
+        {"gptq", no_argument, 0, 'G'},          {"wbits", required_argument, 0, 'w'},
+        {"group", required_argument, 0, 'g'},   {"asym", no_argument, 0, 'a'},
+        {"act-order", no_argument, 0, 'O'},     {"damp", required_argument, 0, 'D'},
+        {"format", required_argument, 0, 'f'},  {"json", no_argument, 0, 'J'},
+        {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
+        {"seed", required_argument, 0, 's'},    {"output", required_argument, 0, 'o'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL;
+    int64_t tokens = 65536;
+    int ctx = 128, batch = 8, abits = 8, gptq = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
+    double percentile = 99.99;
+    uint64_t seed = 0;
+    qtc_range_method method = QTC_RANGE_MINMAX;
+    qtc_gptq_opts go = {0.01, 0};
+    qtc_format fmt = QTC_FMT_UNKNOWN;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+        char *end = NULL;
+        switch (c) {
+        case 'd': data_path = optarg; break;
+        case 'n': tokens = strtoll(optarg, &end, 10); if (*end || tokens < 0) die_usage("--tokens takes a number"); break;
+        case 'c': ctx = (int)strtol(optarg, &end, 10); if (*end || ctx < 2) die_usage("--ctx takes a number of at least 2"); break;
+        case 'b': batch = (int)strtol(optarg, &end, 10); if (*end || batch < 1) die_usage("--batch takes a positive number"); break;
+        case 'm': if (qtc_range_method_parse(optarg, &method)) die_usage("--method is minmax, percentile, mse or kl"); break;
+        case 'p': percentile = strtod(optarg, &end); if (*end || !(percentile > 50 && percentile <= 100)) die_usage("--percentile is in (50, 100]"); break;
+        case 'A': abits = (int)strtol(optarg, &end, 10); if (*end || abits < 2 || abits > 8) die_usage("--abits is 2..8"); break;
+        case 'i': imatrix = optarg; break;
+        case 'G': gptq = 1; break;
+        case 'w': wbits = (int)strtol(optarg, &end, 10); if (*end || wbits < 2 || wbits > 8) die_usage("--wbits is 2..8"); break;
+        case 'g': group = (int)strtol(optarg, &end, 10); if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
+        case 'a': sym = 0; break;
+        case 'O': go.act_order = 1; break;
+        case 'D': go.damp = strtod(optarg, &end); if (*end || !(go.damp >= 0)) die_usage("--damp takes a number >= 0"); break;
+        case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) die_usage("--format is safetensors, gguf or hf"); break;
+        case 'J': as_json = 1; break;
+        case 'k': tokenizer = optarg; break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
+        case 's': seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
+        case 'o': out = optarg; break;
+        case 'h': fputs(usage_text, stdout); return 0;
+        default: die_usage("bad option");
+        }
+    }
+    if (optind != argc - 1)
+        die_usage(optind < argc ? "one model only" : "no model");
+    if (!data_path)
+        die_usage("give --data FILE");
+    size_t olen = out ? strlen(out) : 0;
+    int out_json = out && olen > 5 && strcmp(out + olen - 5, ".json") == 0;
+    if (!out && !imatrix && !as_json)
+        die_usage("nothing to write: give -o CALIB.json, -o MODEL with --gptq, --imatrix OUT.gguf or --json");
+    if (gptq && (!out || out_json))
+        die_usage("--gptq writes a model: give -o MODEL (.safetensors or a folder)");
+    if (out && !out_json && !gptq)
+        die_usage("-o MODEL needs a weight method (--gptq); a calibration file ends in .json");
+    qtc_target to = {1, QTC_F32, {QTC_QK_INT, wbits, group, sym, 0}};
+    if (gptq) {
+        if (fmt == QTC_FMT_UNKNOWN)
+            fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
+        if (fmt == QTC_FMT_UNKNOWN || fmt == QTC_FMT_GGUF)
+            die_usage("GPTQ models are integer schemes: write safetensors or an HF folder");
+    }
+    qtc_set_threads(threads);
+    qtc_error err;
+    int rc = 0;
+    qtc_model_file *src = qtc_model_open(argv[optind], &err);
+    qtc_llama *m = NULL;
+    qtc_tokenizer *tok = NULL;
+    qtc_tokens data = {0};
+    qtc_calib *cb = NULL;
+    qtc_calib_source prov = {data_path, "", 0, ctx, seed};
+    if (!src || !(m = qtc_llama_from_model(src, &err)) ||
+        !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
+        qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
+        qtc_sha256_file(data_path, prov.sha256, &err) != QTC_OK || !(cb = qtc_calib_new(&src->config, gptq, &err))) {
+        rc = fail(&err);
+        goto done;
+    }
+    if (ctx > src->config.ctx) {
+        fprintf(stderr, "qcalib: error: --ctx %d is larger than the model's context of %d\n", ctx, src->config.ctx);
+        rc = 1;
+        goto done;
+    }
+    if (qtc_calib_run(cb, m, &data, ctx, batch, tokens, show_progress, NULL, &err) != QTC_OK) {
+        rc = fail(&err);
+        goto done;
+    }
+    prov.tokens = cb->tokens;
+    fprintf(stderr, "qcalib: %s: %lld tokens of %s (%lld windows of %d), sha256 %.16s...\n", argv[optind],
+            (long long)cb->tokens, data_path, (long long)cb->windows, ctx, prov.sha256);
+    if (out_json) {
+        if (qtc_calib_save_json(cb, out, method, percentile, abits, &prov, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        fprintf(stderr, "qcalib: wrote %s (%s ranges for int%d inputs)\n", out, qtc_range_method_name(method), abits);
+    }
+    if (imatrix) {
+        if (qtc_imatrix_save(cb, &src->config, imatrix, data_path, ctx, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        fprintf(stderr, "qcalib: wrote %s (importance matrix, %lld chunks of %d)\n", imatrix, (long long)cb->windows, ctx);
+    }
+    if (gptq) {
+        gptq_run g = {cb, m, to.scheme, go, 0};
+        qtc_convert_hooks hooks = {.qweight = gptq_weight, .ctx = &g};
+        qtc_convert_summary s;
+        if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        char name[64];
+        qtc_qscheme_name(&to.scheme, name, sizeof name);
+        fprintf(stderr, "qcalib: wrote %s: %d weights by GPTQ to %s%s, %.3f bits per weight, rel rms err %.3e\n", out,
+                g.done, name, go.act_order ? " (act-order)" : "", s.bits_per_weight, s.rel_rms_err);
+    }
+    if (as_json) {
+        cJSON *o = cJSON_CreateObject(), *t = cJSON_CreateArray();
+        cJSON_AddStringToObject(o, "model", argv[optind]);
+        cJSON_AddNumberToObject(o, "tokens", (double)cb->tokens);
+        cJSON_AddStringToObject(o, "method", qtc_range_method_name(method));
+        for (int i = 0; i < cb->n_layers * QTC_N_LINEAR; i++) {
+            const qtc_act_stats *a = &cb->s[i];
+            double lo, hi, mean_sq = 0;
+            qtc_act_range(a, method, percentile, abits, &lo, &hi);
+            for (int64_t k = 0; k < a->in; k++)
+                mean_sq += a->sum_sq[k];
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "weight", a->weight);
+            cJSON_AddNumberToObject(e, "min", a->min);
+            cJSON_AddNumberToObject(e, "max", a->max);
+            cJSON_AddNumberToObject(e, "range_lo", lo);
+            cJSON_AddNumberToObject(e, "range_hi", hi);
+            cJSON_AddNumberToObject(e, "mean_sq", mean_sq / (double)(a->rows * a->in));
+            cJSON_AddItemToArray(t, e);
+        }
+        cJSON_AddItemToObject(o, "tensors", t);
+        char *text = cJSON_Print(o);
+        printf("%s\n", text);
+        cJSON_free(text);
+        cJSON_Delete(o);
+    }
+done:
+    qtc_calib_free(cb);
+    qtc_tokens_free(&data);
+    qtc_tokenizer_free(tok);
+    qtc_llama_free(m);
+    qtc_model_close(src);
+    if (fclose(stdout) != 0 && !rc)
+        rc = 3;
+    return rc;
+}
