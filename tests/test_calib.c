@@ -1,0 +1,388 @@
+/* test_calib.c: calibration statistics and what is computed from them,
+ * against references written here: a histogram built directly at the final
+ * range, quantiles and clipping errors over the raw samples in double, known
+ * distributions, round-to-nearest for GPTQ, FIPS 180-4's test vectors, and
+ * an independent capture of a model's linear inputs for the imatrix. */
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "qtc/calib.h"
+
+static double normal(qtc_rng *r)
+{
+    double u1 = qtc_rng_uniform(r), u2 = qtc_rng_uniform(r);
+    return sqrt(-2 * log(u1 + 1e-300)) * cos(6.283185307179586 * u2);
+}
+
+static qtc_act_stats *stats_of(const float *x, int64_t n, int batches)
+{
+    qtc_act_stats *s = calloc(1, sizeof *s);
+    s->in = 1;
+    s->sum_sq = calloc(1, sizeof(double));
+    s->sum_abs = calloc(1, sizeof(double));
+    for (int b = 0; b < batches; b++) {
+        int64_t lo = n * b / batches, hi = n * (b + 1) / batches;
+        qtc_act_stats_add(s, x + lo, hi - lo);
+    }
+    return s;
+}
+
+static void stats_free(qtc_act_stats *s)
+{
+    free(s->sum_sq);
+    free(s->sum_abs);
+    free(s);
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+TEST(sha256_matches_fips_180_4_test_vectors)
+{
+    unsigned char out[32];
+    char hex[65];
+    const char *msg[] = {"abc", "", "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"};
+    const char *want[] = {"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                          "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                          "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"};
+    for (int k = 0; k < 3; k++) {
+        qtc_sha256(msg[k], strlen(msg[k]), out);
+        for (int i = 0; i < 32; i++)
+            snprintf(hex + 2 * i, 3, "%02x", out[i]);
+        CHECK_MSG(strcmp(hex, want[k]) == 0, "sha256('%s') = %s", msg[k], hex);
+    }
+    char *a = malloc(1000000);
+    memset(a, 'a', 1000000);
+    char path[] = "/tmp/qtc-sha-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && write(fd, a, 1000000) == 1000000);
+    close(fd);
+    qtc_error err;
+    CHECK(qtc_sha256_file(path, hex, &err) == QTC_OK);
+    CHECK_MSG(strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0") == 0, "a million a: %s", hex);
+    unlink(path);
+    free(a);
+}
+
+TEST(running_histogram_equals_one_built_at_the_final_range)
+{
+    enum { N = 200000 };
+    float *x = malloc(N * sizeof *x);
+    qtc_rng r;
+    qtc_rng_seed(&r, 3);
+    for (int i = 0; i < N; i++) /* batches of growing magnitude force several doublings */
+        x[i] = (float)(normal(&r) * (i < N / 4 ? 0.01 : i < N / 2 ? 0.3 : i < 3 * N / 4 ? 2.0 : 40.0));
+    qtc_act_stats *s = stats_of(x, N, 4);
+    CHECK(s->rows == N);
+    double want[QTC_HIST_BINS] = {0}, mn = x[0], mx = x[0], sq = 0;
+    for (int i = 0; i < N; i++) {
+        int b = (int)floor(((double)x[i] + s->range) * QTC_HIST_BINS / (2 * s->range));
+        want[b] += 1;
+        mn = fmin(mn, x[i]);
+        mx = fmax(mx, x[i]);
+        sq += (double)x[i] * x[i];
+    }
+    for (int b = 0; b < QTC_HIST_BINS; b++)
+        CHECK_MSG(s->hist[b] == want[b], "bin %d: %g, direct %g (range %g)", b, s->hist[b], want[b], s->range);
+    CHECK(s->min == mn && s->max == mx);
+    CHECK(fabs(s->sum_sq[0] - sq) <= 1e-9 * sq);
+    double lo, hi;
+    qtc_act_range(s, QTC_RANGE_MINMAX, 0, 8, &lo, &hi);
+    CHECK(lo == mn && hi == mx);
+    stats_free(s);
+    free(x);
+}
+
+TEST(percentile_ranges_match_the_samples_quantiles)
+{
+    enum { N = 1000000 };
+    float *x = malloc(N * sizeof *x), *sorted = malloc(N * sizeof *sorted);
+    qtc_rng r;
+    qtc_rng_seed(&r, 4);
+    for (int i = 0; i < N; i++)
+        x[i] = (float)normal(&r);
+    memcpy(sorted, x, N * sizeof *x);
+    qsort(sorted, N, sizeof *sorted, cmp_float);
+    qtc_act_stats *s = stats_of(x, N, 3);
+    const double width = 2 * s->range / QTC_HIST_BINS;
+    const double ps[] = {99.99, 99.9, 99.0};
+    for (size_t k = 0; k < 3; k++) {
+        double lo, hi;
+        qtc_act_range(s, QTC_RANGE_PERCENTILE, ps[k], 8, &lo, &hi);
+        double tail = (100 - ps[k]) / 100;
+        double want_hi = sorted[(int64_t)((1 - tail) * N)], want_lo = sorted[(int64_t)(tail * N)];
+        CHECK_MSG(fabs(hi - want_hi) <= width && fabs(lo - want_lo) <= width, "p%g: [%g, %g], samples [%g, %g], bin %g",
+                  ps[k], lo, hi, want_lo, want_hi, width);
+    }
+    /* the known Gaussian quantile: 99.99% two-sided tail point is 3.719 sigma */
+    double lo, hi;
+    qtc_act_range(s, QTC_RANGE_PERCENTILE, 99.99, 8, &lo, &hi);
+    CHECK_MSG(fabs(hi - 3.719) < 0.05 && fabs(lo + 3.719) < 0.05, "[%g, %g]", lo, hi);
+    stats_free(s);
+    free(x);
+    free(sorted);
+}
+
+/* The squared error of symmetric b-bit quantization clipped at t over the raw samples, in double. */
+static double sample_mse(const float *x, int64_t n, double t, int bits)
+{
+    double levels = ((1 << bits) - 1) / 2.0, step = t / levels, e = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double c = fmax(-t, fmin(t, x[i])), q = fmax(-levels * step, fmin(levels * step, nearbyint(c / step) * step));
+        e += (x[i] - q) * (x[i] - q);
+    }
+    return e;
+}
+
+TEST(mse_range_is_near_the_brute_force_optimum_over_the_samples)
+{
+    enum { N = 100000 };
+    float *x = malloc(N * sizeof *x);
+    qtc_rng r;
+    qtc_rng_seed(&r, 5);
+    for (int dist = 0; dist < 2; dist++) {
+        for (int i = 0; i < N; i++) { /* Gaussian; Laplacian with 0.1% outliers at 30x */
+            double u = qtc_rng_uniform(&r) - 0.5;
+            x[i] = dist == 0 ? (float)normal(&r) : (float)(-copysign(1.0, u) * log(1 - 2 * fabs(u)) * (i % 1000 == 0 ? 30 : 1));
+        }
+        qtc_act_stats *s = stats_of(x, N, 2);
+        double lo, hi, amax = fmax(-s->min, s->max);
+        qtc_act_range(s, QTC_RANGE_MSE, 0, 4, &lo, &hi);
+        CHECK(lo == -hi && hi > 0 && hi <= amax);
+        double best_t = amax, best = INFINITY;
+        for (int k = 1; k <= 400; k++) {
+            double t = amax * k / 400.0, e = sample_mse(x, N, t, 4);
+            if (e < best) {
+                best = e;
+                best_t = t;
+            }
+        }
+        double got = sample_mse(x, N, hi, 4);
+        CHECK_MSG(got <= best * 1.02, "dist %d: threshold %g has error %g, the samples' best %g at %g", dist, hi, got, best, best_t);
+        CHECK_MSG(dist == 0 || hi < 0.5 * amax, "Laplacian with outliers: threshold %g of max %g clips nothing", hi, amax);
+        stats_free(s);
+    }
+    free(x);
+}
+
+TEST(kl_range_clips_outliers_and_keeps_a_uniform_range)
+{
+    enum { N = 200000 };
+    float *x = malloc(N * sizeof *x);
+    qtc_rng r;
+    qtc_rng_seed(&r, 6);
+    for (int i = 0; i < N; i++)
+        x[i] = (float)(2 * qtc_rng_uniform(&r) - 1);
+    qtc_act_stats *s = stats_of(x, N, 1);
+    double lo, hi;
+    qtc_act_range(s, QTC_RANGE_KL, 0, 8, &lo, &hi);
+    CHECK_MSG(hi > 0.97 * s->max, "uniform: threshold %g of max %g", hi, s->max);
+    stats_free(s);
+    for (int i = 0; i < N; i++) { /* Laplacian, 0.05% outliers at 50x */
+        double u = qtc_rng_uniform(&r) - 0.5;
+        x[i] = (float)(-copysign(1.0, u) * log(1 - 2 * fabs(u)) * (i % 2000 == 0 ? 50 : 1));
+    }
+    s = stats_of(x, N, 1);
+    qtc_act_range(s, QTC_RANGE_KL, 0, 8, &lo, &hi);
+    double p99lo, p99hi;
+    qtc_act_range(s, QTC_RANGE_PERCENTILE, 99, 8, &p99lo, &p99hi);
+    CHECK_MSG(lo == -hi && hi < 0.5 * fmax(-s->min, s->max) && hi > p99hi, "Laplacian: threshold %g, max %g, p99 %g", hi,
+              fmax(-s->min, s->max), p99hi);
+    stats_free(s);
+    free(x);
+}
+
+/* ||W X^T - Wq X^T||^2 over the rows of x (n x cols). */
+static double output_error(const float *w, const qtc_qweight *q, const float *x, int64_t n, int64_t rows, int64_t cols)
+{
+    float *wq = malloc((size_t)(rows * cols) * sizeof *wq);
+    qtc_qweight_dequantize(q, wq);
+    double e = 0;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            double a = 0, b = 0;
+            for (int64_t c = 0; c < cols; c++) {
+                a += (double)w[r * cols + c] * x[t * cols + c];
+                b += (double)wq[r * cols + c] * x[t * cols + c];
+            }
+            e += (a - b) * (a - b);
+        }
+    free(wq);
+    return e;
+}
+
+TEST(gptq_beats_round_to_nearest_and_is_round_to_nearest_for_a_diagonal_hessian)
+{
+    qtc_error err;
+    enum { R = 48, C = 96, N = 512 };
+    float *w = malloc(R * C * sizeof *w), *x = malloc(N * C * sizeof *x);
+    qtc_rng r;
+    qtc_rng_seed(&r, 7);
+    for (int i = 0; i < R * C; i++)
+        w[i] = (float)normal(&r) * 0.1f;
+    /* correlated inputs with channels of different scales: x = z M */
+    double *m = malloc(C * C * sizeof *m);
+    for (int i = 0; i < C * C; i++)
+        m[i] = normal(&r) * (i / C == i % C ? 2.0 : 0.3);
+    for (int t = 0; t < N; t++) {
+        double z[C];
+        for (int c = 0; c < C; c++)
+            z[c] = normal(&r) * (1 + (c % 7));
+        for (int c = 0; c < C; c++) {
+            double a = 0;
+            for (int k = 0; k < C; k++)
+                a += z[k] * m[k * C + c];
+            x[t * C + c] = (float)a;
+        }
+    }
+    double *xtx = calloc(C * C, sizeof *xtx), *diag = calloc(C * C, sizeof *diag);
+    for (int t = 0; t < N; t++)
+        for (int a = 0; a < C; a++)
+            for (int b = 0; b < C; b++)
+                xtx[a * C + b] += (double)x[t * C + a] * x[t * C + b];
+    for (int a = 0; a < C; a++)
+        diag[a * C + a] = xtx[a * C + a];
+    const char *schemes[] = {"int4-g32", "int4", "int3-g16", "int4-g32-asym", "int2-g32", "int4-tensor"};
+    for (size_t k = 0; k < sizeof schemes / sizeof *schemes; k++) {
+        qtc_qscheme s;
+        CHECK(qtc_qscheme_parse(schemes[k], &s) == 0);
+        qtc_qweight rtn, g, ga, gd;
+        CHECK(qtc_qweight_quantize(w, R, C, &s, &rtn, &err) == QTC_OK);
+        qtc_gptq_opts o = {0.01, 0}, oa = {0.01, 1}, o0 = {0.0, 0};
+        CHECK_MSG(qtc_gptq(w, R, C, xtx, N, &s, &o, &g, &err) == QTC_OK, "%s", err.msg);
+        CHECK_MSG(qtc_gptq(w, R, C, xtx, N, &s, &oa, &ga, &err) == QTC_OK, "%s", err.msg);
+        double e_rtn = output_error(w, &rtn, x, N, R, C), e_g = output_error(w, &g, x, N, R, C),
+               e_ga = output_error(w, &ga, x, N, R, C);
+        CHECK_MSG(e_g < 0.9 * e_rtn && e_ga < 0.9 * e_rtn, "%s: GPTQ %g, act-order %g, round-to-nearest %g", schemes[k], e_g, e_ga, e_rtn);
+        /* a diagonal H spreads no error: exactly round-to-nearest */
+        CHECK_MSG(qtc_gptq(w, R, C, diag, N, &s, &o0, &gd, &err) == QTC_OK, "%s", err.msg);
+        CHECK_MSG(memcmp(gd.q, rtn.q, R * C) == 0, "%s: diagonal H differs from round-to-nearest", schemes[k]);
+        int64_t ns = s.group < 0 ? 1 : R * rtn.n_groups;
+        CHECK(memcmp(gd.scale, rtn.scale, (size_t)ns * sizeof(float)) == 0);
+        qtc_qweight_free(&rtn);
+        qtc_qweight_free(&g);
+        qtc_qweight_free(&ga);
+        qtc_qweight_free(&gd);
+    }
+    /* a channel never seen gets weight 0 */
+    for (int b = 0; b < C; b++)
+        xtx[5 * C + b] = xtx[b * C + 5] = 0;
+    qtc_qscheme s;
+    qtc_qscheme_parse("int4-g32", &s);
+    qtc_qweight g;
+    qtc_gptq_opts o = {0.01, 0};
+    CHECK(qtc_gptq(w, R, C, xtx, N, &s, &o, &g, &err) == QTC_OK);
+    float *back = malloc(R * C * sizeof *back);
+    qtc_qweight_dequantize(&g, back);
+    for (int rr = 0; rr < R; rr++)
+        CHECK(back[rr * C + 5] == 0);
+    free(back);
+    qtc_qweight_free(&g);
+    free(w);
+    free(x);
+    free(m);
+    free(xtx);
+    free(diag);
+}
+
+/* An independent capture of every linear input: mean x^2 per channel, in double. */
+typedef struct capture {
+    double *sum[64 * 7];
+    int64_t rows[64 * 7];
+} capture;
+
+static qtc_tensor *capture_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
+{
+    capture *c = ctx;
+    if (layer >= 0) {
+        int i = layer * 7 + kind;
+        int64_t in = x->ne[x->ndim - 1], rows = qtc_tensor_numel(x) / in;
+        if (!c->sum[i])
+            c->sum[i] = calloc((size_t)in, sizeof(double));
+        for (int64_t t = 0; t < rows * in; t++)
+            c->sum[i][t % in] += (double)((float *)x->data)[t] * ((float *)x->data)[t];
+        c->rows[i] += rows;
+    }
+    return qtc_matmul(g, x, w, 0, 1);
+}
+
+TEST(imatrix_reads_back_as_the_mean_square_of_each_linear_input)
+{
+    qtc_error err;
+    qtc_llama *m = qtc_llama_load(shared_path("models/stories260K/stories260K.bin"), &err);
+    CHECK_MSG(m, "%s", err.msg);
+    qtc_tokenizer *t = qtc_tokenizer_load_llama2c(shared_path("models/stories260K/tok512.bin"), 512, &err);
+    qtc_tokens d;
+    CHECK(qtc_tokens_load(t, shared_path("data/tinystories-eval.txt"), 512, &d, &err) == QTC_OK);
+    qtc_calib *cb = qtc_calib_new(&m->c, 0, &err);
+    CHECK(cb);
+    CHECK(qtc_calib_run(cb, m, &d, 64, 3, 64 * 7, NULL, NULL, &err) == QTC_OK);
+    CHECK(cb->windows == 7 && cb->tokens == 448);
+    char path[] = "/tmp/qtc-imatrix-XXXXXX.gguf";
+    int fd = mkstemps(path, 5);
+    close(fd);
+    CHECK_MSG(qtc_imatrix_save(cb, &m->c, path, "tinystories-eval.txt", 64, &err) == QTC_OK, "%s", err.msg);
+    qtc_imatrix im;
+    CHECK_MSG(qtc_imatrix_load(path, &im, &err) == QTC_OK, "%s", err.msg);
+    CHECK(im.n == 35 && im.chunk_count == 7 && im.chunk_size == 64);
+    /* the same windows through an independent hook */
+    capture c;
+    memset(&c, 0, sizeof c);
+    m->linear = capture_linear;
+    m->linear_ctx = &c;
+    qtc_graph *g = qtc_graph_new(&err);
+    qtc_graph_set_recording(g, 0);
+    for (int w0 = 0; w0 < 7; w0++) {
+        qtc_tensor ids = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(1, 64), d.ids + w0 * 64);
+        qtc_graph_reset(g);
+        qtc_llama_forward(m, g, &ids, 0);
+    }
+    for (int i = 0; i < 35; i++) {
+        char name[QTC_NAME_MAX];
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", i / 7, qtc_linear_path((qtc_linear_kind)(i % 7)));
+        CHECK(c.rows[i] == 448);
+        int64_t in = i % 7 == 6 ? m->c.hidden : m->c.dim;
+        const float *got = qtc_imatrix_find(&im, name, in);
+        CHECK_MSG(got, "%s missing from the imatrix", name);
+        double *want = malloc((size_t)in * sizeof *want);
+        for (int64_t k = 0; k < in; k++)
+            want[k] = c.sum[i][k] / 448.0;
+        CHECK_CLOSE(name, got, want, in, 1e-5, 1e-9);
+        free(want);
+        free(c.sum[i]);
+    }
+    qtc_graph_free(g);
+    qtc_imatrix_free(&im);
+    unlink(path);
+    /* the calibration file: ranges and their int8 parameters */
+    char jpath[] = "/tmp/qtc-calib-XXXXXX.json";
+    fd = mkstemps(jpath, 5);
+    close(fd);
+    qtc_calib_source src = {"x.txt", "ab", 448, 64, 9};
+    CHECK(qtc_calib_save_json(cb, jpath, QTC_RANGE_PERCENTILE, 99.9, 8, &src, &err) == QTC_OK);
+    char *text = test_read_file(jpath, NULL);
+    cJSON *o = cJSON_Parse(text);
+    const cJSON *e = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tensors"), "model.layers.3.mlp.down_proj.weight"), "input");
+    CHECK(e);
+    double lo = cJSON_GetObjectItem(e, "min")->valuedouble, hi = cJSON_GetObjectItem(e, "max")->valuedouble;
+    double scale = cJSON_GetObjectItem(e, "scale")->valuedouble, zero = cJSON_GetObjectItem(e, "zero_point")->valuedouble;
+    CHECK(lo < 0 && hi > 0 && lo >= cJSON_GetObjectItem(e, "observed_min")->valuedouble);
+    CHECK_MSG(fabs(scale - (hi - lo) / 255) < 1e-6 * scale && fabs(zero - (-128 - nearbyint(lo / scale))) < 1e-9, "scale %g zero %g for [%g, %g]",
+              scale, zero, lo, hi);
+    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "source"), "tokens")->valuedouble == 448);
+    cJSON_Delete(o);
+    free(text);
+    unlink(jpath);
+    qtc_calib_free(cb);
+    qtc_tokens_free(&d);
+    qtc_tokenizer_free(t);
+    qtc_llama_free(m);
+}
