@@ -182,12 +182,12 @@ void qtc_act_range(const qtc_act_stats *s, qtc_range_method m, double p, int bit
                 best_t = t;
             }
         }
-        *lo = -best_t;
-        *hi = best_t;
+        *lo = fmax(-best_t, fmin(s->min, 0));
+        *hi = fmin(best_t, fmax(s->max, 0));
     } else {
-        double t = fmin(kl_threshold(s, bits), fmax(fabs(s->min), fabs(s->max)));
-        *lo = -t;
-        *hi = t;
+        double t = kl_threshold(s, bits);
+        *lo = fmax(-t, fmin(s->min, 0));
+        *hi = fmin(t, fmax(s->max, 0));
     }
 }
 

@@ -63,7 +63,7 @@ const char *qtc_range_method_name(qtc_range_method m);
  *   kl: TensorRT's entropy calibration: over |x| folded into 2048 bins, the
  *     threshold whose 2^(bits-1)-level quantization of the clipped
  *     distribution has the least KL divergence from it.
- * mse and kl give [-T, T]. */
+ * mse and kl give [-T, T] cut to the observed range (widened to include 0). */
 void qtc_act_range(const qtc_act_stats *s, qtc_range_method m, double p, int bits, double *lo, double *hi);
 
 /* --- files -------------------------------------------------------------------------- */

@@ -1,0 +1,75 @@
+#!/bin/sh
+# qcalib's command line: the calibration file with provenance, the imatrix as
+# llama.cpp's GGUF (read by @huggingface/gguf), GPTQ models that score better
+# than round-to-nearest in qeval, and bad input. Last line: "qcalib: N passed, N failed".
+set -u
+BIN=${QTC_BIN:-bin}
+SHARED=${QTC_SHARED:-../shared}
+Q="$BIN/qcalib"
+M=$SHARED/models/stories260K/stories260K.bin
+TOK=$SHARED/models/stories260K/tok512.bin
+TRAIN=$SHARED/data/tinystories-train.txt
+EVAL=$SHARED/data/tinystories-eval.txt
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+NAME=qcalib
+. tests/cli/lib.sh
+head -c 400000 "$SHARED/data/tinystories-train.txt" >"$T/train.txt" # enough for every run here, quick to tokenize
+TRAIN=$T/train.txt
+
+expect 0 "--help" "$Q" --help
+expect 1 "no data" "$Q" "$M" -o "$T/c.json"
+expect 1 "nothing to write" "$Q" "$M" --data "$TRAIN"
+expect 1 "bad method" "$Q" "$M" --data "$TRAIN" --method entropy -o "$T/c.json"
+expect 1 "GPTQ into a calibration file" "$Q" "$M" --data "$TRAIN" --gptq -o "$T/c.json"
+expect 1 "GPTQ into GGUF" "$Q" "$M" --data "$TRAIN" --gptq -o "$T/g.gguf"
+
+expect 0 "calibration file and imatrix" "$Q" "$M" --data "$TRAIN" --tokens 8192 --method kl -o "$T/c.json" --imatrix "$T/im.gguf"
+stderr_has "calibration file and imatrix" "8192 tokens of"
+check "the calibration file records its data" python3 -c "
+import hashlib, json
+c = json.load(open('$T/c.json'))
+assert c['format'] == 'qtc-calibration' and c['method'] == 'kl' and c['bits'] == 8, c
+assert c['source']['sha256'] == hashlib.sha256(open('$TRAIN', 'rb').read()).hexdigest()
+assert c['source']['tokens'] == 8192 and c['source']['ctx'] == 128
+t = c['tensors']
+assert len(t) == 35, len(t)
+for k, v in t.items():
+    i = v['input']
+    assert i['observed_min'] <= i['min'] < 0 < i['max'] <= i['observed_max'] + 1e-9, (k, i)
+    assert -128 <= i['zero_point'] <= 127 and i['scale'] > 0"
+if [ -d tests/oracle/node_modules/@huggingface/gguf ] && command -v node >/dev/null; then
+    check "@huggingface/gguf reads the imatrix" node tests/oracle/imatrix_oracle.mjs "$T/im.gguf" "$TRAIN" 64 128 35
+else skip=$((skip + 1)); fi
+for m in minmax percentile mse; do
+    expect 0 "$m ranges" "$Q" "$M" --data "$TRAIN" --tokens 8192 --method $m -o "$T/$m.json"
+done
+check "clipping methods clip: kl and mse ranges inside min-max" python3 -c "
+import json
+mm = json.load(open('$T/minmax.json'))['tensors']
+for f in ['$T/mse.json', '$T/c.json', '$T/percentile.json']:
+    t = json.load(open(f))['tensors']
+    assert all(t[k]['input']['max'] <= mm[k]['input']['max'] + 1e-9 for k in t)
+    assert sum(t[k]['input']['max'] < mm[k]['input']['max'] for k in t) > 5, f"
+
+# GPTQ: scored against the float model, better than round-to-nearest at the same scheme
+kld() { "$BIN/qeval" "$1" --tokenizer "$TOK" --text "$EVAL" --windows 64 --ref "$M" --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kld'])"; }
+"$BIN/qconv" "$M" --to int4-g32 -o "$T/rtn.safetensors" 2>/dev/null
+expect 0 "GPTQ int4-g32" "$Q" "$M" --data "$TRAIN" --tokens 16384 --gptq --act-order -o "$T/gptq.safetensors"
+stderr_has "GPTQ int4-g32" "35 weights by GPTQ to int4-g32 (act-order)"
+"$BIN/qconv" "$T/gptq.safetensors" --inspect >"$T/out" 2>&1
+stdout_has "stored as int4-g32" "q_proj.weight *int4-g32"
+r=$(kld "$T/rtn.safetensors")
+g=$(kld "$T/gptq.safetensors")
+if awk "BEGIN{exit !($g < 0.75 * $r)}"; then ok; else bad "GPTQ KLD $g vs round-to-nearest $r"; fi
+
+# bad input
+printf 'x' >"$T/junk.bin"
+expect 2 "not a model" "$Q" "$T/junk.bin" --data "$TRAIN" -o "$T/x.json"
+absent "no calibration file after bad input" "$T/x.json"
+printf 'hi\n' >"$T/short.txt"
+expect 2 "too little text" "$Q" "$M" --data "$T/short.txt" -o "$T/x.json"
+stderr_has "too little text" "not one window of 128"
+absent "no calibration file after too little text" "$T/x.json"
+expect 2 "missing data" "$Q" "$M" --data "$T/none.txt" -o "$T/x.json"
+finish
