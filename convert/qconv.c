@@ -16,6 +16,7 @@
 
 #include <cJSON.h>
 
+#include "qtc/calib.h"
 #include "qtc/convert.h"
 #include "qtc/quant.h"
 #include "qtc/runtime.h"
@@ -44,6 +45,8 @@ static const char *usage_text =
     "                       (first match wins; applies to 1-D tensors too)\n"
     "  --threads N          threads (default: all cores); the output does not depend on it\n"
     "  --zstd               compress the output (also implied by a .zst extension)\n"
+    "  --imatrix FILE       an importance matrix (llama.cpp's imatrix GGUF, as qcalib writes): integer\n"
+    "                       schemes choose each group's scale by importance-weighted error\n"
     "  --tokenizer FILE     a llama2.c tokenizer.bin to carry along (default: the one beside a\n"
     "                       llama2.c checkpoint; needed when the checkpoint comes through a pipe)\n"
     "  --inspect            print the model's tensors, types, shapes, bits per weight, metadata\n"
@@ -57,7 +60,31 @@ typedef struct report_ctx {
     int as_json;
     FILE *log;
     cJSON *rows;
+    const qtc_model_file *m;
+    const qtc_imatrix *im;    /* NULL without --imatrix */
+    int weighted;             /* weights quantized with their importance */
 } report_ctx;
+
+/* With --imatrix: a weight with an importance vector is quantized with it. */
+static int weighted_qweight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err)
+{
+    report_ctx *rc = ctx;
+    int i = qtc_model_find(rc->m, name);
+    if (!rc->im || i < 0 || s->kind != QTC_QK_INT)
+        return 0;
+    const qtc_tensor_entry *e = &rc->m->tensors[i];
+    const float *imp = qtc_imatrix_find(rc->im, name, e->ne[1]);
+    if (!imp)
+        return 0;
+    qtc_tensor *t = qtc_model_tensor(rc->m, i, err), *f = t ? qtc_tensor_to_f32(t, err) : NULL;
+    int ok = f && qtc_qweight_quantize_weighted(f->data, e->ne[0], e->ne[1], s, imp, q, err) == QTC_OK;
+    qtc_tensor_free(t);
+    qtc_tensor_free(f);
+    if (!ok)
+        return qtc_error_prefix(err, "%s: tensor '%s'", rc->m->path, name), -1;
+    rc->weighted++;
+    return 1;
+}
 
 static void die_usage(const char *msg)
 {
@@ -234,15 +261,15 @@ static void report(void *ctx, const qtc_convert_row *r)
 }
 
 static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int compress, const qtc_target *to,
-                   const qtc_convert_rule *rules, int n_rules, int as_json, FILE *log)
+                   const qtc_convert_rule *rules, int n_rules, int as_json, FILE *log, const qtc_imatrix *im)
 {
     qtc_error err;
     qtc_convert_summary s;
     cJSON *summary = cJSON_CreateObject();
-    report_ctx rc = {as_json, log, cJSON_AddArrayToObject(summary, "tensors")};
+    report_ctx rc = {as_json, log, cJSON_AddArrayToObject(summary, "tensors"), m, im, 0};
     if (!as_json)
         fprintf(stderr, "%-52s %-6s -> %-13s %7s %11s %11s\n", "tensor", "in", "out", "bpw", "rel rms err", "max abs err");
-    qtc_convert_hooks hooks = {.report = report, .ctx = &rc};
+    qtc_convert_hooks hooks = {.report = report, .qweight = im ? weighted_qweight : NULL, .ctx = &rc};
     qtc_status st = qtc_convert(m, out_path, fmt, compress, to, rules, n_rules, &hooks, &s, &err);
     if (s.no_tokenizer)
         fprintf(stderr, "qconv: warning: %s has no tokenizer qtc can carry into GGUF; llama.cpp will not load the output\n", m->path);
@@ -282,9 +309,9 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, 'j'}, {"zstd", no_argument, 0, 'z'},
         {"inspect", no_argument, 0, 'i'},       {"json", no_argument, 0, 'J'},
         {"log-json", required_argument, 0, 'L'}, {"help", no_argument, 0, 'h'},
-        {"tokenizer", required_argument, 0, 'k'},
+        {"tokenizer", required_argument, 0, 'k'}, {"imatrix", required_argument, 0, 'I'},
         {0, 0, 0, 0}};
-    const char *out = NULL, *log_path = NULL, *tokenizer = NULL;
+    const char *out = NULL, *log_path = NULL, *tokenizer = NULL, *imatrix = NULL;
     int have_to = 0, as_json = 0, do_inspect = 0, compress = 0, n_rules = 0, threads = 0;
     qtc_target to;
     qtc_format fmt = QTC_FMT_UNKNOWN;
@@ -320,6 +347,7 @@ int main(int argc, char **argv)
         case 'i': do_inspect = 1; break;
         case 'J': as_json = 1; break;
         case 'L': log_path = optarg; break;
+        case 'I': imatrix = optarg; break;
         case 'k': tokenizer = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: die_usage("bad option");
@@ -356,8 +384,17 @@ int main(int argc, char **argv)
         rc = fail(&err);
     else if (do_inspect)
         rc = inspect(m, as_json);
-    else
-        rc = convert(m, out, fmt, compress, have_to ? &to : NULL, rules, n_rules, as_json, log);
+    else if (!imatrix)
+        rc = convert(m, out, fmt, compress, have_to ? &to : NULL, rules, n_rules, as_json, log, NULL);
+    else {
+        qtc_imatrix im;
+        if (qtc_imatrix_load(imatrix, &im, &err) != QTC_OK) {
+            rc = fail(&err);
+        } else {
+            rc = convert(m, out, fmt, compress, have_to ? &to : NULL, rules, n_rules, as_json, log, &im);
+            qtc_imatrix_free(&im);
+        }
+    }
     qtc_model_close(m);
     for (int r = 0; r < n_rules; r++)
         regfree(&rules[r].re);

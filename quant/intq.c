@@ -216,6 +216,72 @@ qtc_status qtc_qweight_quantize(const float *w, int64_t rows, int64_t cols, cons
     return QTC_OK;
 }
 
+/* Weighted squared error of one group quantized with scale sc and zero z. */
+static double group_error(const float *x, const float *imp, int64_t len, float sc, int z, int bits)
+{
+    double e = 0;
+    const float inv = 1.0f / sc;
+    for (int64_t j = 0; j < len; j++) {
+        double d = x[j] - (float)(qtc_int_quantize_one(x[j], inv, z, bits) - z) * sc;
+        e += (double)imp[j] * d * d;
+    }
+    return e;
+}
+
+qtc_status qtc_qweight_quantize_weighted(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
+                                         const float *importance, qtc_qweight *q, qtc_error *err)
+{
+    if (s->kind != QTC_QK_INT)
+        return qtc_qweight_quantize(w, rows, cols, s, q, err); /* NF4's code has no scale to choose */
+    qtc_status rc = qtc_qweight_quantize(w, rows, cols, s, q, err);
+    if (rc != QTC_OK)
+        return rc;
+    const int64_t g = s->group > 0 ? s->group : cols, groups = s->group < 0 ? 1 : rows * q->n_groups;
+    const int qmin = QTC_QMIN(s->bits);
+    float *imp = malloc((size_t)(s->group < 0 ? rows * cols : g) * sizeof *imp);
+    if (!imp) {
+        qtc_qweight_free(q);
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    }
+    for (int64_t k = 0; k < groups; k++) {
+        int64_t r = s->group < 0 ? 0 : k / q->n_groups, c0 = s->group < 0 ? 0 : (k % q->n_groups) * g;
+        int64_t len = s->group < 0 ? rows * cols : (c0 + g <= cols ? g : cols - c0);
+        const float *x = w + r * cols + c0;
+        for (int64_t j = 0; j < len; j++) /* a small floor keeps channels never seen in play */
+            imp[j] = importance[(c0 + j) % cols] + 1e-8f;
+        /* the min-max scale shrunk by up to 40% in 1% steps, keeping the one with the least weighted error */
+        float best_s = q->scale[k];
+        int best_z = q->zero ? q->zero[k] : 0;
+        double best = group_error(x, imp, len, best_s, best_z, s->bits);
+        float lo = 0, hi = 0;
+        for (int64_t j = 0; j < len; j++) {
+            lo = x[j] < lo ? x[j] : lo;
+            hi = x[j] > hi ? x[j] : hi;
+        }
+        for (int f = 99; f >= 60; f--) {
+            float range[2] = {lo * (float)f / 100, hi * (float)f / 100}, sc;
+            int z;
+            qtc_int_qparams(range, 2, s->bits, s->symmetric, &sc, &z);
+            if (!s->symmetric) { /* the zero point of the shrunk range */
+                z = qmin - (int)nearbyintf(range[0] / sc);
+                z = z < qmin ? qmin : z > QTC_QMAX(s->bits) ? QTC_QMAX(s->bits) : z;
+            }
+            double e = group_error(x, imp, len, sc, z, s->bits);
+            if (e < best) {
+                best = e;
+                best_s = sc;
+                best_z = z;
+            }
+        }
+        q->scale[k] = best_s;
+        if (q->zero)
+            q->zero[k] = (int8_t)best_z;
+    }
+    free(imp);
+    quantize_values(w, q);
+    return QTC_OK;
+}
+
 qtc_status qtc_qweight_quantize_with(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
                                      const float *scale, const float *zero, qtc_qweight *q, qtc_error *err)
 {

@@ -386,3 +386,60 @@ TEST(imatrix_reads_back_as_the_mean_square_of_each_linear_input)
     qtc_tokenizer_free(t);
     qtc_llama_free(m);
 }
+
+/* sum_j imp_j (w_j - wq_j)^2 over a row range, in double */
+static double weighted_error(const float *w, const float *wq, const float *imp, int64_t rows, int64_t cols)
+{
+    double e = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            double d = (double)w[r * cols + c] - wq[r * cols + c];
+            e += imp[c] * d * d;
+        }
+    return e;
+}
+
+TEST(importance_weighted_scales_never_lose_to_min_max_on_the_weighted_error)
+{
+    qtc_error err;
+    enum { R = 40, C = 96 };
+    float *w = malloc(R * C * sizeof *w), *imp = malloc(C * sizeof *imp), *a = malloc(R * C * sizeof *a),
+          *b = malloc(R * C * sizeof *b);
+    qtc_rng r;
+    qtc_rng_seed(&r, 8);
+    for (int i = 0; i < R * C; i++)
+        w[i] = (float)normal(&r) * (i % 17 == 0 ? 4.0f : 1.0f);
+    for (int c = 0; c < C; c++)
+        imp[c] = (float)(0.01 + (c % 5 == 0 ? 10.0 : 1.0) * qtc_rng_uniform(&r));
+    const char *schemes[] = {"int4-g32", "int4", "int3-g16-asym", "int8", "int4-tensor"};
+    for (size_t k = 0; k < sizeof schemes / sizeof *schemes; k++) {
+        qtc_qscheme s;
+        qtc_qscheme_parse(schemes[k], &s);
+        qtc_qweight q0, q1;
+        CHECK(qtc_qweight_quantize(w, R, C, &s, &q0, &err) == QTC_OK);
+        CHECK(qtc_qweight_quantize_weighted(w, R, C, &s, imp, &q1, &err) == QTC_OK);
+        qtc_qweight_dequantize(&q0, a);
+        qtc_qweight_dequantize(&q1, b);
+        /* group by group: the weighted choice is at least as good as min-max on the weighted error */
+        int64_t g = s.group > 0 ? s.group : C;
+        for (int64_t row = 0; s.group >= 0 && row < R; row++)
+            for (int64_t c0 = 0; c0 < C; c0 += g) {
+                double e0 = 0, e1 = 0;
+                for (int64_t c = c0; c < c0 + g && c < C; c++) {
+                    double d0 = (double)w[row * C + c] - a[row * C + c], d1 = (double)w[row * C + c] - b[row * C + c];
+                    e0 += (imp[c] + 1e-8) * d0 * d0;
+                    e1 += (imp[c] + 1e-8) * d1 * d1;
+                }
+                CHECK_MSG(e1 <= e0 * (1 + 1e-6), "%s row %lld group at %lld: %g > min-max %g", schemes[k], (long long)row,
+                          (long long)c0, e1, e0);
+            }
+        double e0 = weighted_error(w, a, imp, R, C), e1 = weighted_error(w, b, imp, R, C);
+        CHECK_MSG(e1 < e0, "%s: weighted %g, min-max %g", schemes[k], e1, e0);
+        qtc_qweight_free(&q0);
+        qtc_qweight_free(&q1);
+    }
+    free(w);
+    free(imp);
+    free(a);
+    free(b);
+}

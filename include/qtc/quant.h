@@ -118,6 +118,12 @@ qtc_status qtc_qweight_quantize(const float *w, int64_t rows, int64_t cols, cons
  * what learnable-scale (LSQ) training exports. Integer schemes only. */
 qtc_status qtc_qweight_quantize_with(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
                                      const float *scale, const float *zero, qtc_qweight *q, qtc_error *err);
+/* Integer schemes weighted by importance (cols values: the mean x^2 of each
+ * input channel, an imatrix): each group's min-max range is shrunk by 0..40%
+ * in 1% steps and the scale (and zero point) with the least importance-
+ * weighted squared error is kept. NF4 is quantized as usual. */
+qtc_status qtc_qweight_quantize_weighted(const float *w, int64_t rows, int64_t cols, const qtc_qscheme *s,
+                                         const float *importance, qtc_qweight *q, qtc_error *err);
 /* Dequantizes into w (rows x cols): (q - zero) * scale; NF4: code[q] * absmax. */
 void qtc_qweight_dequantize(const qtc_qweight *q, float *w);
 /* Allocates the arrays of q for its scheme and shape (zeroed); QTC_ERR_NOMEM. */

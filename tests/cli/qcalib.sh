@@ -63,6 +63,14 @@ r=$(kld "$T/rtn.safetensors")
 g=$(kld "$T/gptq.safetensors")
 if awk "BEGIN{exit !($g < 0.75 * $r)}"; then ok; else bad "GPTQ KLD $g vs round-to-nearest $r"; fi
 
+# the imatrix weights qconv's integer rounding: better than plain round-to-nearest
+expect 0 "qconv --imatrix" "$BIN/qconv" "$M" --to int4-g32 --imatrix "$T/im.gguf" -o "$T/imx.safetensors"
+i=$(kld "$T/imx.safetensors")
+if awk "BEGIN{exit !($i < 0.9 * $r)}"; then ok; else bad "imatrix-weighted KLD $i vs round-to-nearest $r"; fi
+expect 2 "qconv --imatrix with a model file" "$BIN/qconv" "$M" --to int4-g32 --imatrix "$M" -o "$T/bad.safetensors"
+stderr_has "qconv --imatrix with a model file" "not an imatrix GGUF"
+absent "no output after a bad imatrix" "$T/bad.safetensors"
+
 # bad input
 printf 'x' >"$T/junk.bin"
 expect 2 "not a model" "$Q" "$T/junk.bin" --data "$TRAIN" -o "$T/x.json"
