@@ -6,6 +6,7 @@
  *          [--imatrix OUT.gguf] [--gptq] [--wbits 4 --group 32] [-o CALIB.json|MODEL] [--json]
  */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,10 @@ static const char *usage_text =
     "  --gptq             GPTQ the linear weights to --wbits B --group G (default 4, 32; 0 per channel,\n"
     "                     -1 per tensor) [--asym] [--act-order] [--damp D (0.01)], written to -o MODEL\n"
     "                     (safetensors, an HF folder; the format from --format or the name)\n"
+    "  --awq              AWQ: per-input-channel scales mean|x|^alpha (alpha searched on a 20-point\n"
+    "                     grid per input group for the least output error), folded into the RMSNorm\n"
+    "                     weights (q/k/v, gate/up), v_proj (o_proj, without GQA) and up_proj\n"
+    "                     (down_proj); then --wbits/--group round to nearest, written to -o MODEL\n"
     "  --json             a JSON summary per tensor on standard output\n"
     "  --tokenizer FILE --threads N --seed S (recorded)\n"
     "\n"
@@ -86,6 +91,118 @@ static int gptq_weight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qw
     return 0;
 }
 
+/* Scales columns of w (rows x cols) by s, or rows by 1/s (rows == len(s)). */
+static void scale_cols(qtc_tensor *w, const float *s)
+{
+    float *v = w->data;
+    for (int64_t r = 0; r < w->ne[0]; r++)
+        for (int64_t c = 0; c < w->ne[1]; c++)
+            v[r * w->ne[1] + c] *= s[c];
+}
+
+static void unscale_rows(qtc_tensor *w, const float *s)
+{
+    float *v = w->data;
+    for (int64_t i = 0; i < qtc_tensor_numel(w); i++)
+        v[i] /= s[w->ndim == 1 ? i : i / w->ne[1]];
+}
+
+/* Logits of one window, for checking that folding leaves the float model's function alone. */
+static float *window_logits(qtc_llama *m, const qtc_tokens *data, int ctx)
+{
+    qtc_error err;
+    qtc_graph *g = qtc_graph_new(&err);
+    if (!g)
+        return NULL;
+    qtc_graph_set_recording(g, 0);
+    qtc_tensor ids = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(1, ctx), data->ids);
+    qtc_tensor *y = qtc_llama_forward(m, g, &ids, 0);
+    float *out = y ? malloc((size_t)qtc_tensor_nbytes(y)) : NULL;
+    if (out)
+        memcpy(out, y->data, qtc_tensor_nbytes(y));
+    qtc_graph_free(g);
+    return out;
+}
+
+/* AWQ on every layer: search each input group's scales, then fold them into m's f32 weights. */
+static qtc_status awq_fold(const qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, int ctx, const qtc_qscheme *s,
+                           double *err_awq, double *err_rtn, double *fold_diff, qtc_error *err)
+{
+    float *before = window_logits(m, data, ctx);
+    for (int l = 0; l < m->c.n_layers; l++) {
+        qtc_llama_layer *L = &m->layers[l];
+        struct {
+            int stats;          /* the input's statistics */
+            qtc_tensor *w[3];
+            int n;
+            qtc_tensor *prev;   /* what produced the input: a norm weight, or v/up rows */
+        } groups[4] = {{QTC_LIN_Q, {L->wq, L->wk, L->wv}, 3, L->attn_norm},
+                       {QTC_LIN_O, {L->wo}, 1, m->c.n_kv_heads == m->c.n_heads ? L->wv : NULL},
+                       {QTC_LIN_GATE, {L->w_gate, L->w_up}, 2, L->ffn_norm},
+                       {QTC_LIN_DOWN, {L->w_down}, 1, L->w_up}};
+        for (int k = 0; k < 4; k++) {
+            if (!groups[k].prev) /* grouped-query attention: o_proj's input has no per-channel producer to fold into */
+                continue;
+            const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
+            const int64_t cols = a->in;
+            const float *ws[3];
+            int64_t rows[3];
+            for (int i = 0; i < groups[k].n; i++) {
+                ws[i] = groups[k].w[i]->data;
+                rows[i] = groups[k].w[i]->ne[0];
+            }
+            double *mean_abs = malloc((size_t)cols * sizeof *mean_abs), alpha = 0, e = 0, e0 = 0;
+            float *sc = malloc((size_t)cols * sizeof *sc);
+            if (!mean_abs || !sc) {
+                free(mean_abs);
+                free(sc);
+                free(before);
+                return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+            }
+            for (int64_t c = 0; c < cols; c++)
+                mean_abs[c] = a->sum_abs[c] / (double)a->rows;
+            qtc_status rc = qtc_awq_search(ws, rows, groups[k].n, cols, a->xtx, mean_abs, s, 20, sc, &alpha, &e, &e0, err);
+            if (rc == QTC_OK) {
+                *err_awq += e;
+                *err_rtn += e0;
+                for (int i = 0; i < groups[k].n; i++)
+                    scale_cols(groups[k].w[i], sc);
+                unscale_rows(groups[k].prev, sc);
+            }
+            free(mean_abs);
+            free(sc);
+            if (rc != QTC_OK) {
+                free(before);
+                return rc;
+            }
+        }
+    }
+    float *after = window_logits(m, data, ctx);
+    *fold_diff = 0;
+    for (int64_t i = 0; before && after && i < (int64_t)ctx * m->c.vocab; i++)
+        *fold_diff = fmax(*fold_diff, fabs((double)before[i] - after[i]));
+    free(before);
+    free(after);
+    return QTC_OK;
+}
+
+/* qtc_convert's transform hook: every layer tensor as AWQ left it in the llama. */
+static int folded_weight(void *ctx, const char *name, const qtc_tensor *w, qtc_tensor **out, qtc_error *err)
+{
+    qtc_llama *m = ctx;
+    qtc_tensor *ps[1024];
+    int n = qtc_llama_params(m, ps, 1024);
+    for (int i = 0; i < n; i++) {
+        char pn[QTC_NAME_MAX];
+        if (strcmp(qtc_llama_param_name(m, i, pn, sizeof pn), name) != 0 || strncmp(name, "model.layers.", 13) != 0)
+            continue;
+        if (qtc_tensor_numel(ps[i]) != qtc_tensor_numel(w))
+            return qtc_error_set(err, QTC_ERR_INPUT, "tensor '%s' changed shape", name), -1;
+        return (*out = qtc_tensor_to_f32(ps[i], err)) ? 1 : -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     qtc_runtime_setup(argv);
@@ -100,10 +217,11 @@ int main(int argc, char **argv)
         {"format", required_argument, 0, 'f'},  {"json", no_argument, 0, 'J'},
         {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
         {"seed", required_argument, 0, 's'},    {"output", required_argument, 0, 'o'},
+        {"awq", no_argument, 0, 'W'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL;
     int64_t tokens = 65536;
-    int ctx = 128, batch = 8, abits = 8, gptq = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
+    int ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
     double percentile = 99.99;
     uint64_t seed = 0;
     qtc_range_method method = QTC_RANGE_MINMAX;
@@ -122,6 +240,7 @@ int main(int argc, char **argv)
         case 'A': abits = (int)strtol(optarg, &end, 10); if (*end || abits < 2 || abits > 8) die_usage("--abits is 2..8"); break;
         case 'i': imatrix = optarg; break;
         case 'G': gptq = 1; break;
+        case 'W': awq = 1; break;
         case 'w': wbits = (int)strtol(optarg, &end, 10); if (*end || wbits < 2 || wbits > 8) die_usage("--wbits is 2..8"); break;
         case 'g': group = (int)strtol(optarg, &end, 10); if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
         case 'a': sym = 0; break;
@@ -145,16 +264,18 @@ int main(int argc, char **argv)
     int out_json = out && olen > 5 && strcmp(out + olen - 5, ".json") == 0;
     if (!out && !imatrix && !as_json)
         die_usage("nothing to write: give -o CALIB.json, -o MODEL with --gptq, --imatrix OUT.gguf or --json");
-    if (gptq && (!out || out_json))
-        die_usage("--gptq writes a model: give -o MODEL (.safetensors or a folder)");
-    if (out && !out_json && !gptq)
-        die_usage("-o MODEL needs a weight method (--gptq); a calibration file ends in .json");
+    if (gptq && awq)
+        die_usage("one weight method: --gptq or --awq");
+    if ((gptq || awq) && (!out || out_json))
+        die_usage("--gptq and --awq write a model: give -o MODEL (.safetensors or a folder)");
+    if (out && !out_json && !gptq && !awq)
+        die_usage("-o MODEL needs a weight method (--gptq, --awq); a calibration file ends in .json");
     qtc_target to = {1, QTC_F32, {QTC_QK_INT, wbits, group, sym, 0}};
-    if (gptq) {
+    if (gptq || awq) {
         if (fmt == QTC_FMT_UNKNOWN)
             fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
         if (fmt == QTC_FMT_UNKNOWN || fmt == QTC_FMT_GGUF)
-            die_usage("GPTQ models are integer schemes: write safetensors or an HF folder");
+            die_usage("GPTQ and AWQ models are integer schemes: write safetensors or an HF folder");
     }
     qtc_set_threads(threads);
     qtc_error err;
@@ -168,7 +289,7 @@ int main(int argc, char **argv)
     if (!src || !(m = qtc_llama_from_model(src, &err)) ||
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
         qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
-        qtc_sha256_file(data_path, prov.sha256, &err) != QTC_OK || !(cb = qtc_calib_new(&src->config, gptq, &err))) {
+        qtc_sha256_file(data_path, prov.sha256, &err) != QTC_OK || !(cb = qtc_calib_new(&src->config, gptq || awq, &err))) {
         rc = fail(&err);
         goto done;
     }
@@ -210,6 +331,25 @@ int main(int argc, char **argv)
         qtc_qscheme_name(&to.scheme, name, sizeof name);
         fprintf(stderr, "qcalib: wrote %s: %d weights by GPTQ to %s%s, %.3f bits per weight, rel rms err %.3e\n", out,
                 g.done, name, go.act_order ? " (act-order)" : "", s.bits_per_weight, s.rel_rms_err);
+    }
+    if (awq) {
+        qtc_qscheme sch = to.scheme;
+        double gain = 0, base = 0, fold_diff = 0;
+        if (awq_fold(cb, m, &data, ctx, &sch, &gain, &base, &fold_diff, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        fprintf(stderr, "qcalib: AWQ: output error %.4g -> %.4g (%.1f%% of round-to-nearest's); folding changed the float "
+                        "model's logits by at most %.2e\n", base, gain, base > 0 ? 100 * gain / base : 0, fold_diff);
+        qtc_convert_hooks hooks = {.transform = folded_weight, .ctx = m};
+        qtc_convert_summary s;
+        if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        char name[64];
+        qtc_qscheme_name(&to.scheme, name, sizeof name);
+        fprintf(stderr, "qcalib: wrote %s: AWQ-scaled weights in %s, %.3f bits per weight\n", out, name, s.bits_per_weight);
     }
     if (as_json) {
         cJSON *o = cJSON_CreateObject(), *t = cJSON_CreateArray();

@@ -443,3 +443,49 @@ TEST(importance_weighted_scales_never_lose_to_min_max_on_the_weighted_error)
     free(a);
     free(b);
 }
+
+TEST(awq_scales_lower_the_output_error_when_a_few_channels_carry_large_activations)
+{
+    qtc_error err;
+    enum { R = 32, C = 64, N = 400 };
+    float *w = malloc(R * C * sizeof *w);
+    double *xtx = calloc(C * C, sizeof *xtx), *mean_abs = calloc(C, sizeof *mean_abs);
+    qtc_rng r;
+    qtc_rng_seed(&r, 9);
+    for (int i = 0; i < R * C; i++)
+        w[i] = (float)normal(&r);
+    for (int t = 0; t < N; t++) {
+        double x[C];
+        for (int c = 0; c < C; c++)
+            x[c] = normal(&r) * (c % 16 == 3 ? 20.0 : 1.0); /* salient channels, as AWQ's paper describes */
+        for (int a = 0; a < C; a++) {
+            mean_abs[a] += fabs(x[a]) / N;
+            for (int b = 0; b < C; b++)
+                xtx[a * C + b] += x[a] * x[b];
+        }
+    }
+    qtc_qscheme s;
+    qtc_qscheme_parse("int4-g32", &s);
+    const float *ws[1] = {w};
+    int64_t rows[1] = {R};
+    float sc[C];
+    double alpha = -1, e = 0, e0 = 0;
+    CHECK(qtc_awq_search(ws, rows, 1, C, xtx, mean_abs, &s, 20, sc, &alpha, &e, &e0, &err) == QTC_OK);
+    /* the round-to-nearest error computed here directly */
+    qtc_qweight q;
+    float back[R * C];
+    CHECK(qtc_qweight_quantize(w, R, C, &s, &q, &err) == QTC_OK);
+    qtc_qweight_dequantize(&q, back);
+    qtc_qweight_free(&q);
+    double want0 = 0;
+    for (int rr = 0; rr < R; rr++)
+        for (int a = 0; a < C; a++)
+            for (int b = 0; b < C; b++)
+                want0 += ((double)w[rr * C + a] - back[rr * C + a]) * xtx[a * C + b] * ((double)w[rr * C + b] - back[rr * C + b]);
+    CHECK_MSG(fabs(e0 - want0) <= 1e-9 * want0, "round-to-nearest error %g, direct %g", e0, want0);
+    CHECK_MSG(alpha > 0 && e < 0.8 * e0, "alpha %g: error %g vs round-to-nearest %g", alpha, e, e0);
+    CHECK(sc[3] > sc[4] && sc[19] > sc[20]); /* the salient channels are scaled up */
+    free(w);
+    free(xtx);
+    free(mean_abs);
+}

@@ -126,4 +126,18 @@ typedef struct qtc_gptq_opts {
 qtc_status qtc_gptq(const float *w, int64_t rows, int64_t cols, const double *xtx, int64_t n, const qtc_qscheme *s,
                     const qtc_gptq_opts *o, qtc_qweight *out, qtc_error *err);
 
+/* --- AWQ ------------------------------------------------------------------------------- */
+
+/* AWQ's per-input-channel scales for n weights that read the same input (q, k
+ * and v; gate and up; ...), each rows[i] x cols f32: for alpha on a grid of
+ * `grid` points in [0, 1), s = mean|x|^alpha normalised by sqrt(max s * min s)
+ * (AutoAWQ's), and the alpha whose quantized W diag(s) (scheme s, round to
+ * nearest), scaled back, has the least output error sum tr(dW H dW^T) over
+ * the weights (H = xtx, the sum of x x^T over the calibration rows).
+ * scales gets cols values (all 1 when alpha 0 wins); *err and *err_rtn the
+ * chosen and the unscaled output errors. */
+qtc_status qtc_awq_search(const float *const *ws, const int64_t *rows, int n, int64_t cols, const double *xtx,
+                          const double *mean_abs, const qtc_qscheme *s, int grid, float *scales, double *alpha,
+                          double *err, double *err_rtn, qtc_error *qerr);
+
 #endif

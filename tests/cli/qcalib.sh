@@ -63,6 +63,12 @@ r=$(kld "$T/rtn.safetensors")
 g=$(kld "$T/gptq.safetensors")
 if awk "BEGIN{exit !($g < 0.75 * $r)}"; then ok; else bad "GPTQ KLD $g vs round-to-nearest $r"; fi
 
+# AWQ: scales folded into the norms and up_proj leave the float model's function (checked by the tool), and help
+expect 0 "AWQ int4-g32" "$Q" "$M" --data "$TRAIN" --tokens 16384 --awq -o "$T/awq.safetensors"
+stderr_has "AWQ int4-g32" "logits by at most [0-9.]*e-0[5-9]"
+a=$(kld "$T/awq.safetensors")
+if awk "BEGIN{exit !($a < 0.95 * $r)}"; then ok; else bad "AWQ KLD $a vs round-to-nearest $r"; fi
+
 # the imatrix weights qconv's integer rounding: better than plain round-to-nearest
 expect 0 "qconv --imatrix" "$BIN/qconv" "$M" --to int4-g32 --imatrix "$T/im.gguf" -o "$T/imx.safetensors"
 i=$(kld "$T/imx.safetensors")
