@@ -185,6 +185,43 @@ qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_
     return rc;
 }
 
+qtc_status qtc_calib_load_json(const char *path, int n_layers, qtc_act_qparams *out, int *bits, qtc_error *err)
+{
+    qtc_in in;
+    if (qtc_in_open(&in, path, err) != QTC_OK)
+        return err->code;
+    cJSON *o = cJSON_ParseWithLength((const char *)in.data, in.size);
+    qtc_in_close(&in);
+    qtc_status rc = QTC_OK;
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(o, "format"), *b = cJSON_GetObjectItemCaseSensitive(o, "bits");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "tensors");
+    if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "qtc-calibration") != 0 || !cJSON_IsNumber(b) || !cJSON_IsObject(t)) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: not a qtc calibration file", path);
+        goto done;
+    }
+    *bits = b->valueint;
+    if (*bits < 2 || *bits > 8) {
+        rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: %d-bit activations (2..8)", path, *bits);
+        goto done;
+    }
+    for (int i = 0; i < n_layers * QTC_N_LINEAR && rc == QTC_OK; i++) {
+        char name[QTC_NAME_MAX];
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(t, name), "input");
+        const cJSON *sc = cJSON_GetObjectItemCaseSensitive(e, "scale"), *zp = cJSON_GetObjectItemCaseSensitive(e, "zero_point");
+        if (!cJSON_IsNumber(sc) || !cJSON_IsNumber(zp) || !(sc->valuedouble > 0) || !isfinite(sc->valuedouble) ||
+            zp->valuedouble < QTC_QMIN(*bits) || zp->valuedouble > QTC_QMAX(*bits)) {
+            rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s': no valid input scale and zero point", path, name);
+            break;
+        }
+        out[i].scale = (float)sc->valuedouble;
+        out[i].zero = (int)zp->valuedouble;
+    }
+done:
+    cJSON_Delete(o);
+    return rc;
+}
+
 qtc_status qtc_imatrix_save(const qtc_calib *cb, const qtc_llama_config *c, const char *path, const char *dataset,
                             int chunk_size, qtc_error *err)
 {

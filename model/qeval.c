@@ -14,7 +14,9 @@
 
 #include <cJSON.h>
 
+#include "qtc/calib.h"
 #include "qtc/lora.h"
+#include "qtc/qat.h"
 #include "qtc/model.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
@@ -28,6 +30,8 @@ static const char *usage_text =
     "                    after BOS, cut into consecutive windows of --ctx tokens (default 128); every\n"
     "                    prediction after a window's first token is scored\n"
     "  --ref MODEL       also score REF on the same windows: mean KL(REF || MODEL), top-1 agreement\n"
+    "  --act-calib FILE  quantize every linear layer's input as the calibration file from qcalib\n"
+    "                    says (static per-tensor scale and zero point: W8A8 with int8 weights)\n"
     "  --adapter A       run MODEL with an adapter (a PEFT folder: LoRA, bottleneck or prefix, or a\n"
     "                    GGUF LoRA), for scoring and generation\n"
     "  --batch B         windows per forward pass (default 8); --windows N scores the first N only\n"
@@ -153,6 +157,57 @@ done:
     return rc;
 }
 
+/* --act-calib: every linear input fake-quantized with the file's static parameters. */
+typedef struct act_quant {
+    int bits, n;
+    qtc_tensor **scale, **zero; /* one value each, per layer * QTC_N_LINEAR + kind */
+} act_quant;
+
+static void act_quant_free(act_quant *a)
+{
+    for (int i = 0; a->scale && i < a->n; i++) {
+        qtc_tensor_free(a->scale[i]);
+        qtc_tensor_free(a->zero[i]);
+    }
+    free(a->scale);
+    free(a->zero);
+}
+
+static qtc_status act_quant_load(act_quant *a, const char *path, const qtc_llama *m, qtc_error *err)
+{
+    a->n = m->c.n_layers * QTC_N_LINEAR;
+    qtc_act_qparams *p = calloc((size_t)a->n, sizeof *p);
+    a->scale = calloc((size_t)a->n, sizeof *a->scale);
+    a->zero = calloc((size_t)a->n, sizeof *a->zero);
+    if (!p || !a->scale || !a->zero) {
+        free(p);
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    }
+    qtc_status rc = qtc_calib_load_json(path, m->c.n_layers, p, &a->bits, err);
+    for (int i = 0; rc == QTC_OK && i < a->n; i++) {
+        if (!(a->scale[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)) ||
+            !(a->zero[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err))) {
+            rc = err->code;
+            break;
+        }
+        ((float *)a->scale[i]->data)[0] = p[i].scale;
+        ((float *)a->zero[i]->data)[0] = (float)p[i].zero;
+    }
+    free(p);
+    return rc;
+}
+
+static qtc_tensor *act_quant_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
+{
+    act_quant *a = ctx;
+    if (layer >= 0) {
+        qtc_qscheme s = {QTC_QK_INT, a->bits, -1, 0, 0};
+        int i = layer * QTC_N_LINEAR + (int)kind;
+        x = qtc_fake_quant(g, x, &s, a->scale[i], a->zero[i], 0);
+    }
+    return qtc_matmul(g, x, w, 0, 1);
+}
+
 int main(int argc, char **argv)
 {
     qtc_runtime_setup(argv);
@@ -164,8 +219,9 @@ int main(int argc, char **argv)
         {"top-p", required_argument, 0, 'p'}, {"seed", required_argument, 0, 's'},
         {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
         {"save-tokens", required_argument, 0, 'S'}, {"adapter", required_argument, 0, 'a'},
+        {"act-calib", required_argument, 0, 'C'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *adapter = NULL, *text = NULL, *ref_path = NULL, *prompt = NULL, *tokenizer = NULL, *save_tokens = NULL;
+    const char *act_calib = NULL, *adapter = NULL, *text = NULL, *ref_path = NULL, *prompt = NULL, *tokenizer = NULL, *save_tokens = NULL;
     int ctx = 128, batch = 8, as_json = 0, n = 200, threads = 0;
     int64_t windows = 0;
     float temp = 0, top_p = 0.9f;
@@ -188,6 +244,7 @@ int main(int argc, char **argv)
         case 'k': tokenizer = optarg; break;
         case 'S': save_tokens = optarg; break;
         case 'a': adapter = optarg; break;
+        case 'C': act_calib = optarg; break;
         case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: die_usage("bad option");
@@ -211,6 +268,22 @@ int main(int argc, char **argv)
     }
     if (peft)
         qtc_peft_attach(peft, m);
+    act_quant aq = {0};
+    if (act_calib) {
+        if (peft) {
+            qtc_peft_free(peft);
+            qtc_llama_free(m);
+            qtc_tokenizer_free(tok);
+            die_usage("--act-calib and --adapter do not combine yet");
+        }
+        if (act_quant_load(&aq, act_calib, m, &err) != QTC_OK) {
+            qtc_llama_free(m);
+            qtc_tokenizer_free(tok);
+            return fail(&err);
+        }
+        m->linear = act_quant_linear;
+        m->linear_ctx = &aq;
+    }
     int rc = 0;
     if (prompt) {
         rc = generate(m, tok, prompt, n, temp, top_p, seed);
@@ -269,6 +342,7 @@ int main(int argc, char **argv)
         }
     }
     qtc_llama_free(m);
+    act_quant_free(&aq);
     qtc_peft_free(peft);
     qtc_llama_free(ref);
     qtc_tokenizer_free(tok);

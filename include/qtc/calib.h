@@ -90,6 +90,15 @@ void qtc_sha256(const void *data, size_t n, unsigned char out[32]);
 qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_method m, double p, int bits,
                                const qtc_calib_source *src, qtc_error *err);
 
+/* A calibration file read back: the static quantization of each linear
+ * weight's input, per layer * QTC_N_LINEAR + kind (a weight the file does not
+ * name is an error: the file is for another model). */
+typedef struct qtc_act_qparams {
+    float scale;
+    int zero;
+} qtc_act_qparams;
+qtc_status qtc_calib_load_json(const char *path, int n_layers, qtc_act_qparams *out, int *bits, qtc_error *err);
+
 /* An importance matrix in llama.cpp's GGUF form: general.type "imatrix",
  * imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size, and per weight
  * (llama.cpp's names) <weight>.in_sum2 (f32 [in]) and <weight>.counts (f32 [1]). */

@@ -52,8 +52,18 @@ for f in ['$T/mse.json', '$T/c.json', '$T/percentile.json']:
     assert all(t[k]['input']['max'] <= mm[k]['input']['max'] + 1e-9 for k in t)
     assert sum(t[k]['input']['max'] < mm[k]['input']['max'] for k in t) > 5, f"
 
+kld() { m=$1; shift; "$BIN/qeval" "$m" --tokenizer "$TOK" --text "$EVAL" --windows 64 --ref "$M" --json "$@" 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kld'])"; }
+
+# W8A8: int8 weights, inputs quantized with the file's static ranges; clipping beats min-max here
+"$BIN/qconv" "$M" --to int8 -o "$T/w8.safetensors" 2>/dev/null
+w8=$(kld "$T/w8.safetensors")
+mm=$(kld "$T/w8.safetensors" --act-calib "$T/minmax.json")
+pc=$(kld "$T/w8.safetensors" --act-calib "$T/percentile.json")
+if awk "BEGIN{exit !($w8 < $pc && $pc < $mm)}"; then ok; else bad "W8A8 KLD: weights only $w8, percentile $pc, min-max $mm"; fi
+expect 2 "--act-calib with a model file" "$BIN/qeval" "$M" --act-calib "$T/im.gguf" --text "$EVAL" --windows 2
+stderr_has "--act-calib with a model file" "not a qtc calibration file"
+
 # GPTQ: scored against the float model, better than round-to-nearest at the same scheme
-kld() { "$BIN/qeval" "$1" --tokenizer "$TOK" --text "$EVAL" --windows 64 --ref "$M" --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['kld'])"; }
 "$BIN/qconv" "$M" --to int4-g32 -o "$T/rtn.safetensors" 2>/dev/null
 expect 0 "GPTQ int4-g32" "$Q" "$M" --data "$TRAIN" --tokens 16384 --gptq --act-order -o "$T/gptq.safetensors"
 stderr_has "GPTQ int4-g32" "35 weights by GPTQ to int4-g32 (act-order)"
