@@ -33,9 +33,10 @@ qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err
         s->in = in[k];
         s->sum_sq = calloc((size_t)s->in, sizeof *s->sum_sq);
         s->sum_abs = calloc((size_t)s->in, sizeof *s->sum_abs);
+        s->amax = calloc((size_t)s->in, sizeof *s->amax);
         if (with_xtx && recorded_kind(k) == k)
             s->xtx = calloc((size_t)(s->in * s->in), sizeof *s->xtx);
-        if (!s->sum_sq || !s->sum_abs || (with_xtx && recorded_kind(k) == k && !s->xtx)) {
+        if (!s->sum_sq || !s->sum_abs || !s->amax || (with_xtx && recorded_kind(k) == k && !s->xtx)) {
             qtc_calib_free(cb);
             return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the calibration statistics"), NULL;
         }
@@ -51,6 +52,7 @@ void qtc_calib_free(qtc_calib *cb)
         int k = i % QTC_N_LINEAR;
         free(cb->s[i].sum_sq);
         free(cb->s[i].sum_abs);
+        free(cb->s[i].amax);
         if (recorded_kind(k) == k) /* copies share their source's x x^T */
             free(cb->s[i].xtx);
     }
@@ -75,15 +77,17 @@ static void share(qtc_calib *cb)
             continue;
         qtc_act_stats *d = &cb->s[i];
         const qtc_act_stats *s = &cb->s[i - k + from];
-        double *sq = d->sum_sq, *ab = d->sum_abs;
+        double *sq = d->sum_sq, *ab = d->sum_abs, *am = d->amax;
         char name[QTC_NAME_MAX];
         memcpy(name, d->weight, sizeof name);
         *d = *s;
         memcpy(d->weight, name, sizeof name);
         d->sum_sq = sq;
         d->sum_abs = ab;
+        d->amax = am;
         memcpy(sq, s->sum_sq, (size_t)s->in * sizeof *sq);
         memcpy(ab, s->sum_abs, (size_t)s->in * sizeof *ab);
+        memcpy(am, s->amax, (size_t)s->in * sizeof *am);
         d->xtx = s->xtx;
     }
 }

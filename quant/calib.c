@@ -41,6 +41,7 @@ void qtc_act_stats_add(qtc_act_stats *s, const float *x, int64_t rows)
             double v = x[r * in + c];
             s->sum_sq[c] += v * v;
             s->sum_abs[c] += fabs(v);
+            s->amax[c] = fmax(s->amax[c], fabs(v));
         }
     if (s->xtx) /* sum of x x^T, lower triangle by rows then mirrored at the end of a batch */
         for (int64_t r = 0; r < rows; r++) {

@@ -36,6 +36,11 @@ static const char *usage_text =
     "                     grid per input group for the least output error), folded into the RMSNorm\n"
     "                     weights (q/k/v, gate/up), v_proj (o_proj, without GQA) and up_proj\n"
     "                     (down_proj); then --wbits/--group round to nearest, written to -o MODEL\n"
+    "  --smoothquant      SmoothQuant for W8A8: per-channel s = max|x|^A / max|W|^(1-A) (--alpha A,\n"
+    "                     default 0.5) folded into the RMSNorm weights before q/k/v and gate/up;\n"
+    "                     weights stored int8 per channel (or --wbits/--group) to -o MODEL, and the\n"
+    "                     smoothed model's input ranges (--method) to --ranges FILE.json\n"
+    "  --ranges FILE.json with a weight method: the calibration file of the model written to -o\n"
     "  --json             a JSON summary per tensor on standard output\n"
     "  --tokenizer FILE --threads N --seed S (recorded)\n"
     "\n"
@@ -186,6 +191,41 @@ static qtc_status awq_fold(const qtc_calib *cb, qtc_llama *m, const qtc_tokens *
     return QTC_OK;
 }
 
+/* SmoothQuant: per input channel s = max|x|^alpha / max|W|^(1 - alpha) over the weights reading
+ * it, the weights' columns times s and the RMSNorm weight before them divided by s. */
+static void smooth_fold(const qtc_calib *cb, qtc_llama *m, double alpha)
+{
+    for (int l = 0; l < m->c.n_layers; l++) {
+        qtc_llama_layer *L = &m->layers[l];
+        struct {
+            int stats;
+            qtc_tensor *w[3];
+            int n;
+            qtc_tensor *norm;
+        } groups[2] = {{QTC_LIN_Q, {L->wq, L->wk, L->wv}, 3, L->attn_norm}, {QTC_LIN_GATE, {L->w_gate, L->w_up}, 2, L->ffn_norm}};
+        for (int k = 0; k < 2; k++) {
+            const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
+            float *sc = malloc((size_t)a->in * sizeof *sc);
+            if (!sc)
+                return;
+            for (int64_t c = 0; c < a->in; c++) {
+                double wmax = 0;
+                for (int i = 0; i < groups[k].n; i++) {
+                    const qtc_tensor *w = groups[k].w[i];
+                    for (int64_t r = 0; r < w->ne[0]; r++)
+                        wmax = fmax(wmax, fabs(((const float *)w->data)[r * w->ne[1] + c]));
+                }
+                double v = a->amax[c] > 0 && wmax > 0 ? pow(a->amax[c], alpha) / pow(wmax, 1 - alpha) : 1;
+                sc[c] = (float)fmax(v, 1e-5);
+            }
+            for (int i = 0; i < groups[k].n; i++)
+                scale_cols(groups[k].w[i], sc);
+            unscale_rows(groups[k].norm, sc);
+            free(sc);
+        }
+    }
+}
+
 /* qtc_convert's transform hook: every layer tensor as AWQ left it in the llama. */
 static int folded_weight(void *ctx, const char *name, const qtc_tensor *w, qtc_tensor **out, qtc_error *err)
 {
@@ -217,11 +257,13 @@ int main(int argc, char **argv)
         {"format", required_argument, 0, 'f'},  {"json", no_argument, 0, 'J'},
         {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
         {"seed", required_argument, 0, 's'},    {"output", required_argument, 0, 'o'},
-        {"awq", no_argument, 0, 'W'},
+        {"awq", no_argument, 0, 'W'},           {"smoothquant", no_argument, 0, 'S'},
+        {"alpha", required_argument, 0, 'l'},   {"ranges", required_argument, 0, 'r'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL;
+    const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL, *ranges = NULL;
+    double alpha = 0.5;
     int64_t tokens = 65536;
-    int ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
+    int ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
     double percentile = 99.99;
     uint64_t seed = 0;
     qtc_range_method method = QTC_RANGE_MINMAX;
@@ -241,8 +283,11 @@ int main(int argc, char **argv)
         case 'i': imatrix = optarg; break;
         case 'G': gptq = 1; break;
         case 'W': awq = 1; break;
-        case 'w': wbits = (int)strtol(optarg, &end, 10); if (*end || wbits < 2 || wbits > 8) die_usage("--wbits is 2..8"); break;
-        case 'g': group = (int)strtol(optarg, &end, 10); if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
+        case 'S': smooth = 1; break;
+        case 'l': alpha = strtod(optarg, &end); if (*end || !(alpha >= 0 && alpha <= 1)) die_usage("--alpha is in [0, 1]"); break;
+        case 'r': ranges = optarg; break;
+        case 'w': wbits = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || wbits < 2 || wbits > 8) die_usage("--wbits is 2..8"); break;
+        case 'g': group = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
         case 'a': sym = 0; break;
         case 'O': go.act_order = 1; break;
         case 'D': go.damp = strtod(optarg, &end); if (*end || !(go.damp >= 0)) die_usage("--damp takes a number >= 0"); break;
@@ -264,14 +309,20 @@ int main(int argc, char **argv)
     int out_json = out && olen > 5 && strcmp(out + olen - 5, ".json") == 0;
     if (!out && !imatrix && !as_json)
         die_usage("nothing to write: give -o CALIB.json, -o MODEL with --gptq, --imatrix OUT.gguf or --json");
-    if (gptq && awq)
-        die_usage("one weight method: --gptq or --awq");
-    if ((gptq || awq) && (!out || out_json))
-        die_usage("--gptq and --awq write a model: give -o MODEL (.safetensors or a folder)");
-    if (out && !out_json && !gptq && !awq)
-        die_usage("-o MODEL needs a weight method (--gptq, --awq); a calibration file ends in .json");
+    if (gptq + awq + smooth > 1)
+        die_usage("one weight method: --gptq, --awq or --smoothquant");
+    if ((gptq || awq || smooth) && (!out || out_json))
+        die_usage("--gptq, --awq and --smoothquant write a model: give -o MODEL (.safetensors or a folder)");
+    if (out && !out_json && !gptq && !awq && !smooth)
+        die_usage("-o MODEL needs a weight method (--gptq, --awq, --smoothquant); a calibration file ends in .json");
+    if (ranges && !smooth && !awq)
+        die_usage("--ranges goes with --smoothquant or --awq (without them, -o FILE.json is the calibration file)");
+    if (smooth && !wbits_given) { /* W8A8: int8 weights per channel */
+        wbits = 8;
+        group = 0;
+    }
     qtc_target to = {1, QTC_F32, {QTC_QK_INT, wbits, group, sym, 0}};
-    if (gptq || awq) {
+    if (gptq || awq || smooth) {
         if (fmt == QTC_FMT_UNKNOWN)
             fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
         if (fmt == QTC_FMT_UNKNOWN || fmt == QTC_FMT_GGUF)
@@ -350,6 +401,40 @@ int main(int argc, char **argv)
         char name[64];
         qtc_qscheme_name(&to.scheme, name, sizeof name);
         fprintf(stderr, "qcalib: wrote %s: AWQ-scaled weights in %s, %.3f bits per weight\n", out, name, s.bits_per_weight);
+    }
+    if (smooth) {
+        float *before = window_logits(m, &data, ctx);
+        smooth_fold(cb, m, alpha);
+        float *after = window_logits(m, &data, ctx);
+        double diff = 0;
+        for (int64_t i = 0; before && after && i < (int64_t)ctx * m->c.vocab; i++)
+            diff = fmax(diff, fabs((double)before[i] - after[i]));
+        free(before);
+        free(after);
+        fprintf(stderr, "qcalib: SmoothQuant: alpha %.2f folded into the RMSNorm weights before q/k/v and gate/up; "
+                        "the float model's logits moved by at most %.2e\n", alpha, diff);
+    }
+    if ((smooth || awq) && ranges) { /* the inputs of the model as written: a second pass over the same windows */
+        qtc_calib *cb2 = qtc_calib_new(&src->config, 0, &err);
+        if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, NULL, &err) != QTC_OK ||
+            qtc_calib_save_json(cb2, ranges, method, percentile, abits, &prov, &err) != QTC_OK) {
+            qtc_calib_free(cb2);
+            rc = fail(&err);
+            goto done;
+        }
+        qtc_calib_free(cb2);
+        fprintf(stderr, "qcalib: wrote %s (%s ranges of the written model's inputs)\n", ranges, qtc_range_method_name(method));
+    }
+    if (smooth) {
+        qtc_convert_hooks hooks = {.transform = folded_weight, .ctx = m};
+        qtc_convert_summary s;
+        if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        char name[64];
+        qtc_qscheme_name(&to.scheme, name, sizeof name);
+        fprintf(stderr, "qcalib: wrote %s: smoothed weights in %s, %.3f bits per weight\n", out, name, s.bits_per_weight);
     }
     if (as_json) {
         cJSON *o = cJSON_CreateObject(), *t = cJSON_CreateArray();

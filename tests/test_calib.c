@@ -25,6 +25,7 @@ static qtc_act_stats *stats_of(const float *x, int64_t n, int batches)
     s->in = 1;
     s->sum_sq = calloc(1, sizeof(double));
     s->sum_abs = calloc(1, sizeof(double));
+    s->amax = calloc(1, sizeof(double));
     for (int b = 0; b < batches; b++) {
         int64_t lo = n * b / batches, hi = n * (b + 1) / batches;
         qtc_act_stats_add(s, x + lo, hi - lo);
@@ -36,6 +37,7 @@ static void stats_free(qtc_act_stats *s)
 {
     free(s->sum_sq);
     free(s->sum_abs);
+    free(s->amax);
     free(s);
 }
 

@@ -23,6 +23,7 @@ typedef struct qtc_act_stats {
     int64_t rows;              /* input vectors seen (tokens) */
     double min, max;
     double *sum_sq, *sum_abs;  /* per channel */
+    double *amax;              /* per channel max |x| */
     double *xtx;               /* in x in, sum of x x^T (NULL unless asked for) */
     double range;              /* the histogram covers [-range, range) */
     double hist[QTC_HIST_BINS];

@@ -60,6 +60,12 @@ w8=$(kld "$T/w8.safetensors")
 mm=$(kld "$T/w8.safetensors" --act-calib "$T/minmax.json")
 pc=$(kld "$T/w8.safetensors" --act-calib "$T/percentile.json")
 if awk "BEGIN{exit !($w8 < $pc && $pc < $mm)}"; then ok; else bad "W8A8 KLD: weights only $w8, percentile $pc, min-max $mm"; fi
+expect 0 "SmoothQuant" "$Q" "$M" --data "$TRAIN" --tokens 8192 --smoothquant --method percentile --ranges "$T/sq.json" -o "$T/sq.safetensors"
+stderr_has "SmoothQuant" "logits moved by at most [0-9.]*e-0[5-9]"
+"$BIN/qconv" "$T/sq.safetensors" --inspect >"$T/out" 2>&1
+stdout_has "SmoothQuant weights are int8 per channel" "gate_proj.weight *int8"
+sq=$(kld "$T/sq.safetensors" --act-calib "$T/sq.json")
+if awk "BEGIN{exit !($sq < $mm)}"; then ok; else bad "SmoothQuant W8A8 KLD $sq vs min-max $mm"; fi
 expect 2 "--act-calib with a model file" "$BIN/qeval" "$M" --act-calib "$T/im.gguf" --text "$EVAL" --windows 2
 stderr_has "--act-calib with a model file" "not a qtc calibration file"
 
