@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+#include <sys/stat.h>
+
+#include "qtc/calib.h"
 #include "qtc/io.h"
 #include "qtc/train.h"
 
@@ -48,6 +52,25 @@ static double tick_step(double span)
 {
     double raw = span / 6, p = pow(10, floor(log10(raw))), f = raw / p;
     return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
+}
+
+/* Writes t to path atomically (the text is freed). */
+static qtc_status write_text(text *t, const char *path, qtc_error *err)
+{
+    qtc_status rc;
+    if (t->failed) {
+        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory drawing %s", path);
+    } else {
+        qtc_out *o = qtc_out_open(path, 0, err);
+        rc = o ? qtc_out_pwrite(o, t->p, t->n, 0, err) : err->code;
+        if (o && rc == QTC_OK)
+            rc = qtc_out_commit(o, err);
+        else if (o)
+            qtc_out_abort(o);
+    }
+    free(t->p);
+    t->p = NULL;
+    return rc;
 }
 
 qtc_status qtc_plot_svg(const char *path, const char *title, const char *xlabel, const qtc_plot_series *s, int n_series,
@@ -110,17 +133,90 @@ qtc_status qtc_plot_svg(const char *path, const char *title, const char *xlabel,
     add(&t, "</svg>\n");
 #undef PX
 #undef PY
-    qtc_status rc;
-    if (t.failed) {
-        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory drawing %s", path);
-    } else {
-        qtc_out *o = qtc_out_open(path, 0, err);
-        rc = o ? qtc_out_pwrite(o, t.p, t.n, 0, err) : err->code;
-        if (o && rc == QTC_OK)
-            rc = qtc_out_commit(o, err);
-        else if (o)
-            qtc_out_abort(o);
+    return write_text(&t, path, err);
+}
+
+/* One activation histogram: log-scale bars over the observed range, the
+ * chosen clipping range in red, the observed extremes dashed. */
+static qtc_status plot_histogram(const qtc_act_stats *a, const char *path, const char *method, double lo, double hi,
+                                 qtc_error *err)
+{
+    const double W = 720, H = 360, L = 60, R = 20, T = 46, B = 46;
+    enum { BARS = 240 };
+    double x1 = fmax(fmax(fabs(a->min), fabs(a->max)), 1e-12), x0 = -x1, bars[BARS] = {0}, top = 1;
+    const double width = 2 * a->range / QTC_HIST_BINS;
+    for (int b = 0; b < QTC_HIST_BINS; b++) { /* the histogram's bins into the display's bars */
+        double c = -a->range + width * (b + 0.5);
+        int k = (int)floor((c - x0) / (x1 - x0) * BARS);
+        if (a->hist[b] > 0 && k >= 0 && k < BARS)
+            bars[k] += a->hist[b];
     }
-    free(t.p);
+    for (int k = 0; k < BARS; k++)
+        top = fmax(top, bars[k]);
+    const double ytop = ceil(log10(top + 1));
+#define PX(v) (L + ((v) - x0) / (x1 - x0) * (W - L - R))
+#define PY(v) (H - B - (v) / ytop * (H - T - B))
+    text t = {0};
+    add(&t, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    add(&t, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    add(&t, "<text x=\"%.0f\" y=\"20\" font-size=\"14\">input of %s</text>\n", L, a->weight);
+    add(&t, "<text x=\"%.0f\" y=\"38\" fill=\"#555\">%lld values; observed [%.4g, %.4g]; %s range [%.4g, %.4g]</text>\n", L,
+        (long long)(a->rows * a->in), a->min, a->max, method, lo, hi);
+    for (int d = 0; d <= (int)ytop; d++)
+        add(&t, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">1e%d</text>\n",
+            L, PY(d), W - R, PY(d), L - 6, PY(d) + 4, d);
+    double xs = tick_step(x1 - x0);
+    for (double v = ceil(x0 / xs) * xs; v <= x1 + 1e-12; v += xs)
+        add(&t, "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%g</text>\n", PX(v), H - B + 16, fabs(v) < 1e-12 ? 0.0 : v);
+    add(&t, "<path fill=\"#4a7fb5\" d=\"");
+    for (int k = 0; k < BARS; k++)
+        if (bars[k] > 0) {
+            double xa = PX(x0 + (x1 - x0) * k / BARS), xb = PX(x0 + (x1 - x0) * (k + 1) / BARS), y = PY(log10(bars[k] + 1));
+            add(&t, "M%.1f %.1fH%.1fV%.1fH%.1fZ", xa, H - B, xb, y, xa);
+        }
+    add(&t, "\"/>\n");
+    add(&t, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#333\"/>\n", L, T, W - L - R, H - T - B);
+    const double ext[2] = {a->min, a->max}, clip[2] = {lo, hi};
+    for (int k = 0; k < 2; k++) {
+        add(&t, "<line x1=\"%.1f\" y1=\"%.0f\" x2=\"%.1f\" y2=\"%.0f\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n", PX(ext[k]), T,
+            PX(ext[k]), H - B);
+        add(&t, "<line x1=\"%.1f\" y1=\"%.0f\" x2=\"%.1f\" y2=\"%.0f\" stroke=\"#d62728\" stroke-width=\"2\"/>\n", PX(clip[k]), T,
+            PX(clip[k]), H - B);
+    }
+    add(&t, "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">activation value (counts on a log scale)</text>\n",
+        L + (W - L - R) / 2, H - 10);
+    add(&t, "</svg>\n");
+#undef PX
+#undef PY
+    return write_text(&t, path, err);
+}
+
+qtc_status qtc_calib_plot(const qtc_calib *cb, const char *dir, qtc_range_method m, double p, int bits, qtc_error *err)
+{
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return qtc_error_set(err, QTC_ERR_IO, "%s: cannot create the folder: %s", dir, strerror(errno));
+    text idx = {0};
+    add(&idx, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>qcalib: activation ranges</title></head>\n"
+              "<body style=\"font-family:sans-serif\">\n<h1>Activation histograms (%s ranges, int%d)</h1>\n",
+        qtc_range_method_name(m), bits);
+    add(&idx, "<p>%lld tokens in %lld windows. Red: the chosen clipping range; dashed: the observed extremes.</p>\n",
+        (long long)cb->tokens, (long long)cb->windows);
+    qtc_status rc = QTC_OK;
+    for (int i = 0; i < cb->n_layers * QTC_N_LINEAR && rc == QTC_OK; i++) {
+        const qtc_act_stats *a = &cb->s[i];
+        double lo, hi;
+        qtc_act_range(a, m, p, bits, &lo, &hi);
+        char file[QTC_NAME_MAX + 8], path[4200];
+        snprintf(file, sizeof file, "%s.svg", a->weight);
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        rc = plot_histogram(a, path, qtc_range_method_name(m), lo, hi, err);
+        add(&idx, "<div><h3>%s</h3><img src=\"%s\" alt=\"%s\"></div>\n", a->weight, file, a->weight);
+    }
+    add(&idx, "</body></html>\n");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/index.html", dir);
+    if (rc == QTC_OK)
+        return write_text(&idx, path, err);
+    free(idx.p);
     return rc;
 }

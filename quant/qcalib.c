@@ -41,6 +41,8 @@ static const char *usage_text =
     "                     weights stored int8 per channel (or --wbits/--group) to -o MODEL, and the\n"
     "                     smoothed model's input ranges (--method) to --ranges FILE.json\n"
     "  --ranges FILE.json with a weight method: the calibration file of the model written to -o\n"
+    "  --plot DIR         DIR/<weight>.svg: each linear input's histogram (log scale) with the chosen\n"
+    "                     range, and DIR/index.html showing them all\n"
     "  --json             a JSON summary per tensor on standard output\n"
     "  --tokenizer FILE --threads N --seed S (recorded)\n"
     "\n"
@@ -259,8 +261,9 @@ int main(int argc, char **argv)
         {"seed", required_argument, 0, 's'},    {"output", required_argument, 0, 'o'},
         {"awq", no_argument, 0, 'W'},           {"smoothquant", no_argument, 0, 'S'},
         {"alpha", required_argument, 0, 'l'},   {"ranges", required_argument, 0, 'r'},
+        {"plot", required_argument, 0, 'P'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL, *ranges = NULL;
+    const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL, *ranges = NULL, *plot = NULL;
     double alpha = 0.5;
     int64_t tokens = 65536;
     int ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
@@ -286,6 +289,7 @@ int main(int argc, char **argv)
         case 'S': smooth = 1; break;
         case 'l': alpha = strtod(optarg, &end); if (*end || !(alpha >= 0 && alpha <= 1)) die_usage("--alpha is in [0, 1]"); break;
         case 'r': ranges = optarg; break;
+        case 'P': plot = optarg; break;
         case 'w': wbits = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || wbits < 2 || wbits > 8) die_usage("--wbits is 2..8"); break;
         case 'g': group = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
         case 'a': sym = 0; break;
@@ -307,8 +311,8 @@ int main(int argc, char **argv)
         die_usage("give --data FILE");
     size_t olen = out ? strlen(out) : 0;
     int out_json = out && olen > 5 && strcmp(out + olen - 5, ".json") == 0;
-    if (!out && !imatrix && !as_json)
-        die_usage("nothing to write: give -o CALIB.json, -o MODEL with --gptq, --imatrix OUT.gguf or --json");
+    if (!out && !imatrix && !as_json && !plot)
+        die_usage("nothing to write: give -o CALIB.json, -o MODEL with --gptq, --imatrix OUT.gguf, --plot DIR or --json");
     if (gptq + awq + smooth > 1)
         die_usage("one weight method: --gptq, --awq or --smoothquant");
     if ((gptq || awq || smooth) && (!out || out_json))
@@ -362,6 +366,13 @@ int main(int argc, char **argv)
             goto done;
         }
         fprintf(stderr, "qcalib: wrote %s (%s ranges for int%d inputs)\n", out, qtc_range_method_name(method), abits);
+    }
+    if (plot) {
+        if (qtc_calib_plot(cb, plot, method, percentile, abits, &err) != QTC_OK) {
+            rc = fail(&err);
+            goto done;
+        }
+        fprintf(stderr, "qcalib: wrote %s/index.html and %d histograms\n", plot, cb->n_layers * QTC_N_LINEAR);
     }
     if (imatrix) {
         if (qtc_imatrix_save(cb, &src->config, imatrix, data_path, ctx, &err) != QTC_OK) {

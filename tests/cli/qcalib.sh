@@ -41,6 +41,17 @@ for k, v in t.items():
 if [ -d tests/oracle/node_modules/@huggingface/gguf ] && command -v node >/dev/null; then
     check "@huggingface/gguf reads the imatrix" node tests/oracle/imatrix_oracle.mjs "$T/im.gguf" "$TRAIN" 64 128 35
 else skip=$((skip + 1)); fi
+expect 0 "--plot" "$Q" "$M" --data "$TRAIN" --tokens 4096 --method percentile --plot "$T/plots"
+check "--plot draws every histogram with its range and an index" python3 -c "
+import xml.etree.ElementTree as ET, os, re
+files = [f for f in os.listdir('$T/plots') if f.endswith('.svg')]
+assert len(files) == 35, len(files)
+root = ET.parse('$T/plots/model.layers.2.mlp.down_proj.weight.svg').getroot()
+paths = [e for e in root.iter() if e.tag.endswith('path')]
+reds = [e for e in root.iter() if e.tag.endswith('line') and e.get('stroke') == '#d62728']
+assert len(paths) == 1 and paths[0].get('d').count('M') > 20 and len(reds) == 2
+idx = open('$T/plots/index.html').read()
+assert len(re.findall(r'<img src=\"model\.layers\.[0-9]+\..*?\.svg\"', idx)) == 35"
 for m in minmax percentile mse; do
     expect 0 "$m ranges" "$Q" "$M" --data "$TRAIN" --tokens 8192 --method $m -o "$T/$m.json"
 done
