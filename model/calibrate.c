@@ -121,6 +121,9 @@ qtc_status qtc_calib_run(qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, in
     m->linear = saved;
     m->linear_ctx = saved_ctx;
     qtc_graph_free(g);
+    for (int i = 0; rc == QTC_OK && i < cb->n_layers * QTC_N_LINEAR; i++)
+        if (cb->s[i].xtx_failed)
+            rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the calibration statistics");
     if (rc == QTC_OK)
         share(cb);
     return rc;

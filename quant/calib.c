@@ -2,6 +2,7 @@
  * running histograms, activation ranges (min-max, percentile, MSE, KL),
  * GPTQ, and sha256 for provenance. Running a model to collect them is
  * model/calibrate.c. */
+#include <cblas.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -43,18 +44,20 @@ void qtc_act_stats_add(qtc_act_stats *s, const float *x, int64_t rows)
             s->sum_abs[c] += fabs(v);
             s->amax[c] = fmax(s->amax[c], fabs(v));
         }
-    if (s->xtx) /* sum of x x^T, lower triangle by rows then mirrored at the end of a batch */
-        for (int64_t r = 0; r < rows; r++) {
-            const float *xr = x + r * in;
-            #pragma omp parallel for schedule(static) if (in >= 128)
+    if (s->xtx) { /* sum of x x^T: the batch's X^T X by BLAS in float (a few hundred rows), added up in double */
+        float *batch = malloc((size_t)(in * in) * sizeof *batch);
+        if (batch) {
+            cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, (int)in, (int)rows, 1.0f, x, (int)in, 0.0f, batch, (int)in);
             for (int64_t a = 0; a < in; a++)
-                for (int64_t b = 0; b <= a; b++)
-                    s->xtx[a * in + b] += (double)xr[a] * xr[b];
+                for (int64_t b = 0; b <= a; b++) {
+                    s->xtx[a * in + b] += batch[a * in + b];
+                    s->xtx[b * in + a] = s->xtx[a * in + b];
+                }
+            free(batch);
+        } else {
+            s->xtx_failed = 1;
         }
-    if (s->xtx)
-        for (int64_t a = 0; a < in; a++)
-            for (int64_t b = a + 1; b < in; b++)
-                s->xtx[a * in + b] = s->xtx[b * in + a];
+    }
     s->rows += rows;
 }
 

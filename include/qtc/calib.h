@@ -25,6 +25,7 @@ typedef struct qtc_act_stats {
     double *sum_sq, *sum_abs;  /* per channel */
     double *amax;              /* per channel max |x| */
     double *xtx;               /* in x in, sum of x x^T (NULL unless asked for) */
+    int xtx_failed;            /* out of memory while adding to xtx: qtc_calib_run fails */
     double range;              /* the histogram covers [-range, range) */
     double hist[QTC_HIST_BINS];
 } qtc_act_stats;
