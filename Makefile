@@ -129,6 +129,9 @@ bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
 	@echo "== examples/finetune.sh: the fine-tuning table (500 steps per method, several minutes)"
 	@STEPS=500 BATCH=16 WINDOWS=all QTC_BIN=$(BINDIR) sh examples/finetune.sh build/finetune
+	@echo "== examples/calibrate.sh: the calibration table (every method, all tokens, a few minutes)"
+	@TOKENS=0 WINDOWS=all SCHEMES="int4-g32 int4 int3-g32" METHODS="minmax percentile mse kl" QTC_BIN=$(BINDIR) \
+	  sh examples/calibrate.sh build/calibrate
 	@echo "== bench/torch_train.py (the peer baseline for bench_train and bench_lora)"
 	@py=; for p in python3 /usr/bin/python3; do if $$p -c "import torch" 2>/dev/null; then py=$$p; break; fi; done; \
 	  if [ -n "$$py" ]; then $$py bench/torch_train.py; else echo "skipped: no python3 with torch"; fi
