@@ -216,11 +216,15 @@ qtc_status qtc_calib_load_json(const char *path, int n_layers, qtc_act_qparams *
         snprintf(name, sizeof name, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(t, name), "input");
         const cJSON *sc = cJSON_GetObjectItemCaseSensitive(e, "scale"), *zp = cJSON_GetObjectItemCaseSensitive(e, "zero_point");
+        const cJSON *mn = cJSON_GetObjectItemCaseSensitive(e, "min"), *mx = cJSON_GetObjectItemCaseSensitive(e, "max");
         if (!cJSON_IsNumber(sc) || !cJSON_IsNumber(zp) || !(sc->valuedouble > 0) || !isfinite(sc->valuedouble) ||
-            zp->valuedouble < QTC_QMIN(*bits) || zp->valuedouble > QTC_QMAX(*bits)) {
+            zp->valuedouble < QTC_QMIN(*bits) || zp->valuedouble > QTC_QMAX(*bits) || !cJSON_IsNumber(mn) ||
+            !cJSON_IsNumber(mx) || !(mn->valuedouble <= mx->valuedouble)) {
             rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s': no valid input scale and zero point", path, name);
             break;
         }
+        out[i].min = (float)mn->valuedouble;
+        out[i].max = (float)mx->valuedouble;
         out[i].scale = (float)sc->valuedouble;
         out[i].zero = (int)zp->valuedouble;
     }

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "qtc/calib.h"
 #include "qtc/qat.h"
 #include "qtc/runtime.h"
 #include "qtc/train.h"
@@ -37,6 +38,7 @@ static const char *usage_text =
     "  --abits 8          also fake-quantize the linear layers' inputs to int8: per tensor with\n"
     "                     ranges from a moving-average min/max observer (constant 0.01), frozen\n"
     "                     after --observer-steps N (default: never), or per token (--act-per-token)\n"
+    "  --calib FILE       with --abits 8: the inputs' ranges from a qcalib calibration file, fixed\n"
     "  --lsq              learn the weights' scales (and zero points) with LSQ's gradients; they are\n"
     "                     exported as learned (not with --save-every/--resume yet)\n"
     "  --distill | --ce   loss: KL divergence from the float model (default when quantizing) or\n"
@@ -74,6 +76,7 @@ typedef struct qat {
     int abits, act_per_token;
     int64_t observer_steps, step;
     int observing;            /* set while the training forward runs */
+    int calibrated;           /* the ranges came from a calibration file and stay */
     act_observer *obs;        /* n_layers * 7 */
     const qtc_model_file *src;
     qtc_adamw *opt;
@@ -113,7 +116,7 @@ static qtc_tensor *fq_input(qat *q, qtc_graph *g, qtc_tensor *x, int layer, qtc_
     if (q->act_per_token) /* dynamic: each token's own range */
         return qtc_fake_quant(g, x, &a, NULL, NULL, 0);
     act_observer *o = &q->obs[layer * 7 + (int)kind];
-    if (q->observing && (q->observer_steps <= 0 || q->step < q->observer_steps)) {
+    if (q->observing && !q->calibrated && (q->observer_steps <= 0 || q->step < q->observer_steps)) {
         const float *v = x->data;
         float lo = v[0], hi = v[0];
         for (int64_t i = 1; i < qtc_tensor_numel(x); i++) {
@@ -308,9 +311,10 @@ int main(int argc, char **argv)
         {"data-free", required_argument, 0, 'G'}, {"plot", required_argument, 0, 'p'},
         {"abits", required_argument, 0, 'x'},    {"act-per-token", no_argument, 0, 'X'},
         {"observer-steps", required_argument, 0, 'O'}, {"lsq", no_argument, 0, 'Q'},
+        {"calib", required_argument, 0, 'y'},
         {0, 0, 0, 0}};
     const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *log_path = NULL;
-    const char *ckpt_dir = NULL, *resume = NULL, *plot = NULL;
+    const char *ckpt_dir = NULL, *resume = NULL, *plot = NULL, *calib = NULL;
     int wbits = 4, group = 32, sym = 1, loss_kind = -1, threads = 0, n_freeze = 0, n_train = 0;
     int64_t eval_every = 0, data_free = 0;
     qtc_format fmt = QTC_FMT_UNKNOWN;
@@ -366,6 +370,7 @@ int main(int argc, char **argv)
         case 'x': q.abits = (int)strtol(optarg, &end, 10); if (*end || q.abits != 8) die_usage("--abits is 8"); break;
         case 'X': q.act_per_token = 1; break;
         case 'Q': q.lsq = 1; break;
+        case 'y': calib = optarg; break;
         case 'O': q.observer_steps = strtoll(optarg, &end, 10); if (*end || q.observer_steps < 1) die_usage("--observer-steps takes a positive number"); break;
         case 'G': data_free = strtoll(optarg, &end, 10); if (*end || data_free < 1) die_usage("--data-free takes a number of tokens"); break;
         case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) die_usage("--save-every takes a positive number"); break;
@@ -476,6 +481,30 @@ int main(int argc, char **argv)
             rc = fail(&err);
             goto done;
         }
+    if (calib) { /* static input ranges from qcalib, used as they are */
+        qtc_act_qparams *ap = calloc((size_t)src->config.n_layers * 7, sizeof *ap);
+        int bits = 0;
+        if (!q.abits || q.act_per_token) {
+            fprintf(stderr, "qat-train: error: --calib gives per-tensor input ranges: it needs --abits 8 (not --act-per-token)\n");
+            free(ap);
+            rc = 1;
+            goto done;
+        }
+        if (!ap || qtc_calib_load_json(calib, src->config.n_layers, ap, &bits, &err) != QTC_OK || bits != q.abits) {
+            if (ap && bits && bits != q.abits)
+                qtc_error_set(&err, QTC_ERR_INPUT, "%s: ranges for %d-bit inputs, --abits is %d", calib, bits, q.abits);
+            free(ap);
+            rc = fail(&err);
+            goto done;
+        }
+        for (int k = 0; k < src->config.n_layers * 7; k++) {
+            q.obs[k].min = ap[k].min;
+            q.obs[k].max = ap[k].max;
+            q.obs[k].seen = 1;
+        }
+        q.calibrated = 1;
+        free(ap);
+    }
     q.tg = qtc_graph_new(&err);
     qtc_tensor *params[1024];
     int np = qtc_llama_params(q.student, params, 256), n_trainable = 0;
@@ -567,13 +596,13 @@ int main(int argc, char **argv)
     if (q.quantize)
         qtc_qscheme_name(&q.scheme, sname, sizeof sname);
     if (q.abits)
-        snprintf(sname + strlen(sname), sizeof sname - strlen(sname), " + int8 inputs %s", q.act_per_token ? "per token" : "per tensor");
+        snprintf(sname + strlen(sname), sizeof sname - strlen(sname), " + int8 inputs %s", q.act_per_token ? "per token" : q.calibrated ? "per tensor (calibrated)" : "per tensor");
     if (q.lsq)
         snprintf(sname + strlen(sname), sizeof sname - strlen(sname), ", learned scales");
     fprintf(stderr, "qat-train: %s, fake quantization %s, loss %s, %d of %d tensors trained, %lld training tokens\n",
             argv[optind], sname, q.distill ? "KL divergence from the float model" : "cross-entropy", n_trainable, n_model,
             (long long)data.n);
-    if (q.abits && !q.act_per_token) { /* the observers see one training batch before anything is scored */
+    if (q.abits && !q.act_per_token && !q.calibrated) { /* the observers see one training batch before anything is scored */
         int32_t *tk = malloc((size_t)o.batch * o.ctx * sizeof *tk), *tg = malloc((size_t)o.batch * o.ctx * sizeof *tg);
         qtc_graph *cg = qtc_graph_new(&err);
         if (!tk || !tg || !cg) {

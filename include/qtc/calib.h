@@ -96,6 +96,7 @@ qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_
  * weight's input, per layer * QTC_N_LINEAR + kind (a weight the file does not
  * name is an error: the file is for another model). */
 typedef struct qtc_act_qparams {
+    float min, max;  /* the clipping range */
     float scale;
     int zero;
 } qtc_act_qparams;

@@ -62,6 +62,17 @@ python3 -c "
 import re; k=[float(x) for x in re.findall(r'KLD ([0-9.]+)', open('$T/err').read())]
 assert len(k) == 2 and 0 < k[0] < 1, k" 2>"$T/py" && ok || bad "W4A8 evaluations are sane: $(cat "$T/py")"
 expect 0 "W4A8 per token" "$Q" "$M" --data "$TRAIN" --abits 8 --act-per-token --steps 2 --batch 2 --ctx 32 -o "$T/w4a8t.safetensors"
+# W4A8 with ranges from qcalib: before training, the student is exactly qconv's int4-g32 model with
+# its inputs quantized by the calibration file, so its first evaluation is what qeval --act-calib says
+"$BIN/qcalib" "$M" --data "$TRAIN" --tokens 4096 --method percentile -o "$T/calib.json" 2>/dev/null
+expect 0 "W4A8 with calibrated ranges" "$Q" "$M" --data "$TRAIN" --eval "$EVAL" --eval-windows 4 --ctx 64 --abits 8 \
+    --calib "$T/calib.json" --steps 2 --batch 2 -o "$T/w4a8c.safetensors"
+stderr_has "W4A8 with calibrated ranges" "int8 inputs per tensor (calibrated)"
+want=$(grep "step 0 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
+"$BIN/qconv" "$M" --to int4-g32 -o "$T/int4.safetensors" 2>/dev/null
+got=$("$E" "$T/int4.safetensors" --tokenizer "$TOK" --act-calib "$T/calib.json" --text "$EVAL" --ctx 64 --windows 4 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
+[ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "calibrated W4A8 starts at $want, qeval --act-calib says $got"
+expect 1 "--calib without --abits" "$Q" "$M" --data "$TRAIN" --calib "$T/calib.json" --steps 1 -o "$T/x.safetensors"
 expect 1 "--abits needs quantized weights" "$Q" "$M" --data "$TRAIN" --wbits 32 --abits 8 --steps 1 -o "$T/x.safetensors"
 
 # a run stopped at a checkpoint and resumed ends where an uninterrupted run does
