@@ -277,6 +277,7 @@ int main(int argc, char **argv)
             die_usage("--act-calib and --adapter do not combine yet");
         }
         if (act_quant_load(&aq, act_calib, m, &err) != QTC_OK) {
+            act_quant_free(&aq);
             qtc_llama_free(m);
             qtc_tokenizer_free(tok);
             return fail(&err);
