@@ -36,7 +36,7 @@ score() { # MODEL [qeval options]: "KLD k  ppl p" against the float model
 "$BIN/qeval" "$MODEL" --text "$TRAIN" --windows 1 --save-tokens "$OUT/train.tok" >/dev/null 2>&1
 TRAIN=$OUT/train.tok
 "$BIN/qcalib" "$MODEL" --data "$TRAIN" --tokens "$TOKENS" --imatrix "$OUT/imatrix.gguf" 2>/dev/null
-echo "== weights (calibration: $TOKENS tokens of tinystories-train; 0 = all): KLD and perplexity on tinystories-eval"
+echo "== weights (calibration: $([ "$TOKENS" = 0 ] && echo all the || echo "$TOKENS") tokens of tinystories-train): KLD and perplexity on tinystories-eval"
 printf '%-10s %-24s %-24s %-24s %-24s\n' scheme "round to nearest" "imatrix-weighted" "AWQ" "GPTQ (act-order)"
 for s in $SCHEMES; do
     bits=${s#int}; bits=${bits%%-*}

@@ -132,10 +132,9 @@ static float *window_logits(qtc_llama *m, const qtc_tokens *data, int ctx)
 }
 
 /* AWQ on every layer: search each input group's scales, then fold them into m's f32 weights. */
-static qtc_status awq_fold(const qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, int ctx, const qtc_qscheme *s,
-                           double *err_awq, double *err_rtn, double *fold_diff, qtc_error *err)
+static qtc_status awq_fold(const qtc_calib *cb, qtc_llama *m, const qtc_qscheme *s, double *err_awq, double *err_rtn,
+                           qtc_error *err)
 {
-    float *before = window_logits(m, data, ctx);
     for (int l = 0; l < m->c.n_layers; l++) {
         qtc_llama_layer *L = &m->layers[l];
         struct {
@@ -163,7 +162,6 @@ static qtc_status awq_fold(const qtc_calib *cb, qtc_llama *m, const qtc_tokens *
             if (!mean_abs || !sc) {
                 free(mean_abs);
                 free(sc);
-                free(before);
                 return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
             }
             for (int64_t c = 0; c < cols; c++)
@@ -178,18 +176,10 @@ static qtc_status awq_fold(const qtc_calib *cb, qtc_llama *m, const qtc_tokens *
             }
             free(mean_abs);
             free(sc);
-            if (rc != QTC_OK) {
-                free(before);
+            if (rc != QTC_OK)
                 return rc;
-            }
         }
     }
-    float *after = window_logits(m, data, ctx);
-    *fold_diff = 0;
-    for (int64_t i = 0; before && after && i < (int64_t)ctx * m->c.vocab; i++)
-        *fold_diff = fmax(*fold_diff, fabs((double)before[i] - after[i]));
-    free(before);
-    free(after);
     return QTC_OK;
 }
 
@@ -394,49 +384,39 @@ int main(int argc, char **argv)
         fprintf(stderr, "qcalib: wrote %s: %d weights by GPTQ to %s%s, %.3f bits per weight, rel rms err %.3e\n", out,
                 g.done, name, go.act_order ? " (act-order)" : "", s.bits_per_weight, s.rel_rms_err);
     }
-    if (awq) {
-        qtc_qscheme sch = to.scheme;
-        double gain = 0, base = 0, fold_diff = 0;
-        if (awq_fold(cb, m, &data, ctx, &sch, &gain, &base, &fold_diff, &err) != QTC_OK) {
-            rc = fail(&err);
-            goto done;
-        }
-        fprintf(stderr, "qcalib: AWQ: output error %.4g -> %.4g (%.1f%% of round-to-nearest's); folding changed the float "
-                        "model's logits by at most %.2e\n", base, gain, base > 0 ? 100 * gain / base : 0, fold_diff);
-        qtc_convert_hooks hooks = {.transform = folded_weight, .ctx = m};
-        qtc_convert_summary s;
-        if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
-            rc = fail(&err);
-            goto done;
-        }
-        char name[64];
-        qtc_qscheme_name(&to.scheme, name, sizeof name);
-        fprintf(stderr, "qcalib: wrote %s: AWQ-scaled weights in %s, %.3f bits per weight\n", out, name, s.bits_per_weight);
-    }
-    if (smooth) {
+    if (awq || smooth) { /* scales folded into the f32 model, which is then written in the scheme */
         float *before = window_logits(m, &data, ctx);
-        smooth_fold(cb, m, alpha);
+        double e_awq = 0, e_rtn = 0;
+        if (awq && awq_fold(cb, m, &to.scheme, &e_awq, &e_rtn, &err) != QTC_OK) {
+            free(before);
+            rc = fail(&err);
+            goto done;
+        }
+        if (smooth)
+            smooth_fold(cb, m, alpha);
         float *after = window_logits(m, &data, ctx);
-        double diff = 0;
+        double moved = 0;
         for (int64_t i = 0; before && after && i < (int64_t)ctx * m->c.vocab; i++)
-            diff = fmax(diff, fabs((double)before[i] - after[i]));
+            moved = fmax(moved, fabs((double)before[i] - after[i]));
         free(before);
         free(after);
-        fprintf(stderr, "qcalib: SmoothQuant: alpha %.2f folded into the RMSNorm weights before q/k/v and gate/up; "
-                        "the float model's logits moved by at most %.2e\n", alpha, diff);
-    }
-    if ((smooth || awq) && ranges) { /* the inputs of the model as written: a second pass over the same windows */
-        qtc_calib *cb2 = qtc_calib_new(&src->config, 0, &err);
-        if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, NULL, &err) != QTC_OK ||
-            qtc_calib_save_json(cb2, ranges, method, percentile, abits, &prov, &err) != QTC_OK) {
+        if (awq)
+            fprintf(stderr, "qcalib: AWQ: output error %.4g -> %.4g (%.1f%% of round-to-nearest's)\n", e_rtn, e_awq,
+                    e_rtn > 0 ? 100 * e_awq / e_rtn : 0);
+        else
+            fprintf(stderr, "qcalib: SmoothQuant: alpha %.2f folded into the RMSNorm weights before q/k/v and gate/up\n", alpha);
+        fprintf(stderr, "qcalib: folding moved the float model's logits by at most %.2e\n", moved);
+        if (ranges) { /* the inputs of the model as written: a second pass over the same windows */
+            qtc_calib *cb2 = qtc_calib_new(&src->config, 0, &err);
+            if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, NULL, &err) != QTC_OK ||
+                qtc_calib_save_json(cb2, ranges, method, percentile, abits, &prov, &err) != QTC_OK) {
+                qtc_calib_free(cb2);
+                rc = fail(&err);
+                goto done;
+            }
             qtc_calib_free(cb2);
-            rc = fail(&err);
-            goto done;
+            fprintf(stderr, "qcalib: wrote %s (%s ranges of the written model's inputs)\n", ranges, qtc_range_method_name(method));
         }
-        qtc_calib_free(cb2);
-        fprintf(stderr, "qcalib: wrote %s (%s ranges of the written model's inputs)\n", ranges, qtc_range_method_name(method));
-    }
-    if (smooth) {
         qtc_convert_hooks hooks = {.transform = folded_weight, .ctx = m};
         qtc_convert_summary s;
         if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
@@ -445,7 +425,8 @@ int main(int argc, char **argv)
         }
         char name[64];
         qtc_qscheme_name(&to.scheme, name, sizeof name);
-        fprintf(stderr, "qcalib: wrote %s: smoothed weights in %s, %.3f bits per weight\n", out, name, s.bits_per_weight);
+        fprintf(stderr, "qcalib: wrote %s: %s weights in %s, %.3f bits per weight\n", out, awq ? "AWQ-scaled" : "smoothed", name,
+                s.bits_per_weight);
     }
     if (as_json) {
         cJSON *o = cJSON_CreateObject(), *t = cJSON_CreateArray();
