@@ -374,3 +374,15 @@ void qtc_out_abort(qtc_out *o)
         unlink(o->tmp);
     free(o);
 }
+
+qtc_status qtc_write_file(const char *path, const void *data, size_t n, qtc_error *err)
+{
+    qtc_out *o = qtc_out_open(path, 0, err);
+    if (!o)
+        return err->code;
+    if (qtc_out_pwrite(o, data, n, 0, err) != QTC_OK) {
+        qtc_out_abort(o);
+        return err->code;
+    }
+    return qtc_out_commit(o, err);
+}

@@ -427,14 +427,7 @@ static qtc_status write_text(const char *dir, const char *name, const char *text
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    qtc_out *o = qtc_out_open(path, 0, err);
-    if (!o)
-        return err->code;
-    if (qtc_out_pwrite(o, text, strlen(text), 0, err) != QTC_OK) {
-        qtc_out_abort(o);
-        return err->code;
-    }
-    return qtc_out_commit(o, err);
+    return qtc_write_file(path, text, strlen(text), err);
 }
 
 qtc_status qtc_writer_commit(qtc_model_writer *w, qtc_error *err)

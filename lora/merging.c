@@ -152,7 +152,6 @@ typedef struct merge_ctx {
     const float *weights;
     int n;
     const qtc_merge_opts *o;
-    int64_t merged;
 } merge_ctx;
 
 /* "model.layers.N.<path>.weight" -> layer and kind; 0 when not a linear layer. */
@@ -201,7 +200,6 @@ static int add_delta(void *ctx, const char *name, const qtc_tensor *base, qtc_te
     for (int64_t j = 0; j < numel; j++)
         v[j] += d[j];
     free(d);
-    m->merged++;
     *out = w;
     return 1;
 }
@@ -241,7 +239,7 @@ qtc_status qtc_merge_model(qtc_model_file *base, qtc_peft *const *adapters, cons
                                      (long long)p->lora_a[s]->ne[1]);
         }
     }
-    merge_ctx m = {adapters, weights, n, o, 0};
+    merge_ctx m = {adapters, weights, n, o};
     qtc_convert_hooks hooks = {.transform = add_delta, .ctx = &m};
     return qtc_convert(base, out, fmt, compress, to, NULL, 0, &hooks, summary, err);
 }

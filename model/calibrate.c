@@ -136,18 +136,6 @@ static void range_qparams(double lo, double hi, int bits, float *scale, int *zer
     qtc_int_qparams(r, 2, bits, 0, scale, zero);
 }
 
-static qtc_status write_text(const char *path, const char *text, qtc_error *err)
-{
-    qtc_out *o = qtc_out_open(path, 0, err);
-    if (!o)
-        return err->code;
-    if (qtc_out_pwrite(o, text, strlen(text), 0, err) != QTC_OK) {
-        qtc_out_abort(o);
-        return err->code;
-    }
-    return qtc_out_commit(o, err);
-}
-
 qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_method m, double p, int bits,
                                const qtc_calib_source *src, qtc_error *err)
 {
@@ -187,7 +175,7 @@ qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_
     cJSON_Delete(o);
     if (!text)
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-    qtc_status rc = write_text(path, text, err);
+    qtc_status rc = qtc_write_file(path, text, strlen(text), err);
     cJSON_free(text);
     return rc;
 }

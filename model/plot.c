@@ -57,17 +57,8 @@ static double tick_step(double span)
 /* Writes t to path atomically (the text is freed). */
 static qtc_status write_text(text *t, const char *path, qtc_error *err)
 {
-    qtc_status rc;
-    if (t->failed) {
-        rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory drawing %s", path);
-    } else {
-        qtc_out *o = qtc_out_open(path, 0, err);
-        rc = o ? qtc_out_pwrite(o, t->p, t->n, 0, err) : err->code;
-        if (o && rc == QTC_OK)
-            rc = qtc_out_commit(o, err);
-        else if (o)
-            qtc_out_abort(o);
-    }
+    qtc_status rc = t->failed ? qtc_error_set(err, QTC_ERR_NOMEM, "out of memory drawing %s", path)
+                              : qtc_write_file(path, t->p, t->n, err);
     free(t->p);
     t->p = NULL;
     return rc;

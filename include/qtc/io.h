@@ -49,6 +49,9 @@ qtc_status qtc_out_pwrite(qtc_out *o, const void *p, size_t n, uint64_t offset, 
 qtc_status qtc_out_commit(qtc_out *o, qtc_error *err);
 /* Drops the output: removes the temporary file. Frees o. NULL is a no-op. */
 void qtc_out_abort(qtc_out *o);
+/* Writes n bytes to path atomically (qtc_out_open, pwrite, commit): small
+ * files such as JSON configurations and SVG pages. */
+qtc_status qtc_write_file(const char *path, const void *data, size_t n, qtc_error *err);
 /* 1 when a path names compressed output by its extension (.zst). */
 int qtc_path_wants_zstd(const char *path);
 
