@@ -1,8 +1,8 @@
 /* bench_calib.c: qcalib's work on stories260K and a generated 15M-parameter
- * llama: collecting the statistics of 64K tokens (ctx 128, with x x^T for
- * GPTQ) beside a plain forward pass over the same tokens (the baseline), then
- * GPTQ of every linear weight to int4-g32 and AWQ's search, each configuration
- * in its own process for its peak RSS. */
+ * llama: collecting the statistics of 64K tokens (ctx 128, a layer at a time
+ * with x x^T for GPTQ) beside a plain forward pass over the same tokens (the
+ * baseline), with GPTQ of every linear weight to int4-g32 and AWQ's search as
+ * each layer completes, each configuration in its own process for its peak RSS. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -13,6 +13,50 @@
 #include "qtc/calib.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
+
+typedef struct layer_work {
+    qtc_qscheme s;
+    double t_gptq, t_awq;
+} layer_work;
+
+/* Each layer, once its statistics are in: GPTQ of its seven weights, and AWQ's
+ * search on its q/k/v group and on down_proj, timed apart from the statistics. */
+static qtc_status time_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
+{
+    layer_work *lw = ctx;
+    const qtc_llama_layer *L = &m->layers[l];
+    const qtc_tensor *ws[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+    qtc_gptq_opts o = {0.01, 0};
+    double t0 = bench_now();
+    for (int k = 0; k < QTC_N_LINEAR; k++) {
+        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + k];
+        qtc_qweight q;
+        if (qtc_gptq(ws[k]->data, ws[k]->ne[0], ws[k]->ne[1], a->xtx, a->rows, &lw->s, &o, &q, err) != QTC_OK)
+            return err->code;
+        qtc_qweight_free(&q);
+    }
+    lw->t_gptq += bench_now() - t0;
+    t0 = bench_now();
+    const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR], *d = &cb->s[l * QTC_N_LINEAR + QTC_LIN_DOWN];
+    const float *qkv[3] = {L->wq->data, L->wk->data, L->wv->data}, *down[1] = {L->w_down->data};
+    int64_t rq[3] = {L->wq->ne[0], L->wk->ne[0], L->wv->ne[0]}, rd[1] = {L->w_down->ne[0]};
+    double *ma = malloc((size_t)a->in * sizeof *ma), *md = malloc((size_t)d->in * sizeof *md), alpha, e, e0;
+    float *sc = malloc((size_t)d->in * sizeof *sc);
+    qtc_status rc = ma && md && sc ? QTC_OK : qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    for (int64_t c = 0; rc == QTC_OK && c < a->in; c++)
+        ma[c] = a->sum_abs[c] / (double)a->rows;
+    for (int64_t c = 0; rc == QTC_OK && c < d->in; c++)
+        md[c] = d->sum_abs[c] / (double)d->rows;
+    if (rc == QTC_OK)
+        rc = qtc_awq_search(qkv, rq, 3, a->in, a->xtx, ma, &lw->s, 20, sc, &alpha, &e, &e0, err);
+    if (rc == QTC_OK)
+        rc = qtc_awq_search(down, rd, 1, d->in, d->xtx, md, &lw->s, 20, sc, &alpha, &e, &e0, err);
+    free(ma);
+    free(md);
+    free(sc);
+    lw->t_awq += bench_now() - t0;
+    return rc;
+}
 
 static int run(const char *what, int big)
 {
@@ -38,47 +82,15 @@ static int run(const char *what, int big)
     double t_fwd = bench_now() - t0;
     qtc_graph_free(g);
     qtc_calib *cb = qtc_calib_new(&m->c, 1, &err);
+    layer_work lw = {{0}, 0, 0};
+    qtc_qscheme_parse("int4-g32", &lw.s);
+    qtc_calib_hooks h = {NULL, time_layer, 0, &lw};
     t0 = bench_now();
-    if (!cb || qtc_calib_run(cb, m, &data, CTX, 8, 0, NULL, NULL, &err) != QTC_OK) {
+    if (!cb || qtc_calib_run(cb, m, &data, CTX, 8, 0, &h, &err) != QTC_OK) {
         fprintf(stderr, "bench_calib: %s\n", err.msg);
         return 2;
     }
-    double t_stats = bench_now() - t0;
-    qtc_qscheme s;
-    qtc_qscheme_parse("int4-g32", &s);
-    qtc_gptq_opts o = {0.01, 0};
-    t0 = bench_now();
-    for (int i = 0; i < m->c.n_layers * QTC_N_LINEAR; i++) {
-        const qtc_llama_layer *L = &m->layers[i / QTC_N_LINEAR];
-        const qtc_tensor *ws[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-        const qtc_tensor *w = ws[i % QTC_N_LINEAR];
-        qtc_qweight q;
-        if (qtc_gptq(w->data, w->ne[0], w->ne[1], cb->s[i].xtx, cb->s[i].rows, &s, &o, &q, &err) != QTC_OK) {
-            fprintf(stderr, "bench_calib: %s\n", err.msg);
-            return 4;
-        }
-        qtc_qweight_free(&q);
-    }
-    double t_gptq = bench_now() - t0;
-    t0 = bench_now();
-    for (int l = 0; l < m->c.n_layers; l++) { /* AWQ's search on the q/k/v group and on down_proj */
-        const qtc_llama_layer *L = &m->layers[l];
-        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR], *d = &cb->s[l * QTC_N_LINEAR + QTC_LIN_DOWN];
-        const float *qkv[3] = {L->wq->data, L->wk->data, L->wv->data}, *down[1] = {L->w_down->data};
-        int64_t rq[3] = {L->wq->ne[0], L->wk->ne[0], L->wv->ne[0]}, rd[1] = {L->w_down->ne[0]};
-        double *ma = malloc((size_t)a->in * sizeof *ma), *md = malloc((size_t)d->in * sizeof *md), alpha, e, e0;
-        float *sc = malloc((size_t)d->in * sizeof *sc);
-        for (int64_t c = 0; c < a->in; c++)
-            ma[c] = a->sum_abs[c] / (double)a->rows;
-        for (int64_t c = 0; c < d->in; c++)
-            md[c] = d->sum_abs[c] / (double)d->rows;
-        qtc_awq_search(qkv, rq, 3, a->in, a->xtx, ma, &s, 20, sc, &alpha, &e, &e0, &err);
-        qtc_awq_search(down, rd, 1, d->in, d->xtx, md, &s, 20, sc, &alpha, &e, &e0, &err);
-        free(ma);
-        free(md);
-        free(sc);
-    }
-    double t_awq = bench_now() - t0;
+    double t_gptq = lw.t_gptq, t_awq = lw.t_awq, t_stats = bench_now() - t0 - t_gptq - t_awq;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("%-22s statistics %6.2f s (forward alone %5.2f s: %4.2fx)  GPTQ %6.2f s  AWQ search %6.2f s  peak RSS %6.1f MB\n",

@@ -97,7 +97,7 @@ static void accumulate_error(qtc_quant_error e, double *se, double *x2, double *
 /* Converts input tensor i as planned and writes its entries. Fills the error
  * statistics and the bytes written. */
 static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model_writer *w, const qtc_convert_hooks *hooks,
-                              double *se, double *x2, double *mx, double *bytes_out, qtc_error *err)
+                              double *se, double *x2, double *mx, double *bytes_out, int *weighted, qtc_error *err)
 {
     const qtc_tensor_entry *e = &m->tensors[i];
     qtc_tensor *src = qtc_model_tensor(m, i, err), *f = NULL, *q = NULL, *back = NULL;
@@ -137,13 +137,17 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
             }
         }
     }
+    const float *imp = hooks->importance && is_weight && e->ndim == 2 ? hooks->importance(hooks->ctx, e->name, e->ne[1]) : NULL;
     if (p->out.is_scheme) {
         int given = hooks->qweight ? hooks->qweight(hooks->ctx, e->name, &p->out.scheme, &qw, err) : 0;
         if (given < 0)
             rc = err->code;
         else if (given)
             rc = QTC_OK;
-        else if (p->keep_q && !changed)
+        else if (imp && p->out.scheme.kind == QTC_QK_INT) {
+            rc = qtc_qweight_quantize_weighted(f->data, e->ne[0], e->ne[1], &p->out.scheme, imp, &qw, err);
+            *weighted = 1;
+        } else if (p->keep_q && !changed)
             rc = qtc_model_qweight(m, i, &qw, err);
         else
             rc = qtc_qweight_quantize(f->data, e->ne[0], e->ne[1], &p->out.scheme, &qw, err);
@@ -163,7 +167,8 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
     const qtc_tensor *put = src;
     if (p->out.dtype != e->dtype || e->qparts.scheme_set || changed) {
         qtc_quant_error qe;
-        q = qtc_tensor_quantize_measured(f, p->out.dtype, &qe, err);
+        q = qtc_tensor_quantize_measured(f, p->out.dtype, imp, &qe, err);
+        *weighted = imp && qtc_dtype_takes_importance(p->out.dtype);
         if (!q) {
             rc = qtc_error_prefix(err, "%s", m->path);
             goto done;
@@ -270,8 +275,10 @@ qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, 
         const qtc_tensor_entry *e = &m->tensors[i];
         const plan *p = &plans[i];
         double se = 0, x2 = 0, mx = 0, b_out = 0;
-        if ((rc = convert_one(m, i, p, w, hooks, &se, &x2, &mx, &b_out, err)) != QTC_OK)
+        int weighted = 0;
+        if ((rc = convert_one(m, i, p, w, hooks, &se, &x2, &mx, &b_out, &weighted, err)) != QTC_OK)
             goto done;
+        sum.weighted += weighted;
         qtc_model_forget(m, i);
         qtc_convert_row row;
         memset(&row, 0, sizeof row);
@@ -292,6 +299,7 @@ qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, 
         row.bytes_in = e->qparts.scheme_set ? ceil(qtc_qscheme_bpw(&e->scheme, e->ne[0], e->ne[1]) * row.weights / 8)
                                            : (double)e->nbytes;
         row.bytes_out = b_out;
+        row.weighted = weighted;
         sum.weights += row.weights;
         bits += row.weights * row.bpw;
         sum.bytes_in += row.bytes_in;

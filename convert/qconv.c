@@ -45,8 +45,9 @@ static const char *usage_text =
     "                       (first match wins; applies to 1-D tensors too)\n"
     "  --threads N          threads (default: all cores); the output does not depend on it\n"
     "  --zstd               compress the output (also implied by a .zst extension)\n"
-    "  --imatrix FILE       an importance matrix (llama.cpp's imatrix GGUF, as qcalib writes): integer\n"
-    "                       schemes choose each group's scale by importance-weighted error\n"
+    "  --imatrix FILE       an importance matrix (llama.cpp's imatrix GGUF, as qcalib writes): ggml's\n"
+    "                       Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K round as llama-quantize does with it,\n"
+    "                       integer schemes choose each group's scale by importance-weighted error\n"
     "  --tokenizer FILE     a llama2.c tokenizer.bin to carry along (default: the one beside a\n"
     "                       llama2.c checkpoint; needed when the checkpoint comes through a pipe)\n"
     "  --inspect            print the model's tensors, types, shapes, bits per weight, metadata\n"
@@ -60,30 +61,14 @@ typedef struct report_ctx {
     int as_json;
     FILE *log;
     cJSON *rows;
-    const qtc_model_file *m;
     const qtc_imatrix *im;    /* NULL without --imatrix */
-    int weighted;             /* weights quantized with their importance */
 } report_ctx;
 
-/* With --imatrix: a weight with an importance vector is quantized with it. */
-static int weighted_qweight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err)
+/* With --imatrix: the importance of a weight's input channels, when the file has them. */
+static const float *weight_importance(void *ctx, const char *name, int64_t row_len)
 {
-    report_ctx *rc = ctx;
-    int i = qtc_model_find(rc->m, name);
-    if (!rc->im || i < 0 || s->kind != QTC_QK_INT)
-        return 0;
-    const qtc_tensor_entry *e = &rc->m->tensors[i];
-    const float *imp = qtc_imatrix_find(rc->im, name, e->ne[1]);
-    if (!imp)
-        return 0;
-    qtc_tensor *t = qtc_model_tensor(rc->m, i, err), *f = t ? qtc_tensor_to_f32(t, err) : NULL;
-    int ok = f && qtc_qweight_quantize_weighted(f->data, e->ne[0], e->ne[1], s, imp, q, err) == QTC_OK;
-    qtc_tensor_free(t);
-    qtc_tensor_free(f);
-    if (!ok)
-        return qtc_error_prefix(err, "%s: tensor '%s'", rc->m->path, name), -1;
-    rc->weighted++;
-    return 1;
+    const report_ctx *rc = ctx;
+    return qtc_imatrix_find(rc->im, name, row_len);
 }
 
 static void die_usage(const char *msg)
@@ -240,6 +225,8 @@ static cJSON *row_json(const qtc_convert_row *r)
     cJSON_AddNumberToObject(o, "max_abs_err", r->max_abs_err);
     cJSON_AddNumberToObject(o, "bytes_in", r->bytes_in);
     cJSON_AddNumberToObject(o, "bytes_out", r->bytes_out);
+    if (r->weighted)
+        cJSON_AddBoolToObject(o, "importance_weighted", 1);
     return o;
 }
 
@@ -248,8 +235,8 @@ static void report(void *ctx, const qtc_convert_row *r)
 {
     report_ctx *rc = ctx;
     if (!rc->as_json)
-        fprintf(stderr, "%-52s %-6s -> %-13s %7.3f %11.3e %11.3e%s%s%s\n", r->name, r->in, r->out, r->bpw, r->rel_rms_err,
-                r->max_abs_err, r->fell_back ? "  (" : "", r->fell_back ? r->asked : "",
+        fprintf(stderr, "%-52s %-6s -> %-13s %7.3f %11.3e %11.3e%s%s%s%s\n", r->name, r->in, r->out, r->bpw, r->rel_rms_err,
+                r->max_abs_err, r->weighted ? "  (imatrix)" : "", r->fell_back ? "  (" : "", r->fell_back ? r->asked : "",
                 r->fell_back ? " asked; rows do not split into its blocks)" : "");
     cJSON *o = row_json(r);
     if (rc->log) {
@@ -266,10 +253,10 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
     qtc_error err;
     qtc_convert_summary s;
     cJSON *summary = cJSON_CreateObject();
-    report_ctx rc = {as_json, log, cJSON_AddArrayToObject(summary, "tensors"), m, im, 0};
+    report_ctx rc = {as_json, log, cJSON_AddArrayToObject(summary, "tensors"), im};
     if (!as_json)
         fprintf(stderr, "%-52s %-6s -> %-13s %7s %11s %11s\n", "tensor", "in", "out", "bpw", "rel rms err", "max abs err");
-    qtc_convert_hooks hooks = {.report = report, .qweight = im ? weighted_qweight : NULL, .ctx = &rc};
+    qtc_convert_hooks hooks = {.report = report, .importance = im ? weight_importance : NULL, .ctx = &rc};
     qtc_status st = qtc_convert(m, out_path, fmt, compress, to, rules, n_rules, &hooks, &s, &err);
     if (s.no_tokenizer)
         fprintf(stderr, "qconv: warning: %s has no tokenizer qtc can carry into GGUF; llama.cpp will not load the output\n", m->path);
@@ -285,11 +272,15 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
     cJSON_AddNumberToObject(summary, "max_abs_err", s.max_abs_err);
     cJSON_AddNumberToObject(summary, "bytes_in", s.bytes_in);
     cJSON_AddNumberToObject(summary, "bytes_out", s.bytes_out);
+    if (im)
+        cJSON_AddNumberToObject(summary, "importance_weighted", s.weighted);
     if (as_json)
         print_json(summary);
     else
         fprintf(stderr, "total: %.0f weights, %.3f bits per weight, rel rms err %.3e, max abs err %.3e, %.0f -> %.0f bytes\n",
                 s.weights, s.bits_per_weight, s.rel_rms_err, s.max_abs_err, s.bytes_in, s.bytes_out);
+    if (im && !as_json)
+        fprintf(stderr, "%d tensors rounded with the importance matrix\n", s.weighted);
     if (log) {
         cJSON_DeleteItemFromObject(summary, "tensors");
         char *js = cJSON_PrintUnformatted(summary);

@@ -3,6 +3,7 @@
  * calibration JSON and llama.cpp's imatrix GGUF. */
 #include <cJSON.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), NULL;
     }
     cb->n_layers = c->n_layers;
+    cb->with_xtx = with_xtx;
     const int64_t in[QTC_N_LINEAR] = {c->dim, c->dim, c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->dim, c->hidden};
     for (int i = 0; i < c->n_layers * QTC_N_LINEAR; i++) {
         qtc_act_stats *s = &cb->s[i];
@@ -34,9 +36,7 @@ qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err
         s->sum_sq = calloc((size_t)s->in, sizeof *s->sum_sq);
         s->sum_abs = calloc((size_t)s->in, sizeof *s->sum_abs);
         s->amax = calloc((size_t)s->in, sizeof *s->amax);
-        if (with_xtx && recorded_kind(k) == k)
-            s->xtx = calloc((size_t)(s->in * s->in), sizeof *s->xtx);
-        if (!s->sum_sq || !s->sum_abs || !s->amax || (with_xtx && recorded_kind(k) == k && !s->xtx)) {
+        if (!s->sum_sq || !s->sum_abs || !s->amax) {
             qtc_calib_free(cb);
             return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the calibration statistics"), NULL;
         }
@@ -68,10 +68,10 @@ static qtc_tensor *record_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_ten
     return qtc_matmul(g, x, w, 0, 1);
 }
 
-/* Copies the shared statistics to the projections that read the same input. */
-static void share(qtc_calib *cb)
+/* Copies layer l's shared statistics to the projections that read the same input. */
+static void share(qtc_calib *cb, int l)
 {
-    for (int i = 0; i < cb->n_layers * QTC_N_LINEAR; i++) {
+    for (int i = l * QTC_N_LINEAR; i < (l + 1) * QTC_N_LINEAR; i++) {
         int k = i % QTC_N_LINEAR, from = recorded_kind(k);
         if (from == k)
             continue;
@@ -92,9 +92,124 @@ static void share(qtc_calib *cb)
     }
 }
 
-qtc_status qtc_calib_run(qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, int ctx, int batch, int64_t max_tokens,
-                         void (*progress)(void *ctx, int64_t done, int64_t total), void *progress_ctx, qtc_error *err)
+/* x x^T sums for layer l's recorded inputs (alloc), or their release (NULL everywhere). */
+static qtc_status layer_xtx(qtc_calib *cb, int l, int alloc, qtc_error *err)
 {
+    for (int i = l * QTC_N_LINEAR; i < (l + 1) * QTC_N_LINEAR; i++) {
+        qtc_act_stats *s = &cb->s[i];
+        if (recorded_kind(i % QTC_N_LINEAR) == i % QTC_N_LINEAR)
+            free(s->xtx);
+        s->xtx = NULL;
+    }
+    for (int i = l * QTC_N_LINEAR; alloc && i < (l + 1) * QTC_N_LINEAR; i++) {
+        qtc_act_stats *s = &cb->s[i];
+        if (recorded_kind(i % QTC_N_LINEAR) != i % QTC_N_LINEAR)
+            continue;
+        if (!(s->xtx = calloc((size_t)(s->in * s->in), sizeof *s->xtx)))
+            return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for layer %d's x x^T sums (%lld x %lld doubles)", l,
+                                 (long long)s->in, (long long)s->in);
+    }
+    return QTC_OK;
+}
+
+static qtc_status check_xtx(const qtc_calib *cb, qtc_error *err)
+{
+    for (int i = 0; i < cb->n_layers * QTC_N_LINEAR; i++)
+        if (cb->s[i].xtx_failed)
+            return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the calibration statistics");
+    return QTC_OK;
+}
+
+/* The whole model a batch of windows at a time. */
+static qtc_status run_whole(qtc_calib *cb, qtc_llama *m, const int32_t *ids, int64_t windows, int ctx, int batch,
+                            const qtc_calib_hooks *h, qtc_graph *g, qtc_error *err)
+{
+    qtc_status rc = QTC_OK;
+    for (int64_t w0 = 0; w0 < windows && rc == QTC_OK; w0 += batch) {
+        int64_t b = w0 + batch <= windows ? batch : windows - w0;
+        qtc_tensor t = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(b, ctx), (void *)(ids + w0 * ctx));
+        qtc_graph_reset(g);
+        qtc_llama_forward(m, g, &t, 0);
+        rc = qtc_graph_status(g, err);
+        if (h->progress)
+            h->progress(h->ctx, w0 + b, windows);
+    }
+    for (int l = 0; rc == QTC_OK && l < cb->n_layers; l++)
+        share(cb, l);
+    return rc == QTC_OK ? check_xtx(cb, err) : rc;
+}
+
+/* Block l over every window's hidden state in hid (windows x ctx x dim), in
+ * place when write is set. The linear hook decides whether it is recorded. */
+static qtc_status run_block(qtc_llama *m, int l, float *hid, int64_t windows, int ctx, int batch, int write, qtc_graph *g,
+                            qtc_error *err)
+{
+    const int64_t dim = m->c.dim;
+    for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+        int64_t b = w0 + batch <= windows ? batch : windows - w0;
+        float *slice = hid + w0 * ctx * dim;
+        qtc_tensor x = qtc_tensor_borrow(QTC_F32, 3, QTC_SHAPE(b, ctx, dim), slice);
+        qtc_graph_reset(g);
+        qtc_tensor *y = qtc_llama_block(m, g, l, &x, 0);
+        if (qtc_graph_status(g, err) != QTC_OK)
+            return err->code;
+        if (write)
+            memcpy(slice, y->data, (size_t)(b * ctx * dim) * sizeof *slice);
+    }
+    return QTC_OK;
+}
+
+/* The embedding of every window, then one block at a time over them. */
+static qtc_status run_layers(qtc_calib *cb, qtc_llama *m, const int32_t *ids, int64_t windows, int ctx, int batch,
+                             const qtc_calib_hooks *h, qtc_graph *g, qtc_error *err)
+{
+    const int64_t dim = m->c.dim, n = windows * ctx;
+    if (n > INT64_MAX / 4 / dim)
+        return qtc_error_set(err, QTC_ERR_USAGE, "%lld calibration tokens are too many to cache", (long long)n);
+    float *hid = malloc((size_t)(n * dim) * sizeof *hid);
+    if (!hid)
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the hidden states of %lld tokens (%.0f MB)",
+                             (long long)n, (double)n * dim * 4 / 1e6);
+    qtc_status rc = QTC_OK;
+    for (int64_t w0 = 0; w0 < windows && rc == QTC_OK; w0 += batch) {
+        int64_t b = w0 + batch <= windows ? batch : windows - w0;
+        qtc_tensor t = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(b, ctx), (void *)(ids + w0 * ctx));
+        qtc_graph_reset(g);
+        qtc_tensor *x = qtc_embedding(g, m->embed, &t);
+        if ((rc = qtc_graph_status(g, err)) == QTC_OK)
+            memcpy(hid + w0 * ctx * dim, x->data, (size_t)(b * ctx * dim) * sizeof *hid);
+    }
+    qtc_linear_fn recording = m->linear;
+    for (int l = 0; l < cb->n_layers && rc == QTC_OK; l++) {
+        int recompute = h->layer_done && h->changes_weights;
+        if ((rc = layer_xtx(cb, l, cb->with_xtx, err)) != QTC_OK)
+            break;
+        m->linear = recording;
+        if ((rc = run_block(m, l, hid, windows, ctx, batch, !recompute, g, err)) != QTC_OK ||
+            (rc = check_xtx(cb, err)) != QTC_OK)
+            break;
+        share(cb, l);
+        if (h->layer_done && (rc = h->layer_done(h->ctx, cb, m, l, err)) != QTC_OK)
+            break;
+        layer_xtx(cb, l, 0, err);
+        m->linear = NULL; /* the changed layer's outputs, not recorded */
+        if (recompute && (rc = run_block(m, l, hid, windows, ctx, batch, 1, g, err)) != QTC_OK)
+            break;
+        if (h->progress)
+            h->progress(h->ctx, (int64_t)(l + 1) * windows, (int64_t)cb->n_layers * windows);
+    }
+    m->linear = recording;
+    for (int l = 0; l < cb->n_layers; l++)
+        layer_xtx(cb, l, 0, err);
+    free(hid);
+    return rc;
+}
+
+qtc_status qtc_calib_run(qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, int ctx, int batch, int64_t max_tokens,
+                         const qtc_calib_hooks *hooks, qtc_error *err)
+{
+    static const qtc_calib_hooks none;
+    const qtc_calib_hooks *h = hooks ? hooks : &none;
     int64_t n = max_tokens > 0 && max_tokens < data->n ? max_tokens : data->n, windows = n / ctx;
     if (windows < 1)
         return qtc_error_set(err, QTC_ERR_INPUT, "%lld calibration tokens: not one window of %d", (long long)n, ctx);
@@ -106,26 +221,15 @@ qtc_status qtc_calib_run(qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, in
     void *saved_ctx = m->linear_ctx;
     m->linear = record_linear;
     m->linear_ctx = cb;
-    qtc_status rc = QTC_OK;
-    for (int64_t w0 = 0; w0 < windows && rc == QTC_OK; w0 += batch) {
-        int64_t b = w0 + batch <= windows ? batch : windows - w0;
-        qtc_tensor ids = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(b, ctx), data->ids + w0 * ctx);
-        qtc_graph_reset(g);
-        qtc_llama_forward(m, g, &ids, 0);
-        rc = qtc_graph_status(g, err);
-        cb->windows += b;
-        cb->tokens += b * ctx;
-        if (progress)
-            progress(progress_ctx, w0 + b, windows);
-    }
+    qtc_status rc = cb->with_xtx || h->layer_done ? run_layers(cb, m, data->ids, windows, ctx, batch, h, g, err)
+                                                  : run_whole(cb, m, data->ids, windows, ctx, batch, h, g, err);
     m->linear = saved;
     m->linear_ctx = saved_ctx;
     qtc_graph_free(g);
-    for (int i = 0; rc == QTC_OK && i < cb->n_layers * QTC_N_LINEAR; i++)
-        if (cb->s[i].xtx_failed)
-            rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the calibration statistics");
-    if (rc == QTC_OK)
-        share(cb);
+    if (rc == QTC_OK) {
+        cb->windows += windows;
+        cb->tokens += windows * ctx;
+    }
     return rc;
 }
 

@@ -263,14 +263,18 @@ static qtc_tensor *attend_and_mlp(const qtc_llama *m, qtc_graph *g, int l, qtc_t
     return qtc_add(g, x, mlp);
 }
 
+qtc_tensor *qtc_llama_block(qtc_llama *m, qtc_graph *g, int layer, qtc_tensor *x, int64_t pos0)
+{
+    qtc_tensor *q, *k, *v;
+    qkv(m, g, layer, x, pos0, &q, &k, &v);
+    return attend_and_mlp(m, g, layer, x, q, k, v);
+}
+
 qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)
 {
     qtc_tensor *x = qtc_embedding(g, m->embed, tokens);
-    for (int l = 0; l < m->c.n_layers; l++) {
-        qtc_tensor *q, *k, *v;
-        qkv(m, g, l, x, pos0, &q, &k, &v);
-        x = attend_and_mlp(m, g, l, x, q, k, v);
-    }
+    for (int l = 0; l < m->c.n_layers; l++)
+        x = qtc_llama_block(m, g, l, x, pos0);
     x = qtc_rmsnorm(g, x, m->norm, m->c.norm_eps);
     return linear(m, g, x, m->output, -1, QTC_LIN_OUTPUT);
 }

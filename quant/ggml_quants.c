@@ -350,15 +350,21 @@ static void quantize_k_scales(const float *x, int nmax, float rmin, int nstep, u
     }
 }
 
+/* The levels L of a Q4_K super-block into its nibbles: low nibbles 32 values, high the next 32. */
+static void pack_q4_K(block_q4_K *y, const uint8_t *L)
+{
+    uint8_t *q = y->qs;
+    for (int j = 0; j < QK_K; j += 64, q += 32)
+        for (int l = 0; l < 32; l++)
+            q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
 static void quantize_q4_K(const float *x, block_q4_K *y, int64_t nb)
 {
     uint8_t L[QK_K];
     for (int64_t i = 0; i < nb; i++, x += QK_K) {
         quantize_k_scales(x, 15, -1.f, 20, &y[i].d, &y[i].dmin, y[i].scales, L);
-        uint8_t *q = y[i].qs;
-        for (int j = 0; j < QK_K; j += 64, q += 32) /* low nibbles: 32 values, high: the next 32 */
-            for (int l = 0; l < 32; l++)
-                q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+        pack_q4_K(&y[i], L);
     }
 }
 
@@ -381,30 +387,36 @@ static void dequantize_q4_K(const block_q4_K *x, float *y, int64_t nb)
     }
 }
 
+/* The 5-bit levels L of a Q5_K super-block: low nibbles as Q4_K, fifth bits in qh. */
+static void pack_q5_K(block_q5_K *y, const uint8_t *L)
+{
+    uint8_t *qh = y->qh, *ql = y->qs;
+    memset(qh, 0, QK_K / 8);
+    uint8_t m1 = 1, m2 = 2;
+    for (int n = 0; n < QK_K; n += 64, ql += 32) {
+        for (int j = 0; j < 32; j++) {
+            int l1 = L[n + j], l2 = L[n + j + 32];
+            if (l1 > 15) {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            if (l2 > 15) {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[j] = (uint8_t)(l1 | (l2 << 4));
+        }
+        m1 = (uint8_t)(m1 << 2);
+        m2 = (uint8_t)(m2 << 2);
+    }
+}
+
 static void quantize_q5_K(const float *x, block_q5_K *y, int64_t nb)
 {
     uint8_t L[QK_K];
     for (int64_t i = 0; i < nb; i++, x += QK_K) {
         quantize_k_scales(x, 31, -0.5f, 15, &y[i].d, &y[i].dmin, y[i].scales, L);
-        uint8_t *qh = y[i].qh, *ql = y[i].qs;
-        memset(qh, 0, QK_K / 8);
-        uint8_t m1 = 1, m2 = 2;
-        for (int n = 0; n < QK_K; n += 64, ql += 32) {
-            for (int j = 0; j < 32; j++) {
-                int l1 = L[n + j], l2 = L[n + j + 32];
-                if (l1 > 15) {
-                    l1 -= 16;
-                    qh[j] |= m1;
-                }
-                if (l2 > 15) {
-                    l2 -= 16;
-                    qh[j] |= m2;
-                }
-                ql[j] = (uint8_t)(l1 | (l2 << 4));
-            }
-            m1 = (uint8_t)(m1 << 2);
-            m2 = (uint8_t)(m2 << 2);
-        }
+        pack_q5_K(&y[i], L);
     }
 }
 
@@ -431,8 +443,9 @@ static void dequantize_q5_K(const block_q5_K *x, float *y, int64_t nb)
 }
 
 /* Symmetric levels L in [0, 2 nmax) for n values, with the weighted
- * least-squares scale over 19 trial scales (rmse_type 1: weights x^2). */
-static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
+ * least-squares scale over 19 trial scales; weights qw, or x^2 when qw is
+ * NULL (ggml's make_qx_quants, rmse_type 1). */
+static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L, const float *qw)
 {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++)
@@ -449,7 +462,7 @@ static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
         int l = nearest_int(iscale * x[i]);
         l = MAX(-nmax, MIN(nmax - 1, l));
         L[i] = (int8_t)(l + nmax);
-        float w = x[i] * x[i];
+        float w = qw ? qw[i] : x[i] * x[i];
         sumlx += w * x[i] * (float)l;
         suml2 += w * (float)l * (float)l;
     }
@@ -462,7 +475,7 @@ static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
         for (int i = 0; i < n; i++) {
             int l = nearest_int(iscale * x[i]);
             l = MAX(-nmax, MIN(nmax - 1, l));
-            float w = x[i] * x[i];
+            float w = qw ? qw[i] : x[i] * x[i];
             sumlx += w * x[i] * (float)l;
             suml2 += w * (float)l * (float)l;
         }
@@ -478,14 +491,16 @@ static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
     return scale;
 }
 
-static void quantize_q6_K(const float *x, block_q6_K *y, int64_t nb)
+/* imp (NULL: none) weights each value's error, as llama.cpp's quantize_q6_K
+ * with an importance matrix (the raw importance, without ggml's sigma term). */
+static void quantize_q6_K(const float *x, block_q6_K *y, int64_t nb, const float *imp)
 {
     int8_t L[QK_K];
     float scales[QK_K / 16];
-    for (int64_t i = 0; i < nb; i++, x += QK_K) {
+    for (int64_t i = 0; i < nb; i++, x += QK_K, imp = imp ? imp + QK_K : NULL) {
         float max_scale = 0, max_abs_scale = 0;
         for (int ib = 0; ib < QK_K / 16; ib++) {
-            scales[ib] = fit_scale_sym(16, 32, x + 16 * ib, L + 16 * ib);
+            scales[ib] = fit_scale_sym(16, 32, x + 16 * ib, L + 16 * ib, imp ? imp + 16 * ib : NULL);
             if (fabsf(scales[ib]) > max_abs_scale) {
                 max_abs_scale = fabsf(scales[ib]);
                 max_scale = scales[ib];
@@ -539,6 +554,234 @@ static void dequantize_q6_K(const block_q6_K *x, float *y, int64_t nb)
                 y[l + 96] = d * sc[is + 6] * (float)q4;
             }
     }
+}
+
+/* --- importance-weighted quantization (llama.cpp's quantize_* with quant_weights) --------- */
+
+/* Non-negative levels L in [0, nmax] for n values x >= 0 (a super-block's
+ * scales or mins) with scale = weighted least squares: the best of 9 trial
+ * scales, then up to 5 rounds of moving single levels (ggml's make_qp_quants). */
+static float fit_scale_pos(int n, int nmax, const float *x, uint8_t *L, const float *w)
+{
+    float max = 0;
+    for (int i = 0; i < n; i++)
+        max = MAX(max, x[i]);
+    if (max < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = (float)nmax / max;
+    for (int i = 0; i < n; i++)
+        L[i] = (uint8_t)nearest_int(iscale * x[i]);
+    float scale = 1 / iscale, best_mse = 0;
+    for (int i = 0; i < n; i++) {
+        float diff = x[i] - scale * L[i];
+        best_mse += w[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; is++) {
+        if (is == 0)
+            continue;
+        float iscale_is = (0.1f * (float)is + (float)nmax) / max, scale_is = 1 / iscale_is, mse = 0;
+        for (int i = 0; i < n; i++) {
+            int l = MIN(nmax, nearest_int(iscale_is * x[i]));
+            float diff = x[i] - scale_is * (float)l;
+            mse += w[i] * diff * diff;
+        }
+        if (mse < best_mse) {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = MIN(nmax, nearest_int(iscale * x[i]));
+        L[i] = (uint8_t)l;
+        sumlx += w[i] * x[i] * (float)l;
+        suml2 += w[i] * (float)l * (float)l;
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            float slx = sumlx - w[i] * x[i] * L[i], sl2 = suml2 - w[i] * L[i] * L[i];
+            if (slx > 0 && sl2 > 0) {
+                int new_l = MIN(nmax, nearest_int(x[i] * sl2 / slx));
+                if (new_l != L[i]) {
+                    slx += w[i] * x[i] * (float)new_l;
+                    sl2 += w[i] * (float)new_l * (float)new_l;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed++;
+                    }
+                }
+            }
+        }
+        if (!changed)
+            break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* The error weights of a block of n values: importance * sqrt(sigma2 + x^2). */
+static void block_weights(const float *x, const float *imp, int n, float sigma2, float *w)
+{
+    for (int j = 0; j < n; j++)
+        w[j] = imp[j] * sqrtf(sigma2 + x[j] * x[j]);
+}
+
+static float mean_square(const float *x, int64_t n)
+{
+    float sum_x2 = 0;
+    for (int64_t j = 0; j < n; j++)
+        sum_x2 += x[j] * x[j];
+    return sum_x2 / (float)n;
+}
+
+/* Q4_0 (bits 4) and Q5_0 (bits 5) of one row of n values: symmetric levels by weighted least squares. */
+static void quantize_x_0_weighted(int bits, const float *x, void *blocks, int64_t n, const float *imp)
+{
+    const float sigma2 = mean_square(x, n);
+    float w[32];
+    int8_t L[32];
+    for (int64_t ib = 0; ib < n / 32; ib++, x += 32, imp += 32) {
+        block_weights(x, imp, 32, sigma2, w);
+        float d = fit_scale_sym(32, 1 << (bits - 1), x, L, w);
+        if (bits == 4) {
+            block_q4_0 *y = (block_q4_0 *)blocks + ib;
+            y->d = fp16(d);
+            for (int j = 0; j < 16; j++)
+                y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+        } else {
+            block_q5_0 *y = (block_q5_0 *)blocks + ib;
+            y->d = fp16(d);
+            uint32_t qh = 0;
+            for (int j = 0; j < 16; j++) {
+                y->qs[j] = (uint8_t)((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4));
+                qh |= (((uint32_t)L[j] & 0x10u) >> 4) << j;
+                qh |= (((uint32_t)L[j + 16] & 0x10u) >> 4) << (j + 16);
+            }
+            memcpy(y->qh, &qh, 4);
+        }
+    }
+}
+
+/* Q4_1 and Q5_1: scale and min by weighted least squares over 37 trial scales. */
+static void quantize_x_1_weighted(int bits, const float *x, void *blocks, int64_t n, const float *imp)
+{
+    const float sigma2 = mean_square(x, n);
+    float w[32];
+    uint8_t L[32], Laux[32];
+    for (int64_t ib = 0; ib < n / 32; ib++, x += 32, imp += 32) {
+        block_weights(x, imp, 32, sigma2, w);
+        float neg_min, d = fit_scale_min(32, (1 << bits) - 1, x, w, L, &neg_min, Laux, -0.9f, 0.05f, 36);
+        if (bits == 4) {
+            block_q4_1 *y = (block_q4_1 *)blocks + ib;
+            y->d = fp16(d);
+            y->m = fp16(-neg_min);
+            for (int j = 0; j < 16; j++)
+                y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+        } else {
+            block_q5_1 *y = (block_q5_1 *)blocks + ib;
+            y->d = fp16(d);
+            y->m = fp16(-neg_min);
+            uint32_t qh = 0;
+            for (int j = 0; j < 16; j++) {
+                y->qs[j] = (uint8_t)((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4));
+                qh |= (((uint32_t)L[j] & 0x10u) >> 4) << j;
+                qh |= (((uint32_t)L[j + 16] & 0x10u) >> 4) << (j + 16);
+            }
+            memcpy(y->qh, &qh, 4);
+        }
+    }
+}
+
+/* Q4_K and Q5_K super-blocks with importance: sub-block scale and min by
+ * weighted least squares (37 trial scales), then the 6-bit scales and mins
+ * fitted to them weighted by each sub-block's total weight. */
+static void quantize_k_scales_weighted(const float *x, const float *imp, int nmax, uint16_t *d_out, uint16_t *dmin_out,
+                                       uint8_t *scales_out, uint8_t *L)
+{
+    uint8_t Laux[32], Ls[QK_K / 32], Lm[QK_K / 32];
+    float w[32], sw[QK_K / 32], mins[QK_K / 32], scales[QK_K / 32];
+    float sigma2 = 2 * mean_square(x, QK_K);
+    for (int j = 0; j < QK_K / 32; j++) {
+        block_weights(x + 32 * j, imp + 32 * j, 32, sigma2, w);
+        float sumw = 0;
+        for (int l = 0; l < 32; l++)
+            sumw += w[l];
+        sw[j] = sumw;
+        scales[j] = fit_scale_min(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+    }
+    float d_block = fit_scale_pos(QK_K / 32, 63, scales, Ls, sw), m_block = fit_scale_pos(QK_K / 32, 63, mins, Lm, sw);
+    memset(scales_out, 0, K_SCALE_SIZE);
+    for (int j = 0; j < QK_K / 32; j++) {
+        uint8_t ls = MIN(63, Ls[j]), lm = MIN(63, Lm[j]);
+        if (j < 4) {
+            scales_out[j] = ls;
+            scales_out[j + 4] = lm;
+        } else {
+            scales_out[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+            scales_out[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            scales_out[j] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    *d_out = fp16(d_block);
+    *dmin_out = fp16(m_block);
+    for (int j = 0; j < QK_K / 32; j++) {
+        uint8_t sc, m;
+        scale_min_k4(j, scales_out, &sc, &m);
+        const float d = fp32(*d_out) * sc;
+        if (!d)
+            continue;
+        const float dm = fp32(*dmin_out) * m;
+        for (int ii = 0; ii < 32; ii++) {
+            int l = nearest_int((x[32 * j + ii] + dm) / d);
+            L[32 * j + ii] = (uint8_t)MAX(0, MIN(nmax, l));
+        }
+    }
+}
+
+int qtc_dtype_takes_importance(qtc_dtype t)
+{
+    return t == QTC_Q4_0 || t == QTC_Q4_1 || t == QTC_Q5_0 || t == QTC_Q5_1 || t == QTC_Q4_K || t == QTC_Q5_K ||
+           t == QTC_Q6_K;
+}
+
+qtc_status qtc_quantize_row_weighted(qtc_dtype t, const float *x, void *y, int64_t n, const float *imp, qtc_error *err)
+{
+    if (!imp || !qtc_dtype_takes_importance(t))
+        return qtc_quantize_row(t, x, y, n, err);
+    const qtc_dtype_traits *tr = qtc_dtype_info(t);
+    if (n % tr->block_size)
+        return qtc_error_set(err, QTC_ERR_USAGE, "cannot quantize %lld values to %s", (long long)n, tr->name);
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return qtc_error_set(err, QTC_ERR_NUMERIC, "element %lld is %s", (long long)i, isnan(x[i]) ? "NaN" : "infinite");
+    int64_t nb = n / tr->block_size;
+    uint8_t L[QK_K];
+    switch (t) {
+    case QTC_Q4_0: quantize_x_0_weighted(4, x, y, n, imp); break;
+    case QTC_Q5_0: quantize_x_0_weighted(5, x, y, n, imp); break;
+    case QTC_Q4_1: quantize_x_1_weighted(4, x, y, n, imp); break;
+    case QTC_Q5_1: quantize_x_1_weighted(5, x, y, n, imp); break;
+    case QTC_Q4_K:
+        for (int64_t i = 0; i < nb; i++) {
+            block_q4_K *b = (block_q4_K *)y + i;
+            quantize_k_scales_weighted(x + i * QK_K, imp + i * QK_K, 15, &b->d, &b->dmin, b->scales, L);
+            pack_q4_K(b, L);
+        }
+        break;
+    case QTC_Q5_K:
+        for (int64_t i = 0; i < nb; i++) {
+            block_q5_K *b = (block_q5_K *)y + i;
+            quantize_k_scales_weighted(x + i * QK_K, imp + i * QK_K, 31, &b->d, &b->dmin, b->scales, L);
+            pack_q5_K(b, L);
+        }
+        break;
+    default: quantize_q6_K(x, y, nb, imp); break;
+    }
+    return QTC_OK;
 }
 
 /* --- dispatch ------------------------------------------------------------------------- */
@@ -598,7 +841,7 @@ qtc_status qtc_quantize_row(qtc_dtype t, const float *x, void *y, int64_t n, qtc
     case QTC_Q8_0: quantize_q8_0(x, y, nb); break;
     case QTC_Q4_K: quantize_q4_K(x, y, nb); break;
     case QTC_Q5_K: quantize_q5_K(x, y, nb); break;
-    case QTC_Q6_K: quantize_q6_K(x, y, nb); break;
+    case QTC_Q6_K: quantize_q6_K(x, y, nb, NULL); break;
     default:
         return qtc_error_set(err, QTC_ERR_USAGE, "%s is not a quantized storage type", tr->name);
     }

@@ -64,37 +64,58 @@ static void show_progress(void *ctx, int64_t done, int64_t total)
 {
     (void)ctx;
     if (isatty(STDERR_FILENO))
-        fprintf(stderr, "\rqcalib: %lld/%lld windows%s", (long long)done, (long long)total, done == total ? "\n" : "");
+        fprintf(stderr, "\rqcalib: %3.0f%% calibrated%s", 100.0 * (double)done / (double)total, done == total ? "\n" : "");
+}
+
+/* A layer's linear weights in qtc_linear_kind order. */
+static void layer_weights(qtc_llama_layer *L, qtc_tensor *ws[QTC_N_LINEAR])
+{
+    qtc_tensor *all[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+    memcpy(ws, all, sizeof all);
 }
 
 typedef struct gptq_run {
-    const qtc_calib *cb;
-    qtc_llama *m;
     qtc_qscheme s;
     qtc_gptq_opts o;
+    int sequential;     /* later layers see this layer's quantized weights */
+    int n;              /* layers * QTC_N_LINEAR */
+    qtc_qweight *q;     /* the results, handed to qtc_convert */
+    char (*names)[QTC_NAME_MAX];
     int done;
 } gptq_run;
 
-/* qtc_convert asks for each linear weight's stored form: GPTQ it from the recorded inputs. */
+/* qtc_calib_run's layer_done: GPTQ of the layer's seven weights from its recorded inputs. */
+static qtc_status gptq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
+{
+    gptq_run *g = ctx;
+    qtc_tensor *ws[QTC_N_LINEAR];
+    layer_weights(&m->layers[l], ws);
+    for (int k = 0; k < QTC_N_LINEAR; k++) {
+        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + k];
+        qtc_qweight *q = &g->q[l * QTC_N_LINEAR + k];
+        if (qtc_gptq(ws[k]->data, ws[k]->ne[0], ws[k]->ne[1], a->xtx, a->rows, &g->s, &g->o, q, err) != QTC_OK)
+            return qtc_error_prefix(err, "%s", a->weight);
+        memcpy(g->names[l * QTC_N_LINEAR + k], a->weight, QTC_NAME_MAX);
+        if (g->sequential)
+            qtc_qweight_dequantize(q, ws[k]->data);
+    }
+    return QTC_OK;
+}
+
+/* qtc_convert asks for each linear weight's stored form: hand over GPTQ's. */
 static int gptq_weight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err)
 {
+    (void)err;
     gptq_run *g = ctx;
     if (memcmp(s, &g->s, sizeof *s) != 0)
         return 0;
-    for (int i = 0; i < g->cb->n_layers * QTC_N_LINEAR; i++) {
-        const qtc_act_stats *a = &g->cb->s[i];
-        if (strcmp(a->weight, name) != 0)
-            continue;
-        const qtc_llama_layer *L = &g->m->layers[i / QTC_N_LINEAR];
-        const qtc_tensor *ws[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-        const qtc_tensor *w = ws[i % QTC_N_LINEAR];
-        if (qtc_gptq(w->data, w->ne[0], w->ne[1], a->xtx, a->rows, s, &g->o, q, err) != QTC_OK) {
-            qtc_error_prefix(err, "%s", name);
-            return -1;
+    for (int i = 0; i < g->n; i++)
+        if (g->q[i].q && strcmp(g->names[i], name) == 0) {
+            *q = g->q[i]; /* qtc_convert frees it */
+            memset(&g->q[i], 0, sizeof g->q[i]);
+            g->done++;
+            return 1;
         }
-        g->done++;
-        return 1;
-    }
     return 0;
 }
 
@@ -131,54 +152,58 @@ static float *window_logits(qtc_llama *m, const qtc_tokens *data, int ctx)
     return out;
 }
 
-/* AWQ on every layer: search each input group's scales, then fold them into m's f32 weights. */
-static qtc_status awq_fold(const qtc_calib *cb, qtc_llama *m, const qtc_qscheme *s, double *err_awq, double *err_rtn,
-                           qtc_error *err)
+typedef struct awq_run {
+    qtc_qscheme s;
+    double err_awq, err_rtn; /* output errors summed over the weights */
+} awq_run;
+
+/* qtc_calib_run's layer_done: AWQ's scales for each of the layer's input groups, folded into
+ * the layer's f32 weights (the float function stays the same). */
+static qtc_status awq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
 {
-    for (int l = 0; l < m->c.n_layers; l++) {
-        qtc_llama_layer *L = &m->layers[l];
-        struct {
-            int stats;          /* the input's statistics */
-            qtc_tensor *w[3];
-            int n;
-            qtc_tensor *prev;   /* what produced the input: a norm weight, or v/up rows */
-        } groups[4] = {{QTC_LIN_Q, {L->wq, L->wk, L->wv}, 3, L->attn_norm},
-                       {QTC_LIN_O, {L->wo}, 1, m->c.n_kv_heads == m->c.n_heads ? L->wv : NULL},
-                       {QTC_LIN_GATE, {L->w_gate, L->w_up}, 2, L->ffn_norm},
-                       {QTC_LIN_DOWN, {L->w_down}, 1, L->w_up}};
-        for (int k = 0; k < 4; k++) {
-            if (!groups[k].prev) /* grouped-query attention: o_proj's input has no per-channel producer to fold into */
-                continue;
-            const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
-            const int64_t cols = a->in;
-            const float *ws[3];
-            int64_t rows[3];
-            for (int i = 0; i < groups[k].n; i++) {
-                ws[i] = groups[k].w[i]->data;
-                rows[i] = groups[k].w[i]->ne[0];
-            }
-            double *mean_abs = malloc((size_t)cols * sizeof *mean_abs), alpha = 0, e = 0, e0 = 0;
-            float *sc = malloc((size_t)cols * sizeof *sc);
-            if (!mean_abs || !sc) {
-                free(mean_abs);
-                free(sc);
-                return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-            }
-            for (int64_t c = 0; c < cols; c++)
-                mean_abs[c] = a->sum_abs[c] / (double)a->rows;
-            qtc_status rc = qtc_awq_search(ws, rows, groups[k].n, cols, a->xtx, mean_abs, s, 20, sc, &alpha, &e, &e0, err);
-            if (rc == QTC_OK) {
-                *err_awq += e;
-                *err_rtn += e0;
-                for (int i = 0; i < groups[k].n; i++)
-                    scale_cols(groups[k].w[i], sc);
-                unscale_rows(groups[k].prev, sc);
-            }
+    awq_run *r = ctx;
+    qtc_llama_layer *L = &m->layers[l];
+    struct {
+        int stats;          /* the input's statistics */
+        qtc_tensor *w[3];
+        int n;
+        qtc_tensor *prev;   /* what produced the input: a norm weight, or v/up rows */
+    } groups[4] = {{QTC_LIN_Q, {L->wq, L->wk, L->wv}, 3, L->attn_norm},
+                   {QTC_LIN_O, {L->wo}, 1, m->c.n_kv_heads == m->c.n_heads ? L->wv : NULL},
+                   {QTC_LIN_GATE, {L->w_gate, L->w_up}, 2, L->ffn_norm},
+                   {QTC_LIN_DOWN, {L->w_down}, 1, L->w_up}};
+    for (int k = 0; k < 4; k++) {
+        if (!groups[k].prev) /* grouped-query attention: o_proj's input has no per-channel producer to fold into */
+            continue;
+        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
+        const int64_t cols = a->in;
+        const float *ws[3];
+        int64_t rows[3];
+        for (int i = 0; i < groups[k].n; i++) {
+            ws[i] = groups[k].w[i]->data;
+            rows[i] = groups[k].w[i]->ne[0];
+        }
+        double *mean_abs = malloc((size_t)cols * sizeof *mean_abs), alpha = 0, e = 0, e0 = 0;
+        float *sc = malloc((size_t)cols * sizeof *sc);
+        if (!mean_abs || !sc) {
             free(mean_abs);
             free(sc);
-            if (rc != QTC_OK)
-                return rc;
+            return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
         }
+        for (int64_t c = 0; c < cols; c++)
+            mean_abs[c] = a->sum_abs[c] / (double)a->rows;
+        qtc_status rc = qtc_awq_search(ws, rows, groups[k].n, cols, a->xtx, mean_abs, &r->s, 20, sc, &alpha, &e, &e0, err);
+        if (rc == QTC_OK) {
+            r->err_awq += e;
+            r->err_rtn += e0;
+            for (int i = 0; i < groups[k].n; i++)
+                scale_cols(groups[k].w[i], sc);
+            unscale_rows(groups[k].prev, sc);
+        }
+        free(mean_abs);
+        free(sc);
+        if (rc != QTC_OK)
+            return rc;
     }
     return QTC_OK;
 }
@@ -251,12 +276,12 @@ int main(int argc, char **argv)
         {"seed", required_argument, 0, 's'},    {"output", required_argument, 0, 'o'},
         {"awq", no_argument, 0, 'W'},           {"smoothquant", no_argument, 0, 'S'},
         {"alpha", required_argument, 0, 'l'},   {"ranges", required_argument, 0, 'r'},
-        {"plot", required_argument, 0, 'P'},
+        {"plot", required_argument, 0, 'P'},    {"no-sequential", no_argument, 0, 'Q'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL, *ranges = NULL, *plot = NULL;
     double alpha = 0.5;
     int64_t tokens = 65536;
-    int ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
+    int sequential = 1, ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
     double percentile = 99.99;
     uint64_t seed = 0;
     qtc_range_method method = QTC_RANGE_MINMAX;
@@ -284,6 +309,7 @@ int main(int argc, char **argv)
         case 'g': group = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
         case 'a': sym = 0; break;
         case 'O': go.act_order = 1; break;
+        case 'Q': sequential = 0; break;
         case 'D': go.damp = strtod(optarg, &end); if (*end || !(go.damp >= 0)) die_usage("--damp takes a number >= 0"); break;
         case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) die_usage("--format is safetensors, gguf or hf"); break;
         case 'J': as_json = 1; break;
@@ -331,6 +357,9 @@ int main(int argc, char **argv)
     qtc_tokens data = {0};
     qtc_calib *cb = NULL;
     qtc_calib_source prov = {data_path, "", 0, ctx, seed};
+    gptq_run gr = {to.scheme, go, sequential, 0, NULL, NULL, 0};
+    awq_run ar = {to.scheme, 0, 0};
+    float *before = NULL; /* one window's logits before folding, to check that folding keeps the function */
     if (!src || !(m = qtc_llama_from_model(src, &err)) ||
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
         qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
@@ -343,7 +372,22 @@ int main(int argc, char **argv)
         rc = 1;
         goto done;
     }
-    if (qtc_calib_run(cb, m, &data, ctx, batch, tokens, show_progress, NULL, &err) != QTC_OK) {
+    qtc_calib_hooks ch = {show_progress, NULL, 0, NULL};
+    gr.n = m->c.n_layers * QTC_N_LINEAR;
+    if (gptq) { /* a layer at a time, each layer's inputs from the quantized layers before it */
+        gr.q = calloc((size_t)gr.n, sizeof *gr.q);
+        gr.names = calloc((size_t)gr.n, sizeof *gr.names);
+        if (!gr.q || !gr.names) {
+            rc = fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
+            goto done;
+        }
+        ch = (qtc_calib_hooks){show_progress, gptq_layer, sequential, &gr};
+    } else if (awq) {
+        ch = (qtc_calib_hooks){show_progress, awq_layer, 0, &ar};
+    }
+    if (awq || smooth)
+        before = window_logits(m, &data, ctx);
+    if (qtc_calib_run(cb, m, &data, ctx, batch, tokens, &ch, &err) != QTC_OK) {
         rc = fail(&err);
         goto done;
     }
@@ -372,8 +416,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "qcalib: wrote %s (importance matrix, %lld chunks of %d)\n", imatrix, (long long)cb->windows, ctx);
     }
     if (gptq) {
-        gptq_run g = {cb, m, to.scheme, go, 0};
-        qtc_convert_hooks hooks = {.qweight = gptq_weight, .ctx = &g};
+        qtc_convert_hooks hooks = {.qweight = gptq_weight, .ctx = &gr};
         qtc_convert_summary s;
         if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
             rc = fail(&err);
@@ -382,33 +425,25 @@ int main(int argc, char **argv)
         char name[64];
         qtc_qscheme_name(&to.scheme, name, sizeof name);
         fprintf(stderr, "qcalib: wrote %s: %d weights by GPTQ to %s%s, %.3f bits per weight, rel rms err %.3e\n", out,
-                g.done, name, go.act_order ? " (act-order)" : "", s.bits_per_weight, s.rel_rms_err);
+                gr.done, name, go.act_order ? (sequential ? " (act-order)" : " (act-order, not sequential)") : sequential ? "" : " (not sequential)", s.bits_per_weight, s.rel_rms_err);
     }
     if (awq || smooth) { /* scales folded into the f32 model, which is then written in the scheme */
-        float *before = window_logits(m, &data, ctx);
-        double e_awq = 0, e_rtn = 0;
-        if (awq && awq_fold(cb, m, &to.scheme, &e_awq, &e_rtn, &err) != QTC_OK) {
-            free(before);
-            rc = fail(&err);
-            goto done;
-        }
         if (smooth)
             smooth_fold(cb, m, alpha);
         float *after = window_logits(m, &data, ctx);
         double moved = 0;
         for (int64_t i = 0; before && after && i < (int64_t)ctx * m->c.vocab; i++)
             moved = fmax(moved, fabs((double)before[i] - after[i]));
-        free(before);
         free(after);
         if (awq)
-            fprintf(stderr, "qcalib: AWQ: output error %.4g -> %.4g (%.1f%% of round-to-nearest's)\n", e_rtn, e_awq,
-                    e_rtn > 0 ? 100 * e_awq / e_rtn : 0);
+            fprintf(stderr, "qcalib: AWQ: output error %.4g -> %.4g (%.1f%% of round-to-nearest's)\n", ar.err_rtn,
+                    ar.err_awq, ar.err_rtn > 0 ? 100 * ar.err_awq / ar.err_rtn : 0);
         else
             fprintf(stderr, "qcalib: SmoothQuant: alpha %.2f folded into the RMSNorm weights before q/k/v and gate/up\n", alpha);
         fprintf(stderr, "qcalib: folding moved the float model's logits by at most %.2e\n", moved);
         if (ranges) { /* the inputs of the model as written: a second pass over the same windows */
             qtc_calib *cb2 = qtc_calib_new(&src->config, 0, &err);
-            if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, NULL, &err) != QTC_OK ||
+            if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, &err) != QTC_OK ||
                 qtc_calib_save_json(cb2, ranges, method, percentile, abits, &prov, &err) != QTC_OK) {
                 qtc_calib_free(cb2);
                 rc = fail(&err);
@@ -455,6 +490,11 @@ int main(int argc, char **argv)
         cJSON_Delete(o);
     }
 done:
+    free(before);
+    for (int i = 0; gr.q && i < gr.n; i++)
+        qtc_qweight_free(&gr.q[i]);
+    free(gr.q);
+    free(gr.names);
     qtc_calib_free(cb);
     qtc_tokens_free(&data);
     qtc_tokenizer_free(tok);

@@ -124,7 +124,8 @@ qtc_quant_error qtc_quant_error_of(const float *x, const float *q, int64_t n)
     return e;
 }
 
-qtc_tensor *qtc_tensor_quantize_measured(const qtc_tensor *x, qtc_dtype t, qtc_quant_error *e, qtc_error *err)
+qtc_tensor *qtc_tensor_quantize_measured(const qtc_tensor *x, qtc_dtype t, const float *importance, qtc_quant_error *e,
+                                         qtc_error *err)
 {
     const qtc_dtype_traits *tr = qtc_dtype_info(t);
     int64_t n = x->ndim ? x->ne[x->ndim - 1] : 1;
@@ -165,7 +166,7 @@ qtc_tensor *qtc_tensor_quantize_measured(const qtc_tensor *x, qtc_dtype t, qtc_q
             continue;
         }
         void *yr = (char *)y->data + (size_t)r * row_bytes;
-        qtc_quantize_row(t, xr, yr, n, NULL);
+        qtc_quantize_row_weighted(t, xr, yr, n, importance, NULL);
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();

@@ -326,7 +326,7 @@ TEST(imatrix_reads_back_as_the_mean_square_of_each_linear_input)
     CHECK(qtc_tokens_load(t, shared_path("data/tinystories-eval.txt"), 512, &d, &err) == QTC_OK);
     qtc_calib *cb = qtc_calib_new(&m->c, 0, &err);
     CHECK(cb);
-    CHECK(qtc_calib_run(cb, m, &d, 64, 3, 64 * 7, NULL, NULL, &err) == QTC_OK);
+    CHECK(qtc_calib_run(cb, m, &d, 64, 3, 64 * 7, NULL, &err) == QTC_OK);
     CHECK(cb->windows == 7 && cb->tokens == 448);
     char path[] = "/tmp/qtc-imatrix-XXXXXX.gguf";
     int fd = mkstemps(path, 5);
@@ -389,6 +389,83 @@ TEST(imatrix_reads_back_as_the_mean_square_of_each_linear_input)
     qtc_llama_free(m);
 }
 
+/* layer_done for the test below: checks that only this layer's x x^T sums
+ * exist, that their diagonals are the sums of x^2, and halves w_down when asked. */
+typedef struct layer_check {
+    int calls, bad, halve_down;
+} layer_check;
+
+static qtc_status check_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
+{
+    (void)err;
+    layer_check *lc = ctx;
+    lc->calls++;
+    for (int i = 0; i < cb->n_layers * QTC_N_LINEAR; i++) {
+        const qtc_act_stats *a = &cb->s[i];
+        if ((i / QTC_N_LINEAR == l) != (a->xtx != NULL)) {
+            lc->bad++;
+            continue;
+        }
+        for (int64_t j = 0; a->xtx && j < a->in; j++)
+            if (fabs(a->xtx[j * a->in + j] - a->sum_sq[j]) > 1e-4 * a->sum_sq[j] + 1e-9)
+                lc->bad++;
+    }
+    if (lc->halve_down)
+        for (int64_t j = 0; j < qtc_tensor_numel(m->layers[l].w_down); j++)
+            ((float *)m->layers[l].w_down->data)[j] *= 0.5f;
+    return QTC_OK;
+}
+
+static int same_stats(const qtc_calib *a, const qtc_calib *b)
+{
+    for (int i = 0; i < a->n_layers * QTC_N_LINEAR; i++) {
+        const qtc_act_stats *x = &a->s[i], *y = &b->s[i];
+        if (x->rows != y->rows || x->min != y->min || x->max != y->max || x->range != y->range ||
+            memcmp(x->hist, y->hist, sizeof x->hist) != 0 || memcmp(x->sum_sq, y->sum_sq, (size_t)x->in * sizeof(double)) != 0 ||
+            memcmp(x->amax, y->amax, (size_t)x->in * sizeof(double)) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+TEST(a_layer_at_a_time_gives_the_whole_models_statistics_and_later_layers_see_changes)
+{
+    qtc_error err;
+    const char *model = shared_path("models/stories260K/stories260K.bin");
+    qtc_llama *m = qtc_llama_load(model, &err), *halved = qtc_llama_load(model, &err);
+    CHECK_MSG(m && halved, "%s", err.msg);
+    qtc_tokenizer *t = qtc_tokenizer_load_llama2c(shared_path("models/stories260K/tok512.bin"), 512, &err);
+    qtc_tokens d;
+    CHECK(qtc_tokens_load(t, shared_path("data/tinystories-eval.txt"), 512, &d, &err) == QTC_OK);
+    qtc_calib *whole = qtc_calib_new(&m->c, 0, &err), *layers = qtc_calib_new(&m->c, 1, &err);
+    CHECK(qtc_calib_run(whole, m, &d, 64, 3, 64 * 7, NULL, &err) == QTC_OK);
+    layer_check lc = {0, 0, 0};
+    qtc_calib_hooks h = {NULL, check_layer, 0, &lc};
+    CHECK_MSG(qtc_calib_run(layers, m, &d, 64, 3, 64 * 7, &h, &err) == QTC_OK, "%s", err.msg);
+    CHECK(lc.calls == m->c.n_layers && lc.bad == 0);
+    CHECK(layers->tokens == 448 && layers->s[0].xtx == NULL);
+    CHECK_MSG(same_stats(whole, layers), "a layer at a time differs from the whole model");
+    /* a layer changed in layer_done: the layers after it are calibrated on the changed model */
+    qtc_calib *seq = qtc_calib_new(&m->c, 0, &err), *ref = qtc_calib_new(&m->c, 0, &err);
+    layer_check halve = {0, 0, 1};
+    qtc_calib_hooks hs = {NULL, check_layer, 1, &halve};
+    CHECK(qtc_calib_run(seq, m, &d, 64, 3, 64 * 7, &hs, &err) == QTC_OK);
+    for (int l = 0; l < halved->c.n_layers; l++)
+        for (int64_t j = 0; j < qtc_tensor_numel(halved->layers[l].w_down); j++)
+            ((float *)halved->layers[l].w_down->data)[j] *= 0.5f;
+    CHECK(qtc_calib_run(ref, halved, &d, 64, 3, 64 * 7, NULL, &err) == QTC_OK);
+    CHECK_MSG(same_stats(seq, ref), "sequential calibration differs from the changed model's");
+    CHECK(!same_stats(seq, whole));
+    qtc_calib_free(whole);
+    qtc_calib_free(layers);
+    qtc_calib_free(seq);
+    qtc_calib_free(ref);
+    qtc_tokens_free(&d);
+    qtc_tokenizer_free(t);
+    qtc_llama_free(m);
+    qtc_llama_free(halved);
+}
+
 /* sum_j imp_j (w_j - wq_j)^2 over a row range, in double */
 static double weighted_error(const float *w, const float *wq, const float *imp, int64_t rows, int64_t cols)
 {
@@ -446,6 +523,87 @@ TEST(importance_weighted_scales_never_lose_to_min_max_on_the_weighted_error)
     free(b);
 }
 
+
+/* The importance-weighted error of n values of x stored as t. */
+static double block_weighted_error(qtc_dtype t, const float *x, const void *y, const float *imp, int64_t rows, int64_t n)
+{
+    float *back = malloc((size_t)n * sizeof *back);
+    double e = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        qtc_dequantize_row(t, (const char *)y + (size_t)r * qtc_dtype_row_size(t, n), back, n);
+        for (int64_t j = 0; j < n; j++)
+            e += imp[j] * ((double)x[r * n + j] - back[j]) * ((double)x[r * n + j] - back[j]);
+    }
+    free(back);
+    return e;
+}
+
+TEST(ggml_importance_weighted_blocks_fit_their_scales_by_weighted_least_squares)
+{
+    qtc_error err;
+    enum { R = 24, N = 512 };
+    float *x = malloc(R * N * sizeof *x), imp[N];
+    qtc_rng r;
+    qtc_rng_seed(&r, 21);
+    for (int i = 0; i < R * N; i++)
+        x[i] = (float)normal(&r) * (i % 23 == 0 ? 3.0f : 1.0f);
+    for (int j = 0; j < N; j++) /* a few channels matter far more, as in real imatrices */
+        imp[j] = (float)((j % 7 == 0 ? 50.0 : 1.0) * (0.1 + qtc_rng_uniform(&r)));
+    const qtc_dtype types[] = {QTC_Q4_0, QTC_Q4_1, QTC_Q5_0, QTC_Q5_1, QTC_Q4_K, QTC_Q5_K, QTC_Q6_K, QTC_Q8_0};
+    for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+        qtc_dtype t = types[k];
+        size_t row = qtc_dtype_row_size(t, N);
+        char *plain = malloc(R * row), *weighted = malloc(R * row), *none = malloc(R * row);
+        for (int i = 0; i < R; i++) {
+            CHECK(qtc_quantize_row(t, x + i * N, plain + i * row, N, &err) == QTC_OK);
+            CHECK(qtc_quantize_row_weighted(t, x + i * N, weighted + i * row, N, imp, &err) == QTC_OK);
+            CHECK(qtc_quantize_row_weighted(t, x + i * N, none + i * row, N, NULL, &err) == QTC_OK);
+        }
+        CHECK(memcmp(plain, none, R * row) == 0); /* no importance: ggml's reference quantizer */
+        double e0 = block_weighted_error(t, x, plain, imp, R, N), e1 = block_weighted_error(t, x, weighted, imp, R, N);
+        const char *name = qtc_dtype_info(t)->name;
+        if (qtc_dtype_takes_importance(t))
+            CHECK_MSG(e1 < 0.9 * e0, "%s: weighted error %g with importance, %g without", name, e1, e0);
+        else
+            CHECK(memcmp(plain, weighted, R * row) == 0);
+        if (t == QTC_Q4_0 || t == QTC_Q5_0) {
+            /* each block's scale is the weighted least-squares scale of its own levels, with llama.cpp's
+             * weights importance * sqrt(sigma^2 + x^2), sigma^2 the row's mean square (in double here) */
+            const int half = t == QTC_Q4_0 ? 8 : 16;
+            float back[32];
+            int worst = 0;
+            for (int i = 0; i < R; i++) {
+                double s2 = 0;
+                for (int j = 0; j < N; j++)
+                    s2 += (double)x[i * N + j] * x[i * N + j];
+                s2 /= N;
+                for (int b = 0; b < N / 32; b++) {
+                    const char *blk = weighted + i * row + (size_t)b * qtc_dtype_info(t)->type_size;
+                    uint16_t dh;
+                    memcpy(&dh, blk, 2);
+                    double d = qtc_f16_to_f32(dh);
+                    qtc_dequantize_row(t, blk, back, 32);
+                    double slx = 0, sl2 = 0;
+                    for (int j = 0; j < 32; j++) {
+                        const double xv = x[i * N + b * 32 + j], l = d ? nearbyint(back[j] / d) : 0;
+                        const double w = imp[b * 32 + j] * sqrt(s2 + xv * xv);
+                        CHECK(l >= -half && l < half);
+                        slx += w * xv * l;
+                        sl2 += w * l * l;
+                    }
+                    double ls = sl2 > 0 ? slx / sl2 : 0;
+                    if (fabs(d - ls) > 1e-3 * fabs(ls) + 1e-12)
+                        worst++;
+                }
+            }
+            CHECK_MSG(worst == 0, "%s: %d blocks whose scale is not the weighted least-squares one", name, worst);
+        }
+        free(plain);
+        free(weighted);
+        free(none);
+    }
+    free(x);
+}
 TEST(awq_scales_lower_the_output_error_when_a_few_channels_carry_large_activations)
 {
     qtc_error err;

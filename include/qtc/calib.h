@@ -24,7 +24,7 @@ typedef struct qtc_act_stats {
     double min, max;
     double *sum_sq, *sum_abs;  /* per channel */
     double *amax;              /* per channel max |x| */
-    double *xtx;               /* in x in, sum of x x^T (NULL unless asked for) */
+    double *xtx;               /* in x in, sum of x x^T: only in layer_done (qtc_calib_run), else NULL */
     int xtx_failed;            /* out of memory while adding to xtx: qtc_calib_run fails */
     double range;              /* the histogram covers [-range, range) */
     double hist[QTC_HIST_BINS];
@@ -33,20 +33,42 @@ typedef struct qtc_act_stats {
 typedef struct qtc_calib {
     int n_layers;
     qtc_act_stats *s;          /* per layer * QTC_N_LINEAR + kind */
+    int with_xtx;
     int64_t tokens, windows;
 } qtc_calib;
 
-/* Statistics for every linear layer of a model of configuration c; with_xtx
- * also keeps x x^T sums (in^2 doubles per layer input). */
+/* Statistics for every linear layer of a model of configuration c. with_xtx
+ * also sums x x^T (in^2 doubles per layer input), a layer at a time: see
+ * qtc_calib_run. */
 qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err);
 void qtc_calib_free(qtc_calib *cb);
 /* Adds one batch of inputs x (rows x in) to s. */
 void qtc_act_stats_add(qtc_act_stats *s, const float *x, int64_t rows);
+
+typedef struct qtc_calib_hooks {
+    /* windows (whole model) or layer-windows (a layer at a time) done, of total */
+    void (*progress)(void *ctx, int64_t done, int64_t total);
+    /* Called once layer `layer`'s statistics are complete, its x x^T sums
+     * valid until it returns (they are freed then). It may change the layer's
+     * weights in m (GPTQ puts its quantized weights there, so later layers are
+     * calibrated on what the quantized model computes); the layer's outputs
+     * are then recomputed with them if changes_weights is set. Returns
+     * QTC_OK or an error. */
+    qtc_status (*layer_done)(void *ctx, qtc_calib *cb, qtc_llama *m, int layer, qtc_error *err);
+    int changes_weights;
+    void *ctx;
+} qtc_calib_hooks;
+
 /* Runs the first max_tokens tokens of data (<= 0: all) through m in windows of
  * ctx, batch windows at a time, recording every linear layer's inputs.
- * progress (may be NULL) gets windows done and the total. */
+ * Without x x^T sums and without layer_done the model runs whole, a batch at
+ * a time (memory: the statistics and one batch's activations). Otherwise it
+ * runs a layer at a time: the embedding of every window, then each block over
+ * every window's cached hidden state (tokens * dim floats), so only one
+ * layer's x x^T sums exist at once. Both orders give the same statistics.
+ * hooks may be NULL. */
 qtc_status qtc_calib_run(qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, int ctx, int batch, int64_t max_tokens,
-                         void (*progress)(void *ctx, int64_t done, int64_t total), void *progress_ctx, qtc_error *err);
+                         const qtc_calib_hooks *hooks, qtc_error *err);
 
 /* --- activation ranges ---------------------------------------------------------------- */
 

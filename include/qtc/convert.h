@@ -257,11 +257,13 @@ typedef struct qtc_convert_row {
     char in[32], out[32], asked[32]; /* type names */
     int fell_back;                   /* out differs from asked: rows do not split into its blocks */
     double weights, bpw, rel_rms_err, max_abs_err, bytes_in, bytes_out;
+    int weighted;                    /* rounded with the importance hook's values */
 } qtc_convert_row;
 
 typedef struct qtc_convert_summary {
     double weights, bits_per_weight, rel_rms_err, max_abs_err, bytes_in, bytes_out;
     int no_tokenizer; /* GGUF output without a tokenizer to carry (llama.cpp will not load it) */
+    int weighted;     /* tensors rounded with the importance hook's values */
 } qtc_convert_summary;
 
 /* What a caller of qtc_convert may plug in (any member may be NULL). */
@@ -277,6 +279,10 @@ typedef struct qtc_convert_hooks {
      * w's shape to store instead (quantized afresh, never copied; qtc_convert
      * frees it), 0 to keep w, -1 with err set */
     int (*transform)(void *ctx, const char *name, const qtc_tensor *w, qtc_tensor **out, qtc_error *err);
+    /* the importance of each input channel of a 2-D weight with rows of row_len
+     * (an imatrix's mean x^2), or NULL: integer schemes and ggml's block types
+     * with an importance-weighted quantizer round with it */
+    const float *(*importance)(void *ctx, const char *name, int64_t row_len);
     void *ctx;
 } qtc_convert_hooks;
 

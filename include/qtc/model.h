@@ -79,6 +79,10 @@ const char *qtc_llama_param_name(const qtc_llama *m, int i, char *buf, size_t ca
 /* Logits (B, T, vocab) of token windows (B, T) (i32), token t of every window
  * at position pos0 + t. */
 qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0);
+/* One transformer block: layer `layer`'s output (B, T, dim) for its input x
+ * (the embedding or the previous block's output), as the forward pass computes
+ * it. For running a model a layer at a time (calibration). */
+qtc_tensor *qtc_llama_block(qtc_llama *m, qtc_graph *g, int layer, qtc_tensor *x, int64_t pos0);
 
 /* Generation: feeds one token at position pos (0 restarts the cache) and
  * returns the next-token logits (vocab floats, valid until the next call). */

@@ -25,6 +25,17 @@ double qtc_dtype_bpw(qtc_dtype t);
  * block, when x holds a NaN or an infinity (ggml would write garbage). For
  * plain float types this is a conversion (f32, f16, bf16). */
 qtc_status qtc_quantize_row(qtc_dtype t, const float *x, void *y, int64_t n, qtc_error *err);
+/* The same weighted by importance (n values: the mean x^2 of each input
+ * channel, an imatrix row; NULL: qtc_quantize_row), as llama.cpp's quantize_*
+ * with quant_weights: Q4_0/Q5_0 and Q4_1/Q5_1 blocks and Q4_K/Q5_K sub-blocks
+ * fit their scale (and min) by least squares weighted by importance *
+ * sqrt(sigma^2 + x^2) (sigma^2 the row's, for K the super-block's doubled,
+ * mean square); Q4_K/Q5_K fit the 6-bit sub-block scales weighted by each
+ * sub-block's total weight; Q6_K weights its 16-value groups by the raw
+ * importance. Other types (Q8_0, floats) are quantized as without it. */
+qtc_status qtc_quantize_row_weighted(qtc_dtype t, const float *x, void *y, int64_t n, const float *imp, qtc_error *err);
+/* Whether qtc_quantize_row_weighted uses the importance for type t. */
+int qtc_dtype_takes_importance(qtc_dtype t);
 /* The inverse: n floats from blocks of type t (or from f32/f16/bf16/integers). */
 void qtc_dequantize_row(qtc_dtype t, const void *x, float *y, int64_t n);
 
@@ -54,9 +65,11 @@ qtc_quant_error qtc_quant_error_of(const float *x, const float *q, int64_t n);
 /* qtc_tensor_quantize that also measures the stored values' error against x,
  * row by row in the same parallel pass (nothing dequantized is kept), and
  * refuses NaN or Inf for every target type (QTC_ERR_NUMERIC naming the tensor
- * and the element). t may be any float or ggml type. The statistics do not
- * depend on the thread count. */
-qtc_tensor *qtc_tensor_quantize_measured(const qtc_tensor *x, qtc_dtype t, qtc_quant_error *e, qtc_error *err);
+ * and the element). t may be any float or ggml type; importance (NULL, or one
+ * value per row element) weights the rounding as qtc_quantize_row_weighted.
+ * The statistics do not depend on the thread count. */
+qtc_tensor *qtc_tensor_quantize_measured(const qtc_tensor *x, qtc_dtype t, const float *importance, qtc_quant_error *e,
+                                         qtc_error *err);
 
 
 /* --- qtc's own schemes: integers per tensor, channel or group, and NF4 ------- */

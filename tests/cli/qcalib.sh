@@ -89,6 +89,11 @@ stdout_has "stored as int4-g32" "q_proj.weight *int4-g32"
 r=$(kld "$T/rtn.safetensors")
 g=$(kld "$T/gptq.safetensors")
 if awk "BEGIN{exit !($g < 0.75 * $r)}"; then ok; else bad "GPTQ KLD $g vs round-to-nearest $r"; fi
+# every layer calibrated on the float model's inputs instead of the quantized layers' outputs
+expect 0 "GPTQ --no-sequential" "$Q" "$M" --data "$TRAIN" --tokens 16384 --gptq --no-sequential -o "$T/gptq-ns.safetensors"
+stderr_has "GPTQ --no-sequential" "to int4-g32 (not sequential)"
+g2=$(kld "$T/gptq-ns.safetensors")
+if awk "BEGIN{exit !($g2 < 0.75 * $r && $g2 != $g)}"; then ok; else bad "GPTQ (not sequential) KLD $g2 vs round-to-nearest $r, sequential $g"; fi
 
 # AWQ: scales folded into the norms and up_proj leave the float model's function (checked by the tool), and help
 expect 0 "AWQ int4-g32" "$Q" "$M" --data "$TRAIN" --tokens 16384 --awq -o "$T/awq.safetensors"
@@ -101,6 +106,13 @@ if awk "BEGIN{exit !($a < 0.95 * $r)}"; then ok; else bad "AWQ KLD $a vs round-t
 expect 0 "qconv --imatrix" "$BIN/qconv" "$M" --to int4-g32 --imatrix "$T/im.gguf" -o "$T/imx.safetensors"
 i=$(kld "$T/imx.safetensors")
 if awk "BEGIN{exit !($i < 0.9 * $r)}"; then ok; else bad "imatrix-weighted KLD $i vs round-to-nearest $r"; fi
+# ... and ggml's block types, as llama-quantize rounds with an imatrix
+expect 0 "qconv --to q4_0" "$BIN/qconv" "$M" --to q4_0 -o "$T/q40.gguf"
+expect 0 "qconv --to q4_0 --imatrix" "$BIN/qconv" "$M" --to q4_0 --imatrix "$T/im.gguf" -o "$T/q40-imx.gguf"
+stderr_has "qconv --to q4_0 --imatrix" "30 tensors rounded with the importance matrix"
+r0=$(kld "$T/q40.gguf")
+i0=$(kld "$T/q40-imx.gguf")
+if awk "BEGIN{exit !($i0 < 0.97 * $r0)}"; then ok; else bad "Q4_0 imatrix-weighted KLD $i0 vs plain $r0"; fi
 expect 2 "qconv --imatrix with a model file" "$BIN/qconv" "$M" --to int4-g32 --imatrix "$M" -o "$T/bad.safetensors"
 stderr_has "qconv --imatrix with a model file" "not an imatrix GGUF"
 absent "no output after a bad imatrix" "$T/bad.safetensors"
