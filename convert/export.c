@@ -47,12 +47,14 @@ typedef struct plan {
     int fell_back;
     int keep_q;        /* a quantized input kept in its own scheme: copied, not requantized */
     int first, count;  /* its entries in the output list */
+    int input;         /* its static input scale in hooks->inputs, or -1 */
 } plan;
 
 static void plan_tensor(const qtc_tensor_entry *e, const qtc_target *to, const qtc_convert_rule *rules, int n_rules, qtc_format fmt,
                         plan *p)
 {
     memset(p, 0, sizeof *p);
+    p->input = -1;
     int ruled = 0;
     for (int r = 0; r < n_rules && !ruled; r++)
         if (regexec(&rules[r].re, e->name, 0, NULL, 0) == 0) {
@@ -82,6 +84,29 @@ static void plan_tensor(const qtc_tensor_entry *e, const qtc_target *to, const q
         p->fell_back = p->out.dtype != p->asked.dtype;
     }
     p->keep_q = p->out.is_scheme && e->qparts.scheme_set && !memcmp(&p->out.scheme, &e->scheme, sizeof e->scheme);
+}
+
+/* The static input scale of a weight planned in an integer scheme, if hooks give one:
+ * p->input and its two entries (<module>.input_scale, <module>.input_zero_point). */
+static qtc_status plan_input(const qtc_input_quant *in, const qtc_tensor_entry *e, plan *p, qtc_out_entry *out,
+                             qtc_error *err)
+{
+    for (int k = 0; in && k < in->n; k++) {
+        if (strcmp(in->weights[k], e->name) != 0)
+            continue;
+        size_t len = strlen(e->name);
+        if (p->out.scheme.kind != QTC_QK_INT || len < 7 || strcmp(e->name + len - 7, ".weight") != 0)
+            return qtc_error_set(err, QTC_ERR_USAGE, "tensor '%s': static input scales go with integer schemes", e->name);
+        memset(out, 0, 2 * sizeof *out);
+        snprintf(out[0].name, sizeof out[0].name, "%.*s.input_scale", (int)(len - 7), e->name);
+        snprintf(out[1].name, sizeof out[1].name, "%.*s.input_zero_point", (int)(len - 7), e->name);
+        out[0].dtype = QTC_F32;
+        out[1].dtype = QTC_I8;
+        out[0].ndim = out[1].ndim = 1;
+        out[0].ne[0] = out[1].ne[0] = 1;
+        p->input = k;
+    }
+    return QTC_OK;
 }
 
 /* Adds one tensor's error statistics to the totals. */
@@ -157,6 +182,17 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
             qtc_qweight_dequantize(&qw, back->data);
             accumulate_error(qtc_quant_error_of(f->data, back->data, qtc_tensor_numel(f)), se, x2, mx);
             rc = qtc_qlayout_pack(&qw, e->name, parts, err);
+        }
+        if (rc == QTC_OK && p->input >= 0) { /* the last two entries: its input's scale and zero point */
+            const qtc_input_quant *in = hooks->inputs;
+            parts[p->count - 2] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err);
+            parts[p->count - 1] = qtc_tensor_new(QTC_I8, 1, QTC_SHAPE(1), err);
+            if (!parts[p->count - 2] || !parts[p->count - 1])
+                rc = err->code;
+            else {
+                ((float *)parts[p->count - 2]->data)[0] = in->scale[p->input];
+                ((int8_t *)parts[p->count - 1]->data)[0] = (int8_t)in->zero[p->input];
+            }
         }
         for (int k = 0; rc == QTC_OK && k < p->count; k++) {
             rc = qtc_writer_put(w, p->first + k, parts[k], err);
@@ -234,6 +270,10 @@ qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, 
                 rc = qtc_error_set(err, QTC_ERR_USAGE, "tensor '%s': name too long for its quantized parts", e->name);
                 goto done;
             }
+            if ((rc = plan_input(hooks->inputs, e, p, &entries[n_out + p->count], err)) != QTC_OK)
+                goto done;
+            if (p->input >= 0)
+                p->count += 2;
             if (used_scheme && memcmp(used_scheme, &p->out.scheme, sizeof *used_scheme) != 0) {
                 rc = qtc_error_set(err, QTC_ERR_USAGE, "one scheme per model (its quantization_config describes one)");
                 goto done;
@@ -256,10 +296,22 @@ qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, 
     }
     sum.no_tokenizer = fmt == QTC_FMT_GGUF && !qtc_kvs_get(&m->meta, "tokenizer.ggml.tokens") && !m->tokenizer_bin &&
                        !m->tokenizer_json;
+    for (int k = 0; hooks->inputs && k < hooks->inputs->n; k++) {
+        int found = 0;
+        for (int i = 0; i < n && !found; i++)
+            found = plans[i].input == k;
+        if (!found) {
+            int absent = qtc_model_find(m, hooks->inputs->weights[k]) < 0;
+            rc = qtc_error_set(err, absent ? QTC_ERR_INPUT : QTC_ERR_USAGE, "static input scale for '%s': %s",
+                               hooks->inputs->weights[k],
+                               absent ? "no such weight in the model" : "the weight is not stored in an integer scheme (--to int8, ...)");
+            goto done;
+        }
+    }
     if (fmt != QTC_FMT_GGUF) {
         qtc_kvs_set_str(&extra, "qtc.source_format", qtc_format_name(m->format));
         if (used_scheme) {
-            char *qc = qtc_qlayout_hf_config(used_scheme);
+            char *qc = qtc_qlayout_hf_config(used_scheme, hooks->inputs ? hooks->inputs->bits : 0);
             if (qc)
                 qtc_kvs_set_str(&extra, "qtc.quantization_config", qc);
             free(qc);

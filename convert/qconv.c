@@ -48,6 +48,9 @@ static const char *usage_text =
     "  --imatrix FILE       an importance matrix (llama.cpp's imatrix GGUF, as qcalib writes): ggml's\n"
     "                       Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K round as llama-quantize does with it,\n"
     "                       integer schemes choose each group's scale by importance-weighted error\n"
+    "  --calib FILE.json    a qcalib calibration file: each linear layer's static input scale and zero\n"
+    "                       point stored beside its integer weights (compressed-tensors' input_scale,\n"
+    "                       input_zero_point; input_activations in quantization_config): W8A8 with --to int8\n"
     "  --tokenizer FILE     a llama2.c tokenizer.bin to carry along (default: the one beside a\n"
     "                       llama2.c checkpoint; needed when the checkpoint comes through a pipe)\n"
     "  --inspect            print the model's tensors, types, shapes, bits per weight, metadata\n"
@@ -248,7 +251,8 @@ static void report(void *ctx, const qtc_convert_row *r)
 }
 
 static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int compress, const qtc_target *to,
-                   const qtc_convert_rule *rules, int n_rules, int as_json, FILE *log, const qtc_imatrix *im)
+                   const qtc_convert_rule *rules, int n_rules, int as_json, FILE *log, const qtc_imatrix *im,
+                   const qtc_input_quant *inputs)
 {
     qtc_error err;
     qtc_convert_summary s;
@@ -256,7 +260,7 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
     report_ctx rc = {as_json, log, cJSON_AddArrayToObject(summary, "tensors"), im};
     if (!as_json)
         fprintf(stderr, "%-52s %-6s -> %-13s %7s %11s %11s\n", "tensor", "in", "out", "bpw", "rel rms err", "max abs err");
-    qtc_convert_hooks hooks = {.report = report, .importance = im ? weight_importance : NULL, .ctx = &rc};
+    qtc_convert_hooks hooks = {.report = report, .importance = im ? weight_importance : NULL, .inputs = inputs, .ctx = &rc};
     qtc_status st = qtc_convert(m, out_path, fmt, compress, to, rules, n_rules, &hooks, &s, &err);
     if (s.no_tokenizer)
         fprintf(stderr, "qconv: warning: %s has no tokenizer qtc can carry into GGUF; llama.cpp will not load the output\n", m->path);
@@ -301,8 +305,9 @@ int main(int argc, char **argv)
         {"inspect", no_argument, 0, 'i'},       {"json", no_argument, 0, 'J'},
         {"log-json", required_argument, 0, 'L'}, {"help", no_argument, 0, 'h'},
         {"tokenizer", required_argument, 0, 'k'}, {"imatrix", required_argument, 0, 'I'},
+        {"calib", required_argument, 0, 'C'},
         {0, 0, 0, 0}};
-    const char *out = NULL, *log_path = NULL, *tokenizer = NULL, *imatrix = NULL;
+    const char *out = NULL, *log_path = NULL, *tokenizer = NULL, *imatrix = NULL, *calib = NULL;
     int have_to = 0, as_json = 0, do_inspect = 0, compress = 0, n_rules = 0, threads = 0;
     qtc_target to;
     qtc_format fmt = QTC_FMT_UNKNOWN;
@@ -339,6 +344,7 @@ int main(int argc, char **argv)
         case 'J': as_json = 1; break;
         case 'L': log_path = optarg; break;
         case 'I': imatrix = optarg; break;
+        case 'C': calib = optarg; break;
         case 'k': tokenizer = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: die_usage("bad option");
@@ -375,16 +381,20 @@ int main(int argc, char **argv)
         rc = fail(&err);
     else if (do_inspect)
         rc = inspect(m, as_json);
-    else if (!imatrix)
-        rc = convert(m, out, fmt, compress, have_to ? &to : NULL, rules, n_rules, as_json, log, NULL);
     else {
-        qtc_imatrix im;
-        if (qtc_imatrix_load(imatrix, &im, &err) != QTC_OK) {
+        qtc_imatrix im = {0};
+        qtc_input_quant iq = {0};
+        if (imatrix && qtc_imatrix_load(imatrix, &im, &err) != QTC_OK)
             rc = fail(&err);
-        } else {
-            rc = convert(m, out, fmt, compress, have_to ? &to : NULL, rules, n_rules, as_json, log, &im);
-            qtc_imatrix_free(&im);
-        }
+        else if (calib && !m->has_config)
+            rc = fail(&(qtc_error){QTC_ERR_INPUT, "--calib: the model has no llama configuration to match the file's layers"});
+        else if (calib && qtc_calib_input_quant(calib, m->config.n_layers, &iq, &err) != QTC_OK)
+            rc = fail(&err);
+        else
+            rc = convert(m, out, fmt, compress, have_to ? &to : NULL, rules, n_rules, as_json, log, imatrix ? &im : NULL,
+                         calib ? &iq : NULL);
+        qtc_imatrix_free(&im);
+        qtc_input_quant_free(&iq);
     }
     qtc_model_close(m);
     for (int r = 0; r < n_rules; r++)

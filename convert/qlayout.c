@@ -196,7 +196,7 @@ fail:
     return err ? err->code : QTC_ERR_NOMEM;
 }
 
-char *qtc_qlayout_hf_config(const qtc_qscheme *s)
+char *qtc_qlayout_hf_config(const qtc_qscheme *s, int input_bits)
 {
     cJSON *o = cJSON_CreateObject();
     if (s->kind == QTC_QK_NF4) {
@@ -229,7 +229,19 @@ char *qtc_qlayout_hf_config(const qtc_qscheme *s)
         cJSON_AddBoolToObject(w, "dynamic", 0);
         cJSON_AddNullToObject(w, "actorder");
         cJSON_AddStringToObject(w, "observer", "minmax");
-        cJSON_AddNullToObject(g0, "input_activations");
+        if (input_bits > 0) { /* static per-tensor ranges from calibration */
+            cJSON *a = cJSON_AddObjectToObject(g0, "input_activations");
+            cJSON_AddNumberToObject(a, "num_bits", input_bits);
+            cJSON_AddStringToObject(a, "type", "int");
+            cJSON_AddBoolToObject(a, "symmetric", 0);
+            cJSON_AddStringToObject(a, "strategy", "tensor");
+            cJSON_AddNullToObject(a, "group_size");
+            cJSON_AddBoolToObject(a, "dynamic", 0);
+            cJSON_AddNullToObject(a, "actorder");
+            cJSON_AddStringToObject(a, "observer", "minmax");
+        } else {
+            cJSON_AddNullToObject(g0, "input_activations");
+        }
         cJSON_AddNullToObject(g0, "output_activations");
         cJSON *ignore = cJSON_AddArrayToObject(o, "ignore");
         cJSON_AddItemToArray(ignore, cJSON_CreateString("lm_head"));
@@ -242,6 +254,76 @@ char *qtc_qlayout_hf_config(const qtc_qscheme *s)
 }
 
 /* --- reading ------------------------------------------------------------------------ */
+
+qtc_status qtc_model_input_quant(const qtc_model_file *m, qtc_input_quant *out, qtc_error *err)
+{
+    memset(out, 0, sizeof *out);
+    const char *cj = m->config_json ? m->config_json : qtc_kvs_str(&m->meta, "qtc.config");
+    cJSON *o = cj ? cJSON_Parse(cj) : NULL;
+    const cJSON *g = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "quantization_config"), "config_groups");
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(g ? g->child : NULL, "input_activations");
+    const cJSON *nb = cJSON_GetObjectItemCaseSensitive(a, "num_bits");
+    out->bits = cJSON_IsNumber(nb) ? nb->valueint : 8;
+    cJSON_Delete(o);
+    int n = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        size_t len = strlen(m->tensors[i].name);
+        n += len > 12 && strcmp(m->tensors[i].name + len - 12, ".input_scale") == 0;
+    }
+    if (!n)
+        return QTC_OK;
+    if (out->bits < 2 || out->bits > 8)
+        return qtc_error_set(err, QTC_ERR_INPUT, "%s: input_activations of %d bits (2..8)", m->path, out->bits);
+    out->weights = calloc((size_t)n, sizeof *out->weights);
+    out->scale = calloc((size_t)n, sizeof *out->scale);
+    out->zero = calloc((size_t)n, sizeof *out->zero);
+    if (!out->weights || !out->scale || !out->zero) {
+        qtc_input_quant_free(out);
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < m->n_tensors; i++) {
+        const qtc_tensor_entry *e = &m->tensors[i];
+        size_t len = strlen(e->name);
+        if (len <= 12 || strcmp(e->name + len - 12, ".input_scale") != 0)
+            continue;
+        char zname[QTC_NAME_MAX + 8];
+        snprintf(zname, sizeof zname, "%.*s.input_zero_point", (int)(len - 12), e->name);
+        int z = qtc_model_find(m, zname);
+        float scale = 0;
+        int zero = 0;
+        qtc_tensor *st = qtc_model_tensor(m, i, err), *sf = st ? qtc_tensor_to_f32(st, err) : NULL;
+        if (sf && qtc_tensor_numel(sf) == 1)
+            scale = ((float *)sf->data)[0];
+        qtc_tensor_free(st);
+        qtc_tensor_free(sf);
+        if (z >= 0) {
+            qtc_tensor *zt = qtc_model_tensor(m, z, err);
+            if (zt && qtc_tensor_numel(zt) == 1)
+                zero = (int)qtc_tensor_get(zt, 0);
+            else
+                zero = INT32_MIN;
+            qtc_tensor_free(zt);
+        }
+        if (!(scale > 0) || !isfinite(scale) || zero < QTC_QMIN(out->bits) || zero > QTC_QMAX(out->bits))
+        {
+            qtc_input_quant_free(out);
+            return qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s': not a positive scale with a zero point in [%d, %d]",
+                                 m->path, e->name, QTC_QMIN(out->bits), QTC_QMAX(out->bits));
+        }
+        snprintf(out->weights[out->n], QTC_NAME_MAX, "%.*s.weight", (int)(len - 12), e->name);
+        out->scale[out->n] = scale;
+        out->zero[out->n++] = zero;
+    }
+    return QTC_OK;
+}
+
+void qtc_input_quant_free(qtc_input_quant *q)
+{
+    free(q->weights);
+    free(q->scale);
+    free(q->zero);
+    memset(q, 0, sizeof *q);
+}
 
 /* The integer scheme a compressed-tensors quantization_config declares, if any. */
 static int scheme_from_config(const char *config_json, qtc_qscheme *s)

@@ -325,6 +325,29 @@ done:
     return rc;
 }
 
+qtc_status qtc_calib_input_quant(const char *path, int n_layers, qtc_input_quant *out, qtc_error *err)
+{
+    const int n = n_layers * QTC_N_LINEAR;
+    memset(out, 0, sizeof *out);
+    qtc_act_qparams *p = calloc((size_t)n, sizeof *p);
+    out->weights = calloc((size_t)n, sizeof *out->weights);
+    out->scale = calloc((size_t)n, sizeof *out->scale);
+    out->zero = calloc((size_t)n, sizeof *out->zero);
+    qtc_status rc = p && out->weights && out->scale && out->zero ? qtc_calib_load_json(path, n_layers, p, &out->bits, err)
+                                                                  : qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; rc == QTC_OK && i < n; i++) {
+        snprintf(out->weights[i], QTC_NAME_MAX, "model.layers.%d.%s.weight", i / QTC_N_LINEAR,
+                 qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
+        out->scale[i] = p[i].scale;
+        out->zero[i] = p[i].zero;
+    }
+    out->n = rc == QTC_OK ? n : 0;
+    free(p);
+    if (rc != QTC_OK)
+        qtc_input_quant_free(out);
+    return rc;
+}
+
 qtc_status qtc_imatrix_save(const qtc_calib *cb, const qtc_llama_config *c, const char *path, const char *dataset,
                             int chunk_size, qtc_error *err)
 {

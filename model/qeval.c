@@ -74,12 +74,18 @@ static void show_progress(void *ctx, int64_t done, int64_t total)
 }
 
 /* Loads a model and its tokenizer (tokenizer: a path or NULL for the model's own). */
-static qtc_llama *load(const char *path, const char *tokenizer, qtc_tokenizer **tok, qtc_error *err)
+/* The llama of a model file, with its tokenizer when tok is given and its
+ * static input quantization (compressed-tensors' input_scale) when iq is. */
+static qtc_llama *load(const char *path, const char *tokenizer, qtc_tokenizer **tok, qtc_input_quant *iq, qtc_error *err)
 {
     qtc_model_file *f = qtc_model_open(path, err);
     if (!f)
         return NULL;
     qtc_llama *m = qtc_llama_from_model(f, err);
+    if (m && iq && qtc_model_input_quant(f, iq, err) != QTC_OK) {
+        qtc_llama_free(m);
+        m = NULL;
+    }
     if (m && tok) {
         *tok = tokenizer ? qtc_tokenizer_load(tokenizer, m->c.vocab, err) : qtc_tokenizer_for_model(f, err);
         if (!*tok) {
@@ -173,36 +179,37 @@ static void act_quant_free(act_quant *a)
     free(a->zero);
 }
 
-static qtc_status act_quant_load(act_quant *a, const char *path, const qtc_llama *m, qtc_error *err)
+/* The linear inputs iq names, as fake-quantization parameters (a linear it does not name stays float). */
+static qtc_status act_quant_from(act_quant *a, const qtc_input_quant *iq, const qtc_llama *m, qtc_error *err)
 {
+    a->bits = iq->bits;
     a->n = m->c.n_layers * QTC_N_LINEAR;
-    qtc_act_qparams *p = calloc((size_t)a->n, sizeof *p);
     a->scale = calloc((size_t)a->n, sizeof *a->scale);
     a->zero = calloc((size_t)a->n, sizeof *a->zero);
-    if (!p || !a->scale || !a->zero) {
-        free(p);
+    if (!a->scale || !a->zero)
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-    }
-    qtc_status rc = qtc_calib_load_json(path, m->c.n_layers, p, &a->bits, err);
-    for (int i = 0; rc == QTC_OK && i < a->n; i++) {
-        if (!(a->scale[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)) ||
-            !(a->zero[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err))) {
-            rc = err->code;
-            break;
+    for (int i = 0; i < a->n; i++) {
+        char name[QTC_NAME_MAX];
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
+        for (int k = 0; k < iq->n; k++) {
+            if (strcmp(iq->weights[k], name) != 0)
+                continue;
+            if (!(a->scale[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)) ||
+                !(a->zero[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)))
+                return err->code;
+            ((float *)a->scale[i]->data)[0] = iq->scale[k];
+            ((float *)a->zero[i]->data)[0] = (float)iq->zero[k];
         }
-        ((float *)a->scale[i]->data)[0] = p[i].scale;
-        ((float *)a->zero[i]->data)[0] = (float)p[i].zero;
     }
-    free(p);
-    return rc;
+    return QTC_OK;
 }
 
 static qtc_tensor *act_quant_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
 {
     act_quant *a = ctx;
-    if (layer >= 0) {
+    int i = layer * QTC_N_LINEAR + (int)kind;
+    if (layer >= 0 && a->scale[i]) {
         qtc_qscheme s = {QTC_QK_INT, a->bits, -1, 0, 0};
-        int i = layer * QTC_N_LINEAR + (int)kind;
         x = qtc_fake_quant(g, x, &s, a->scale[i], a->zero[i], 0);
     }
     return qtc_matmul(g, x, w, 0, 1);
@@ -257,9 +264,15 @@ int main(int argc, char **argv)
     qtc_set_threads(threads);
     qtc_error err;
     qtc_tokenizer *tok = NULL;
-    qtc_llama *m = load(argv[optind], tokenizer, &tok, &err), *ref = NULL;
+    qtc_input_quant iq = {0};
+    qtc_llama *m = load(argv[optind], tokenizer, &tok, &iq, &err), *ref = NULL;
     if (!m)
         return fail(&err);
+    if (iq.n && (act_calib || adapter)) {
+        fprintf(stderr, "qeval: note: %s: the model's static input scales are not applied (%s)\n", argv[optind],
+                act_calib ? "--act-calib replaces them" : "--adapter takes the linear layers");
+        qtc_input_quant_free(&iq);
+    }
     qtc_peft *peft = NULL;
     if (adapter && !(peft = qtc_peft_load(adapter, &m->c, &err))) {
         qtc_llama_free(m);
@@ -276,7 +289,19 @@ int main(int argc, char **argv)
             qtc_tokenizer_free(tok);
             die_usage("--act-calib and --adapter do not combine yet");
         }
-        if (act_quant_load(&aq, act_calib, m, &err) != QTC_OK) {
+        if (qtc_calib_input_quant(act_calib, m->c.n_layers, &iq, &err) != QTC_OK) {
+            qtc_llama_free(m);
+            qtc_tokenizer_free(tok);
+            return fail(&err);
+        }
+    }
+    if (iq.n) { /* every linear input the scales name fake-quantized with them */
+        qtc_status st = act_quant_from(&aq, &iq, m, &err);
+        if (!act_calib)
+            fprintf(stderr, "qeval: %s: %d linear inputs quantized to int%d with the model's static scales\n", argv[optind],
+                    iq.n, iq.bits);
+        qtc_input_quant_free(&iq);
+        if (st != QTC_OK) {
             act_quant_free(&aq);
             qtc_llama_free(m);
             qtc_tokenizer_free(tok);
@@ -294,7 +319,7 @@ int main(int argc, char **argv)
     } else {
         qtc_tokens data;
         qtc_eval_result r;
-        if (ref_path && !(ref = load(ref_path, NULL, NULL, &err)))
+        if (ref_path && !(ref = load(ref_path, NULL, NULL, NULL, &err)))
             rc = fail(&err);
         else if (qtc_tokens_load(tok, text, m->c.vocab, &data, &err) != QTC_OK)
             rc = fail(&err);

@@ -454,7 +454,7 @@ TEST(quantized_layouts_write_and_read_back_exactly)
         CHECK(qtc_qlayout_entries(&s, "model.layers.0.mlp.down_proj.weight", R, C, e) == 0);
         CHECK_MSG(qtc_qlayout_pack(&q, "model.layers.0.mlp.down_proj.weight", parts, &err) == QTC_OK, "%s", err.msg);
         qtc_kvs extra = {0};
-        char *qc = qtc_qlayout_hf_config(&s);
+        char *qc = qtc_qlayout_hf_config(&s, 0);
         qtc_kvs_set_str(&extra, "qtc.quantization_config", qc);
         free(qc);
         qtc_model_file *src = qtc_model_open(shared_path("models/stories260K/stories260K.bin"), &err); /* for the config */

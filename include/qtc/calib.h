@@ -123,6 +123,9 @@ typedef struct qtc_act_qparams {
     int zero;
 } qtc_act_qparams;
 qtc_status qtc_calib_load_json(const char *path, int n_layers, qtc_act_qparams *out, int *bits, qtc_error *err);
+/* The same as the static input quantization qtc_convert stores beside integer
+ * weights (compressed-tensors' input_scale and input_zero_point). */
+qtc_status qtc_calib_input_quant(const char *path, int n_layers, qtc_input_quant *out, qtc_error *err);
 
 /* DIR/<weight>.svg for every linear input (its histogram on a log scale, the
  * range method m chose, the observed extremes) and DIR/index.html showing them

@@ -227,9 +227,29 @@ int qtc_qlayout_entries(const qtc_qscheme *s, const char *weight_name, int64_t r
                          qtc_out_entry *out);
 /* The stored tensors of q, in the order of qtc_qlayout_entries (caller frees each). */
 qtc_status qtc_qlayout_pack(const qtc_qweight *q, const char *weight_name, qtc_tensor **out, qtc_error *err);
-/* The quantization_config an HF config.json gets for a model whose linear layers use s
- * (a cJSON object as malloc'd text). */
-char *qtc_qlayout_hf_config(const qtc_qscheme *s);
+/* Static input quantization of linear layers (a calibration file's ranges),
+ * stored beside integer-scheme weights as compressed-tensors does:
+ * `<module>.input_scale` (f32 [1]) and `<module>.input_zero_point` (i8 [1]),
+ * with quantization_config's input_activations saying int, per tensor, static,
+ * asymmetric. */
+typedef struct qtc_input_quant {
+    int bits;                       /* 2..8 */
+    int n;
+    char (*weights)[QTC_NAME_MAX];  /* the HF weight names whose inputs these are */
+    float *scale;
+    int *zero;
+} qtc_input_quant;
+
+/* The quantization_config an HF config.json gets for a model whose linear layers use s,
+ * with static input quantization of input_bits (0: none) (a cJSON object as malloc'd text). */
+char *qtc_qlayout_hf_config(const qtc_qscheme *s, int input_bits);
+/* The static input quantization a model file stores (out->n 0 when none): its
+ * `<module>.input_scale` tensors with their zero points (0 when absent), bits
+ * from quantization_config's input_activations (8 when it does not say). A
+ * scale that is not positive and finite, or a zero point outside the bits'
+ * range, is an error naming the tensor. */
+qtc_status qtc_model_input_quant(const qtc_model_file *m, qtc_input_quant *out, qtc_error *err);
+void qtc_input_quant_free(qtc_input_quant *q);
 
 /* --- converting a whole model ------------------------------------------------------------ */
 
@@ -283,6 +303,9 @@ typedef struct qtc_convert_hooks {
      * (an imatrix's mean x^2), or NULL: integer schemes and ggml's block types
      * with an importance-weighted quantizer round with it */
     const float *(*importance)(void *ctx, const char *name, int64_t row_len);
+    /* static input scales to store beside the linear weights (NULL: none); every
+     * weight they name must be in the model and stored in an integer scheme */
+    const qtc_input_quant *inputs;
     void *ctx;
 } qtc_convert_hooks;
 

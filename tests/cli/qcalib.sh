@@ -16,6 +16,7 @@ NAME=qcalib
 . tests/cli/lib.sh
 head -c 400000 "$SHARED/data/tinystories-train.txt" >"$T/train.txt" # enough for every run here, quick to tokenize
 TRAIN=$T/train.txt
+PY=$(command -v python3 || echo /usr/bin/python3) # the standard library is enough here
 
 expect 0 "--help" "$Q" --help
 expect 1 "no data" "$Q" "$M" -o "$T/c.json"
@@ -116,6 +117,47 @@ if awk "BEGIN{exit !($i0 < 0.97 * $r0)}"; then ok; else bad "Q4_0 imatrix-weight
 expect 2 "qconv --imatrix with a model file" "$BIN/qconv" "$M" --to int4-g32 --imatrix "$M" -o "$T/bad.safetensors"
 stderr_has "qconv --imatrix with a model file" "not an imatrix GGUF"
 absent "no output after a bad imatrix" "$T/bad.safetensors"
+
+# qconv --calib: the static input scales stored beside int8 weights as compressed-tensors does (W8A8)
+expect 0 "qconv --calib" "$BIN/qconv" "$M" --to int8 --calib "$T/c.json" --format hf -o "$T/w8a8"
+check "input_activations in quantization_config" $PY -c '
+import json, sys
+a = json.load(open(sys.argv[1]))["quantization_config"]["config_groups"]["group_0"]["input_activations"]
+assert a["num_bits"] == 8 and a["type"] == "int" and a["strategy"] == "tensor" and a["dynamic"] is False, a' "$T/w8a8/config.json"
+check "input scales equal the calibration file's" $PY - "$T/w8a8/model.safetensors" "$T/c.json" <<'PYEOF'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+calib = json.load(open(sys.argv[2]))["tensors"]
+seen = 0
+for w, e in calib.items():
+    mod = w[:-len(".weight")]
+    s, z = head[mod + ".input_scale"], head[mod + ".input_zero_point"]
+    assert s["dtype"] == "F32" and s["shape"] == [1] and z["dtype"] == "I8" and z["shape"] == [1], (s, z)
+    scale = struct.unpack("<f", raw[8 + n + s["data_offsets"][0]:8 + n + s["data_offsets"][1]])[0]
+    zero = struct.unpack("<b", raw[8 + n + z["data_offsets"][0]:8 + n + z["data_offsets"][1]])[0]
+    assert abs(scale - e["input"]["scale"]) <= 1e-7 * scale and zero == e["input"]["zero_point"], (mod, scale, zero, e)
+    assert head[w]["dtype"] == "I8", head[w]
+    seen += 1
+assert seen == 35, seen
+PYEOF
+# qeval applies a model's own static input scales: the same scores as --act-calib on its int8 weights
+"$BIN/qeval" "$T/w8a8" --tokenizer "$TOK" --text "$EVAL" --windows 16 --ref "$M" --json >"$T/a.json" 2>"$T/err"
+check "qeval notes the model's input scales" grep -q "35 linear inputs quantized to int8 with the model's static scales" "$T/err"
+"$BIN/qconv" "$M" --to int8 -o "$T/w8.safetensors" 2>/dev/null
+"$BIN/qeval" "$T/w8.safetensors" --tokenizer "$TOK" --text "$EVAL" --windows 16 --ref "$M" --act-calib "$T/c.json" --json >"$T/b.json" 2>/dev/null
+grep -E '"(kld|ppl|nll)"' "$T/a.json" >"$T/a.txt"
+grep -E '"(kld|ppl|nll)"' "$T/b.json" >"$T/b.txt"
+check "W8A8 from the model file == --act-calib" cmp "$T/a.txt" "$T/b.txt"
+check "... and scores were compared" grep -q kld "$T/a.txt"
+expect 1 "qconv --calib into Q8_0 blocks" "$BIN/qconv" "$M" --to q8_0 --calib "$T/c.json" -o "$T/bad.gguf"
+stderr_has "qconv --calib into Q8_0 blocks" "not stored in an integer scheme"
+absent "no output after --calib into blocks" "$T/bad.gguf"
+head -c 200 "$T/c.json" >"$T/cut.json"
+expect 2 "qconv --calib truncated" "$BIN/qconv" "$M" --to int8 --calib "$T/cut.json" -o "$T/bad.safetensors"
+stderr_has "qconv --calib truncated" "not a qtc calibration file"
+absent "no output after a truncated calibration file" "$T/bad.safetensors"
 
 # bad input
 printf 'x' >"$T/junk.bin"
