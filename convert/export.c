@@ -48,6 +48,7 @@ typedef struct plan {
     int keep_q;        /* a quantized input kept in its own scheme: copied, not requantized */
     int first, count;  /* its entries in the output list */
     int input;         /* its static input scale in hooks->inputs, or -1 */
+    int gptq;          /* stored in GPTQ's layout */
 } plan;
 
 static void plan_tensor(const qtc_tensor_entry *e, const qtc_target *to, const qtc_convert_rule *rules, int n_rules, qtc_format fmt,
@@ -181,7 +182,7 @@ static qtc_status convert_one(qtc_model_file *m, int i, const plan *p, qtc_model
         if (rc == QTC_OK) {
             qtc_qweight_dequantize(&qw, back->data);
             accumulate_error(qtc_quant_error_of(f->data, back->data, qtc_tensor_numel(f)), se, x2, mx);
-            rc = qtc_qlayout_pack(&qw, e->name, parts, err);
+            rc = p->gptq ? qtc_gptq_layout_pack(&qw, e->name, parts, err) : qtc_qlayout_pack(&qw, e->name, parts, err);
         }
         if (rc == QTC_OK && p->input >= 0) { /* the last two entries: its input's scale and zero point */
             const qtc_input_quant *in = hooks->inputs;
@@ -265,10 +266,24 @@ qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, 
                 rc = qtc_error_set(err, QTC_ERR_USAGE, "tensor '%s': schemes apply to 2-D weights", e->name);
                 goto done;
             }
-            p->count = qtc_qlayout_count(&p->out.scheme);
-            if (qtc_qlayout_entries(&p->out.scheme, e->name, e->ne[0], e->ne[1], &entries[n_out]) != 0) {
-                rc = qtc_error_set(err, QTC_ERR_USAGE, "tensor '%s': name too long for its quantized parts", e->name);
-                goto done;
+            if (hooks->gptq_config && p->out.scheme.kind == QTC_QK_INT) {
+                char why[192];
+                if (hooks->inputs) {
+                    rc = qtc_error_set(err, QTC_ERR_USAGE, "static input scales go with the compressed-tensors layout, not GPTQ's");
+                    goto done;
+                }
+                if (qtc_gptq_layout_entries(&p->out.scheme, e->name, e->ne[0], e->ne[1], &entries[n_out], why, sizeof why) != 0) {
+                    rc = qtc_error_set(err, QTC_ERR_USAGE, "tensor '%s': %s", e->name, why);
+                    goto done;
+                }
+                p->count = QTC_GPTQ_PARTS;
+                p->gptq = 1;
+            } else {
+                p->count = qtc_qlayout_count(&p->out.scheme);
+                if (qtc_qlayout_entries(&p->out.scheme, e->name, e->ne[0], e->ne[1], &entries[n_out]) != 0) {
+                    rc = qtc_error_set(err, QTC_ERR_USAGE, "tensor '%s': name too long for its quantized parts", e->name);
+                    goto done;
+                }
             }
             if ((rc = plan_input(hooks->inputs, e, p, &entries[n_out + p->count], err)) != QTC_OK)
                 goto done;
@@ -310,7 +325,9 @@ qtc_status qtc_convert(qtc_model_file *m, const char *out_path, qtc_format fmt, 
     }
     if (fmt != QTC_FMT_GGUF) {
         qtc_kvs_set_str(&extra, "qtc.source_format", qtc_format_name(m->format));
-        if (used_scheme) {
+        if (used_scheme && hooks->gptq_config) {
+            qtc_kvs_set_str(&extra, "qtc.quantization_config", hooks->gptq_config);
+        } else if (used_scheme) {
             char *qc = qtc_qlayout_hf_config(used_scheme, hooks->inputs ? hooks->inputs->bits : 0);
             if (qc)
                 qtc_kvs_set_str(&extra, "qtc.quantization_config", qc);

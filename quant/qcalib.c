@@ -31,7 +31,11 @@ static const char *usage_text =
     "  --imatrix OUT.gguf the importance matrix (mean x^2 per input channel) in llama.cpp's format\n"
     "  --gptq             GPTQ the linear weights to --wbits B --group G (default 4, 32; 0 per channel,\n"
     "                     -1 per tensor) [--asym] [--act-order] [--damp D (0.01)], written to -o MODEL\n"
-    "                     (safetensors, an HF folder; the format from --format or the name)\n"
+    "                     (safetensors, an HF folder; the format from --format or the name); sequential:\n"
+    "                     each layer calibrated on the quantized layers' outputs (--no-sequential: the\n"
+    "                     float model's); an HF folder gets GPTQ's own layout (qweight, qzeros, scales,\n"
+    "                     g_idx; 2, 4 or 8 bits), a .safetensors compressed-tensors' (--layout gptq|\n"
+    "                     compressed-tensors to choose)\n"
     "  --awq              AWQ: per-input-channel scales mean|x|^alpha (alpha searched on a 20-point\n"
     "                     grid per input group for the least output error), folded into the RMSNorm\n"
     "                     weights (q/k/v, gate/up), v_proj (o_proj, without GQA) and up_proj\n"
@@ -277,11 +281,12 @@ int main(int argc, char **argv)
         {"awq", no_argument, 0, 'W'},           {"smoothquant", no_argument, 0, 'S'},
         {"alpha", required_argument, 0, 'l'},   {"ranges", required_argument, 0, 'r'},
         {"plot", required_argument, 0, 'P'},    {"no-sequential", no_argument, 0, 'Q'},
+        {"layout", required_argument, 0, 'y'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL, *ranges = NULL, *plot = NULL;
     double alpha = 0.5;
     int64_t tokens = 65536;
-    int sequential = 1, ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
+    int layout = -1, sequential = 1, ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
     double percentile = 99.99;
     uint64_t seed = 0;
     qtc_range_method method = QTC_RANGE_MINMAX;
@@ -310,6 +315,11 @@ int main(int argc, char **argv)
         case 'a': sym = 0; break;
         case 'O': go.act_order = 1; break;
         case 'Q': sequential = 0; break;
+        case 'y':
+            if (strcmp(optarg, "gptq") == 0) layout = 1;
+            else if (strcmp(optarg, "compressed-tensors") == 0) layout = 0;
+            else die_usage("--layout is gptq or compressed-tensors");
+            break;
         case 'D': go.damp = strtod(optarg, &end); if (*end || !(go.damp >= 0)) die_usage("--damp takes a number >= 0"); break;
         case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) die_usage("--format is safetensors, gguf or hf"); break;
         case 'J': as_json = 1; break;
@@ -348,6 +358,10 @@ int main(int argc, char **argv)
         if (fmt == QTC_FMT_UNKNOWN || fmt == QTC_FMT_GGUF)
             die_usage("GPTQ and AWQ models are integer schemes: write safetensors or an HF folder");
     }
+    if (layout < 0) /* an HF folder of GPTQ weights takes GPTQ's own layout */
+        layout = gptq && fmt == QTC_FMT_HF;
+    if (layout == 1 && !gptq)
+        die_usage("--layout gptq goes with --gptq");
     qtc_set_threads(threads);
     qtc_error err;
     int rc = 0;
@@ -416,16 +430,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "qcalib: wrote %s (importance matrix, %lld chunks of %d)\n", imatrix, (long long)cb->windows, ctx);
     }
     if (gptq) {
-        qtc_convert_hooks hooks = {.qweight = gptq_weight, .ctx = &gr};
+        char *gcfg = layout == 1 ? qtc_gptq_layout_config(&to.scheme, go.act_order, go.damp, sequential) : NULL;
+        qtc_convert_hooks hooks = {.qweight = gptq_weight, .gptq_config = gcfg, .ctx = &gr};
         qtc_convert_summary s;
-        if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
+        qtc_status st = qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err);
+        free(gcfg);
+        if (st != QTC_OK) {
             rc = fail(&err);
             goto done;
         }
         char name[64];
         qtc_qscheme_name(&to.scheme, name, sizeof name);
-        fprintf(stderr, "qcalib: wrote %s: %d weights by GPTQ to %s%s, %.3f bits per weight, rel rms err %.3e\n", out,
-                gr.done, name, go.act_order ? (sequential ? " (act-order)" : " (act-order, not sequential)") : sequential ? "" : " (not sequential)", s.bits_per_weight, s.rel_rms_err);
+        fprintf(stderr, "qcalib: wrote %s: %d weights by GPTQ to %s%s%s, %.3f bits per weight, rel rms err %.3e\n", out,
+                gr.done, name,
+                go.act_order ? (sequential ? " (act-order)" : " (act-order, not sequential)") : sequential ? "" : " (not sequential)",
+                layout == 1 ? " in GPTQ's layout" : "", s.bits_per_weight, s.rel_rms_err);
     }
     if (awq || smooth) { /* scales folded into the f32 model, which is then written in the scheme */
         if (smooth)

@@ -104,6 +104,9 @@ typedef struct qtc_qparts {
     const unsigned char *scale;      /* INT: f32 scales */
     const unsigned char *zero;       /* INT asymmetric: i8 values or i32 words (dim 0) */
     const unsigned char *absmax;     /* NF4: f32, or u8 codes when double-quantized */
+    int gptq;                        /* INT in GPTQ's layout: packed is qweight, scale f16 scales,
+                                        zero qzeros (v1), g_idx each input's group */
+    const unsigned char *g_idx;
     const unsigned char *nested_absmax, *nested_map, *quant_map; /* NF4: f32 */
     float nested_offset;             /* NF4 double quant */
 } qtc_qparts;
@@ -227,6 +230,26 @@ int qtc_qlayout_entries(const qtc_qscheme *s, const char *weight_name, int64_t r
                          qtc_out_entry *out);
 /* The stored tensors of q, in the order of qtc_qlayout_entries (caller frees each). */
 qtc_status qtc_qlayout_pack(const qtc_qweight *q, const char *weight_name, qtc_tensor **out, qtc_error *err);
+/* GPTQ's own layout (AutoGPTQ's checkpoint_format "gptq", v1), for integer
+ * schemes of 2, 4 or 8 bits in groups along the input or per channel:
+ * `<module>.qweight` (i32 [in / (32/bits), out]: the unsigned codes, value +
+ * 2^(bits-1), of each output's inputs packed LSB first), `<module>.qzeros`
+ * (i32 [groups, out / (32/bits)]: unsigned zero points minus 1, packed the same
+ * way along the outputs), `<module>.scales` (f16 [groups, out]) and
+ * `<module>.g_idx` (i32 [in]: each input's group, i / group). Dequantized:
+ * w[j][i] = scales[g][j] * (q[i][j] - (qzeros[g][j] + 1)), g = g_idx[i].
+ * Read back when config.json's quantization_config says quant_method "gptq"
+ * (g_idx must be the plain i / group: act-order checkpoints with permuted
+ * groups are refused). */
+#define QTC_GPTQ_PARTS 4
+/* The four entries of a weight in GPTQ's layout; -1 with why filled when the
+ * scheme or shape cannot be stored that way. */
+int qtc_gptq_layout_entries(const qtc_qscheme *s, const char *weight_name, int64_t rows, int64_t cols, qtc_out_entry *out,
+                            char *why, size_t cap);
+qtc_status qtc_gptq_layout_pack(const qtc_qweight *q, const char *weight_name, qtc_tensor **out, qtc_error *err);
+/* GPTQ's quantization_config (malloc'd JSON text). */
+char *qtc_gptq_layout_config(const qtc_qscheme *s, int desc_act, double damp, int true_sequential);
+
 /* Static input quantization of linear layers (a calibration file's ranges),
  * stored beside integer-scheme weights as compressed-tensors does:
  * `<module>.input_scale` (f32 [1]) and `<module>.input_zero_point` (i8 [1]),
@@ -306,6 +329,9 @@ typedef struct qtc_convert_hooks {
     /* static input scales to store beside the linear weights (NULL: none); every
      * weight they name must be in the model and stored in an integer scheme */
     const qtc_input_quant *inputs;
+    /* non-NULL: weights in integer schemes are stored in GPTQ's layout and this
+     * is the quantization_config (qtc_gptq_layout_config) */
+    const char *gptq_config;
     void *ctx;
 } qtc_convert_hooks;
 

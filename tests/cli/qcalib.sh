@@ -118,6 +118,32 @@ expect 2 "qconv --imatrix with a model file" "$BIN/qconv" "$M" --to int4-g32 --i
 stderr_has "qconv --imatrix with a model file" "not an imatrix GGUF"
 absent "no output after a bad imatrix" "$T/bad.safetensors"
 
+# GPTQ's own layout in an HF folder (qweight, qzeros, scales, g_idx), read back by qtc and by numpy
+expect 0 "GPTQ layout int8-g32" "$Q" "$M" --data "$TRAIN" --tokens 8192 --gptq --wbits 8 -o "$T/gq" --format hf
+stderr_has "GPTQ layout int8-g32" "by GPTQ to int8-g32 in GPTQ's layout"
+"$BIN/qconv" "$T/gq" --inspect >"$T/out" 2>&1
+stdout_has "GPTQ folder reads as int8-g32" "q_proj.weight *int8-g32"
+expect 0 "GPTQ layout asymmetric" "$Q" "$M" --data "$TRAIN" --tokens 8192 --gptq --wbits 8 --asym -o "$T/gqa" --format hf
+expect 0 "GPTQ folder to f32" "$BIN/qconv" "$T/gq" --to f32 -o "$T/gq32.safetensors"
+expect 0 "asymmetric GPTQ folder to f32" "$BIN/qconv" "$T/gqa" --to f32 -o "$T/gqa32.safetensors"
+NUMPY_PY=
+for py in python3 /usr/bin/python3; do
+    if "$py" -c "import numpy" 2>/dev/null; then NUMPY_PY=$py; break; fi
+done
+if [ -n "$NUMPY_PY" ]; then
+    check "numpy dequantizes the GPTQ layout as qtc does" "$NUMPY_PY" tests/oracle/gptq_oracle.py "$T/gq" "$T/gq32.safetensors"
+    check "... asymmetric too" "$NUMPY_PY" tests/oracle/gptq_oracle.py "$T/gqa" "$T/gqa32.safetensors"
+else
+    skip=$((skip + 2))
+fi
+g8=$(kld "$T/gq")
+"$Q" "$M" --data "$TRAIN" --tokens 8192 --gptq --wbits 8 --layout compressed-tensors -o "$T/gq.safetensors" 2>/dev/null
+c8=$(kld "$T/gq.safetensors")
+if awk "BEGIN{d = $g8 - $c8; exit !(d < 0.02 * $c8 + 1e-4 && -d < 0.02 * $c8 + 1e-4)}"; then ok; else bad "GPTQ layout KLD $g8 vs compressed-tensors $c8"; fi
+expect 1 "GPTQ layout at 4 bits on 172-wide rows" "$Q" "$M" --data "$TRAIN" --tokens 8192 --gptq -o "$T/gq4" --format hf
+stderr_has "GPTQ layout at 4 bits on 172-wide rows" "a multiple of 8 at 4 bits"
+absent "no folder after a refused layout" "$T/gq4"
+
 # qconv --calib: the static input scales stored beside int8 weights as compressed-tensors does (W8A8)
 expect 0 "qconv --calib" "$BIN/qconv" "$M" --to int8 --calib "$T/c.json" --format hf -o "$T/w8a8"
 check "input_activations in quantization_config" $PY -c '
