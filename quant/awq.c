@@ -97,3 +97,92 @@ qtc_status qtc_awq_search(const float *const *ws, const int64_t *rows, int n, in
     free(cand);
     return rc;
 }
+
+/* The output error of one group of a row: d H_gg d^T over columns [c0, c0 + g),
+ * H seen through the input scales (the inputs are x / scale once the weights
+ * carry the scale). */
+static double group_error(const float *w, const float *wq, int64_t c0, int64_t g, int64_t cols, const double *H,
+                          const float *in_scale)
+{
+    double e = 0;
+    for (int64_t a = 0; a < g; a++) {
+        double da = (double)w[a] - wq[a], hd = 0;
+        if (da == 0)
+            continue;
+        for (int64_t b = 0; b < g; b++) {
+            double h = H[(c0 + a) * cols + c0 + b];
+            if (in_scale)
+                h /= (double)in_scale[c0 + a] * in_scale[c0 + b];
+            hd += h * ((double)w[b] - wq[b]);
+        }
+        e += da * hd;
+    }
+    return e;
+}
+
+/* One group clamped to [-m, m] and rounded to nearest in s (its own min-max
+ * range, as qtc_qweight_quantize would round it) into out. */
+static void clip_and_round(const float *w, int64_t g, float m, const qtc_qscheme *s, float *clamped, float *out)
+{
+    for (int64_t j = 0; j < g; j++)
+        clamped[j] = fminf(fmaxf(w[j], -m), m);
+    float scale;
+    int zero;
+    qtc_int_qparams(clamped, g, s->bits, s->symmetric, &scale, &zero);
+    float inv = 1.0f / scale;
+    for (int64_t j = 0; j < g; j++)
+        out[j] = (float)(qtc_int_quantize_one(clamped[j], inv, zero, s->bits) - zero) * scale;
+}
+
+qtc_status qtc_awq_clip(const float *w, int64_t rows, int64_t cols, const double *xtx, const float *in_scale,
+                        const qtc_qscheme *s, float *clip, double *err_before, double *err_after, qtc_error *qerr)
+{
+    *err_before = *err_after = 0;
+    const int64_t g = s->group > 0 ? s->group : cols;
+    if (s->kind != QTC_QK_INT || s->group < 0) /* one range for the whole tensor: nothing per group to clip */
+        return qtc_error_set(qerr, QTC_ERR_USAGE, "AWQ clips integer schemes per group or channel");
+    const int n_grid = 20, max_shrink = 10; /* AutoAWQ's: max|w| * (1 - i/20), i < 0.5 * 20 */
+    double before = 0, after = 0;
+    int failed = 0;
+    #pragma omp parallel for reduction(+ : before, after) schedule(static) if (rows * cols > 4096)
+    for (int64_t r = 0; r < rows; r++) {
+        float *clamped = malloc((size_t)g * sizeof *clamped), *wq = malloc((size_t)g * sizeof *wq);
+        if (!clamped || !wq) {
+            free(clamped);
+            free(wq);
+            #pragma omp atomic write
+            failed = 1;
+            continue;
+        }
+        for (int64_t c0 = 0; c0 < cols; c0 += g) {
+            const int64_t n = c0 + g <= cols ? g : cols - c0;
+            const float *row = w + r * cols + c0;
+            float amax = 0;
+            for (int64_t j = 0; j < n; j++)
+                amax = fmaxf(amax, fabsf(row[j]));
+            double best = INFINITY, first = 0;
+            float best_m = amax;
+            for (int i = 0; i < max_shrink && amax > 0; i++) {
+                float m = amax * (1.0f - (float)i / (float)n_grid);
+                clip_and_round(row, n, m, s, clamped, wq);
+                double e = group_error(row, wq, c0, n, cols, xtx, in_scale);
+                if (i == 0)
+                    first = e;
+                if (e < best) {
+                    best = e;
+                    best_m = m;
+                }
+            }
+            before += first;
+            after += amax > 0 ? best : 0;
+            clip[r * ((cols + g - 1) / g) + c0 / g] = best_m;
+        }
+        free(clamped);
+        free(wq);
+    }
+    if (failed)
+        return qtc_error_set(qerr, QTC_ERR_NOMEM, "out of memory");
+    *err_before = before;
+    *err_after = after;
+    return QTC_OK;
+}

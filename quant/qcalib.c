@@ -39,7 +39,9 @@ static const char *usage_text =
     "  --awq              AWQ: per-input-channel scales mean|x|^alpha (alpha searched on a 20-point\n"
     "                     grid per input group for the least output error), folded into the RMSNorm\n"
     "                     weights (q/k/v, gate/up), v_proj (o_proj, without GQA) and up_proj\n"
-    "                     (down_proj); then --wbits/--group round to nearest, written to -o MODEL\n"
+    "                     (down_proj); then each group of every weight but q/k clipped to the range\n"
+    "                     (max|w| shrunk 0-45%%) with the least output error (--no-clip: not), and\n"
+    "                     --wbits/--group round to nearest, written to -o MODEL\n"
     "  --smoothquant      SmoothQuant for W8A8: per-channel s = max|x|^A / max|W|^(1-A) (--alpha A,\n"
     "                     default 0.5) folded into the RMSNorm weights before q/k/v and gate/up;\n"
     "                     weights stored int8 per channel (or --wbits/--group) to -o MODEL, and the\n"
@@ -158,11 +160,27 @@ static float *window_logits(qtc_llama *m, const qtc_tokens *data, int ctx)
 
 typedef struct awq_run {
     qtc_qscheme s;
+    int clip;                /* AWQ's weight clipping after the scales */
+    float **clips;           /* per layer * QTC_N_LINEAR + kind: the clamp of each row's group, or NULL */
     double err_awq, err_rtn; /* output errors summed over the weights */
+    double err_clip_before, err_clip_after;
 } awq_run;
 
+/* Clamps every group of w (rows x cols, scheme s) to its [-clip, clip]. */
+static void apply_clip(qtc_tensor *w, const float *clip, const qtc_qscheme *s)
+{
+    const int64_t rows = w->ne[0], cols = w->ne[1], g = s->group > 0 ? s->group : cols, ng = (cols + g - 1) / g;
+    float *v = w->data;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            float m = clip[r * ng + c / g];
+            v[r * cols + c] = fminf(fmaxf(v[r * cols + c], -m), m);
+        }
+}
+
 /* qtc_calib_run's layer_done: AWQ's scales for each of the layer's input groups, folded into
- * the layer's f32 weights (the float function stays the same). */
+ * the layer's f32 weights (the float function stays the same), then AWQ's clipping of every
+ * weight but q and k (as AutoAWQ: their errors are magnified by the attention scores). */
 static qtc_status awq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
 {
     awq_run *r = ctx;
@@ -172,11 +190,16 @@ static qtc_status awq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_e
         qtc_tensor *w[3];
         int n;
         qtc_tensor *prev;   /* what produced the input: a norm weight, or v/up rows */
-    } groups[4] = {{QTC_LIN_Q, {L->wq, L->wk, L->wv}, 3, L->attn_norm},
-                   {QTC_LIN_O, {L->wo}, 1, m->c.n_kv_heads == m->c.n_heads ? L->wv : NULL},
-                   {QTC_LIN_GATE, {L->w_gate, L->w_up}, 2, L->ffn_norm},
-                   {QTC_LIN_DOWN, {L->w_down}, 1, L->w_up}};
-    for (int k = 0; k < 4; k++) {
+        int clip[2];        /* the kinds of the weights clipped afterwards (-1: none) */
+        float *sc;          /* the scales folded in (NULL: none) */
+    } groups[4] = {{QTC_LIN_Q, {L->wq, L->wk, L->wv}, 3, L->attn_norm, {QTC_LIN_V, -1}, NULL},
+                   {QTC_LIN_O, {L->wo}, 1, m->c.n_kv_heads == m->c.n_heads ? L->wv : NULL, {QTC_LIN_O, -1}, NULL},
+                   {QTC_LIN_GATE, {L->w_gate, L->w_up}, 2, L->ffn_norm, {QTC_LIN_GATE, QTC_LIN_UP}, NULL},
+                   {QTC_LIN_DOWN, {L->w_down}, 1, L->w_up, {QTC_LIN_DOWN, -1}, NULL}};
+    qtc_tensor *ws_all[QTC_N_LINEAR];
+    layer_weights(L, ws_all);
+    qtc_status rc = QTC_OK;
+    for (int k = 0; k < 4 && rc == QTC_OK; k++) {
         if (!groups[k].prev) /* grouped-query attention: o_proj's input has no per-channel producer to fold into */
             continue;
         const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
@@ -188,15 +211,15 @@ static qtc_status awq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_e
             rows[i] = groups[k].w[i]->ne[0];
         }
         double *mean_abs = malloc((size_t)cols * sizeof *mean_abs), alpha = 0, e = 0, e0 = 0;
-        float *sc = malloc((size_t)cols * sizeof *sc);
+        float *sc = groups[k].sc = malloc((size_t)cols * sizeof *sc);
         if (!mean_abs || !sc) {
             free(mean_abs);
-            free(sc);
-            return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+            rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+            break;
         }
         for (int64_t c = 0; c < cols; c++)
             mean_abs[c] = a->sum_abs[c] / (double)a->rows;
-        qtc_status rc = qtc_awq_search(ws, rows, groups[k].n, cols, a->xtx, mean_abs, &r->s, 20, sc, &alpha, &e, &e0, err);
+        rc = qtc_awq_search(ws, rows, groups[k].n, cols, a->xtx, mean_abs, &r->s, 20, sc, &alpha, &e, &e0, err);
         if (rc == QTC_OK) {
             r->err_awq += e;
             r->err_rtn += e0;
@@ -205,11 +228,24 @@ static qtc_status awq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_e
             unscale_rows(groups[k].prev, sc);
         }
         free(mean_abs);
-        free(sc);
-        if (rc != QTC_OK)
-            return rc;
     }
-    return QTC_OK;
+    for (int k = 0; k < 4 && rc == QTC_OK && r->clip; k++) {
+        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
+        for (int i = 0; i < 2 && groups[k].clip[i] >= 0 && rc == QTC_OK; i++) {
+            const qtc_tensor *w = ws_all[groups[k].clip[i]];
+            const int64_t g = r->s.group > 0 ? r->s.group : w->ne[1];
+            float *clip = malloc((size_t)(w->ne[0] * ((w->ne[1] + g - 1) / g)) * sizeof *clip);
+            double before = 0, after = 0;
+            rc = clip ? qtc_awq_clip(w->data, w->ne[0], w->ne[1], a->xtx, groups[k].sc, &r->s, clip, &before, &after, err)
+                      : qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+            r->clips[l * QTC_N_LINEAR + groups[k].clip[i]] = clip;
+            r->err_clip_before += before;
+            r->err_clip_after += after;
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        free(groups[k].sc);
+    return rc;
 }
 
 /* SmoothQuant: per input channel s = max|x|^alpha / max|W|^(1 - alpha) over the weights reading
@@ -281,12 +317,12 @@ int main(int argc, char **argv)
         {"awq", no_argument, 0, 'W'},           {"smoothquant", no_argument, 0, 'S'},
         {"alpha", required_argument, 0, 'l'},   {"ranges", required_argument, 0, 'r'},
         {"plot", required_argument, 0, 'P'},    {"no-sequential", no_argument, 0, 'Q'},
-        {"layout", required_argument, 0, 'y'},
+        {"layout", required_argument, 0, 'y'},  {"no-clip", no_argument, 0, 'K'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL, *ranges = NULL, *plot = NULL;
     double alpha = 0.5;
     int64_t tokens = 65536;
-    int layout = -1, sequential = 1, ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
+    int clip = 1, layout = -1, sequential = 1, ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
     double percentile = 99.99;
     uint64_t seed = 0;
     qtc_range_method method = QTC_RANGE_MINMAX;
@@ -315,6 +351,7 @@ int main(int argc, char **argv)
         case 'a': sym = 0; break;
         case 'O': go.act_order = 1; break;
         case 'Q': sequential = 0; break;
+        case 'K': clip = 0; break;
         case 'y':
             if (strcmp(optarg, "gptq") == 0) layout = 1;
             else if (strcmp(optarg, "compressed-tensors") == 0) layout = 0;
@@ -372,7 +409,7 @@ int main(int argc, char **argv)
     qtc_calib *cb = NULL;
     qtc_calib_source prov = {data_path, "", 0, ctx, seed};
     gptq_run gr = {to.scheme, go, sequential, 0, NULL, NULL, 0};
-    awq_run ar = {to.scheme, 0, 0};
+    awq_run ar = {to.scheme, clip, NULL, 0, 0, 0, 0};
     float *before = NULL; /* one window's logits before folding, to check that folding keeps the function */
     if (!src || !(m = qtc_llama_from_model(src, &err)) ||
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
@@ -397,6 +434,11 @@ int main(int argc, char **argv)
         }
         ch = (qtc_calib_hooks){show_progress, gptq_layer, sequential, &gr};
     } else if (awq) {
+        if (clip && !(ar.clips = calloc((size_t)gr.n, sizeof *ar.clips))) {
+            rc = fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
+            goto done;
+        }
+        ar.clip = clip && to.scheme.group >= 0; /* a per-tensor range has no groups to clip */
         ch = (qtc_calib_hooks){show_progress, awq_layer, 0, &ar};
     }
     if (awq || smooth)
@@ -454,12 +496,22 @@ int main(int argc, char **argv)
         for (int64_t i = 0; before && after && i < (int64_t)ctx * m->c.vocab; i++)
             moved = fmax(moved, fabs((double)before[i] - after[i]));
         free(after);
-        if (awq)
+        if (awq) {
             fprintf(stderr, "qcalib: AWQ: output error %.4g -> %.4g (%.1f%% of round-to-nearest's)\n", ar.err_rtn,
                     ar.err_awq, ar.err_rtn > 0 ? 100 * ar.err_awq / ar.err_rtn : 0);
-        else
+            if (ar.clip)
+                fprintf(stderr, "qcalib: AWQ clipping: group output error %.4g -> %.4g (%.1f%%)\n", ar.err_clip_before,
+                        ar.err_clip_after, ar.err_clip_before > 0 ? 100 * ar.err_clip_after / ar.err_clip_before : 0);
+        } else {
             fprintf(stderr, "qcalib: SmoothQuant: alpha %.2f folded into the RMSNorm weights before q/k/v and gate/up\n", alpha);
+        }
         fprintf(stderr, "qcalib: folding moved the float model's logits by at most %.2e\n", moved);
+        for (int i = 0; ar.clips && i < gr.n; i++) /* AWQ's clipping: after the check, as it changes the function */
+            if (ar.clips[i]) {
+                qtc_tensor *ws[QTC_N_LINEAR];
+                layer_weights(&m->layers[i / QTC_N_LINEAR], ws);
+                apply_clip(ws[i % QTC_N_LINEAR], ar.clips[i], &to.scheme);
+            }
         if (ranges) { /* the inputs of the model as written: a second pass over the same windows */
             qtc_calib *cb2 = qtc_calib_new(&src->config, 0, &err);
             if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, &err) != QTC_OK ||
@@ -510,6 +562,9 @@ int main(int argc, char **argv)
     }
 done:
     free(before);
+    for (int i = 0; ar.clips && i < gr.n; i++)
+        free(ar.clips[i]);
+    free(ar.clips);
     for (int i = 0; gr.q && i < gr.n; i++)
         qtc_qweight_free(&gr.q[i]);
     free(gr.q);

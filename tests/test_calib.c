@@ -649,3 +649,87 @@ TEST(awq_scales_lower_the_output_error_when_a_few_channels_carry_large_activatio
     free(xtx);
     free(mean_abs);
 }
+
+TEST(awq_clipping_picks_each_groups_best_clamp_as_the_real_quantizer_rounds_it)
+{
+    qtc_error err;
+    enum { R = 12, C = 64, G = 16, NG = C / G, N = 300 };
+    float *w = malloc(R * C * sizeof *w), *cw = malloc(R * C * sizeof *cw), *back = malloc(R * C * sizeof *back);
+    double *H = calloc(C * C, sizeof *H), *Hs = calloc(C * C, sizeof *Hs);
+    float clip[R * NG], clip_s[R * NG], in_scale[C];
+    qtc_rng r;
+    qtc_rng_seed(&r, 33);
+    for (int i = 0; i < R * C; i++)
+        w[i] = (float)normal(&r) * (qtc_rng_uniform(&r) < 0.03 ? 5.0f : 1.0f); /* a few outliers to clip */
+    for (int t = 0; t < N; t++) {
+        double x[C];
+        for (int a = 0; a < C; a++)
+            x[a] = normal(&r) * (a % 9 == 0 ? 3 : 1);
+        for (int a = 0; a < C; a++)
+            for (int b = 0; b < C; b++)
+                H[a * C + b] += x[a] * x[b];
+    }
+    qtc_qscheme s;
+    qtc_qscheme_parse("int3-g16", &s);
+    double before, after;
+    CHECK(qtc_awq_clip(w, R, C, H, NULL, &s, clip, &before, &after, &err) == QTC_OK);
+    CHECK_MSG(after < 0.97 * before, "clipping error %g, unclipped %g", after, before);
+    /* every candidate clamp applied to all groups, rounded by qtc_qweight_quantize, scored per group in double */
+    double best[R * NG], chosen[R * NG];
+    for (int g = 0; g < R * NG; g++)
+        best[g] = INFINITY, chosen[g] = -1;
+    for (int i = 0; i < 10; i++) {
+        for (int row = 0; row < R; row++)
+            for (int g = 0; g < NG; g++) {
+                float amax = 0;
+                for (int j = 0; j < G; j++)
+                    amax = fmaxf(amax, fabsf(w[row * C + g * G + j]));
+                float m = amax * (1.0f - (float)i / 20.0f);
+                for (int j = 0; j < G; j++)
+                    cw[row * C + g * G + j] = fminf(fmaxf(w[row * C + g * G + j], -m), m);
+                if (m == clip[row * NG + g])
+                    chosen[row * NG + g] = i;
+            }
+        qtc_qweight q;
+        CHECK(qtc_qweight_quantize(cw, R, C, &s, &q, &err) == QTC_OK);
+        qtc_qweight_dequantize(&q, back);
+        qtc_qweight_free(&q);
+        for (int row = 0; row < R; row++)
+            for (int g = 0; g < NG; g++) {
+                double e = 0;
+                for (int a = g * G; a < g * G + G; a++)
+                    for (int b = g * G; b < g * G + G; b++)
+                        e += ((double)w[row * C + a] - back[row * C + a]) * H[a * C + b] * ((double)w[row * C + b] - back[row * C + b]);
+                if (e < best[row * NG + g] * (1 - 1e-12))
+                    best[row * NG + g] = e;
+                if (chosen[row * NG + g] == i)
+                    chosen[row * NG + g] = -2 - e; /* its error, marked as found */
+            }
+    }
+    int wrong = 0, clipped = 0;
+    for (int g = 0; g < R * NG; g++) {
+        double e = -2 - chosen[g];
+        if (chosen[g] > -2 || fabs(e - best[g]) > 1e-9 * best[g] + 1e-12)
+            wrong++;
+        float amax = 0;
+        for (int j = 0; j < G; j++)
+            amax = fmaxf(amax, fabsf(w[(g / NG) * C + (g % NG) * G + j]));
+        clipped += clip[g] < amax;
+    }
+    CHECK_MSG(wrong == 0, "%d of %d groups did not get their best clamp", wrong, R * NG);
+    CHECK_MSG(clipped > 0, "no group was clipped");
+    /* with AWQ's input scales the inputs are x / s: the same as H through diag(1/s) */
+    for (int a = 0; a < C; a++)
+        in_scale[a] = (float)(0.5 + qtc_rng_uniform(&r));
+    for (int a = 0; a < C; a++)
+        for (int b = 0; b < C; b++)
+            Hs[a * C + b] = H[a * C + b] / ((double)in_scale[a] * in_scale[b]);
+    CHECK(qtc_awq_clip(w, R, C, H, in_scale, &s, clip, &before, &after, &err) == QTC_OK);
+    CHECK(qtc_awq_clip(w, R, C, Hs, NULL, &s, clip_s, &before, &after, &err) == QTC_OK);
+    CHECK(memcmp(clip, clip_s, sizeof clip) == 0);
+    free(w);
+    free(cw);
+    free(back);
+    free(H);
+    free(Hs);
+}

@@ -182,4 +182,15 @@ qtc_status qtc_awq_search(const float *const *ws, const int64_t *rows, int n, in
                           const double *mean_abs, const qtc_qscheme *s, int grid, float *scales, double *alpha,
                           double *err, double *err_rtn, qtc_error *qerr);
 
+/* AWQ's weight clipping (AutoAWQ's auto_clip) for w (rows x cols, f32): for
+ * each row's group (scheme s, integer, per group or channel), the clamp
+ * m = max|w| * (1 - i/20), i in 0..9, whose [-m, m]-clamped group rounded to
+ * nearest has the least output error over the group's inputs, d H_gg d^T
+ * (H = xtx, seen through in_scale when the weight's columns carry AWQ's
+ * scales, the inputs then being x / scale; NULL: none), goes to clip
+ * (rows x groups). *err_before and *err_after sum the group errors at i = 0
+ * and at the chosen clamps. */
+qtc_status qtc_awq_clip(const float *w, int64_t rows, int64_t cols, const double *xtx, const float *in_scale,
+                        const qtc_qscheme *s, float *clip, double *err_before, double *err_after, qtc_error *qerr);
+
 #endif
