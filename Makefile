@@ -130,7 +130,7 @@ bench: all $(BENCH_BIN)
 	@echo "== examples/finetune.sh: the fine-tuning table (500 steps per method, several minutes)"
 	@STEPS=500 BATCH=16 WINDOWS=all QTC_BIN=$(BINDIR) sh examples/finetune.sh build/finetune
 	@echo "== examples/calibrate.sh: the calibration table (every method, all tokens, a few minutes)"
-	@TOKENS=0 WINDOWS=all SCHEMES="int4-g32 int4 int3-g32" METHODS="minmax percentile mse kl" QTC_BIN=$(BINDIR) \
+	@TOKENS=0 WINDOWS=all SCHEMES="int4-g32 int4 int3-g32" METHODS="minmax percentile mse kl" GGML_TYPES="q4_0 q4_1 q5_0" QTC_BIN=$(BINDIR) \
 	  sh examples/calibrate.sh build/calibrate
 	@echo "== bench/torch_train.py (the peer baseline for bench_train and bench_lora)"
 	@py=; for p in python3 /usr/bin/python3; do if $$p -c "import torch" 2>/dev/null; then py=$$p; break; fi; done; \

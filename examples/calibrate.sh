@@ -8,8 +8,9 @@
 # Usage: examples/calibrate.sh [OUTDIR]
 #   env: QTC_BIN, QTC_SHARED, TOKENS (calibration tokens, default 16384; 0: all),
 #   WINDOWS (eval windows of 128, default 64; all: every window), SCHEMES (default
-#   int4-g32), METHODS (default minmax percentile). `make bench` runs the whole
-#   table: TOKENS=0 WINDOWS=all SCHEMES="int4-g32 int4 int3-g32" METHODS="minmax percentile mse kl".
+#   int4-g32), METHODS (default minmax percentile), GGML_TYPES (default q4_0). `make bench`
+#   runs the whole table: TOKENS=0 WINDOWS=all SCHEMES="int4-g32 int4 int3-g32"
+#   METHODS="minmax percentile mse kl" GGML_TYPES="q4_0 q4_1 q5_0".
 set -eu
 BIN=${QTC_BIN:-bin}
 SHARED=${QTC_SHARED:-../shared}
@@ -22,6 +23,7 @@ TOKENS=${TOKENS:-16384}
 WINDOWS=${WINDOWS:-64}
 SCHEMES=${SCHEMES:-int4-g32}
 METHODS=${METHODS:-minmax percentile}
+GGML_TYPES=${GGML_TYPES:-q4_0}
 [ "$WINDOWS" = all ] && WINDOWS=1000000
 mkdir -p "$OUT"
 
@@ -37,7 +39,7 @@ score() { # MODEL [qeval options]: "KLD k  ppl p" against the float model
 TRAIN=$OUT/train.tok
 "$BIN/qcalib" "$MODEL" --data "$TRAIN" --tokens "$TOKENS" --imatrix "$OUT/imatrix.gguf" 2>/dev/null
 echo "== weights (calibration: $([ "$TOKENS" = 0 ] && echo all the || echo "$TOKENS") tokens of tinystories-train): KLD and perplexity on tinystories-eval"
-printf '%-10s %-24s %-24s %-24s %-24s\n' scheme "round to nearest" "imatrix-weighted" "AWQ" "GPTQ (act-order)"
+printf '%-10s %-24s %-24s %-24s %-24s\n' scheme "round to nearest" "imatrix-weighted" "AWQ (clipped)" "GPTQ (act-order)"
 for s in $SCHEMES; do
     bits=${s#int}; bits=${bits%%-*}
     case $s in *-g*) group=${s##*-g} ;; *) group=0 ;; esac
@@ -48,6 +50,14 @@ for s in $SCHEMES; do
         -o "$OUT/gptq-$s.safetensors" 2>/dev/null
     printf '%-10s %-24s %-24s %-24s %-24s\n' "$s" "$(score "$OUT/rtn-$s.safetensors")" "$(score "$OUT/imx-$s.safetensors")" \
         "$(score "$OUT/awq-$s.safetensors")" "$(score "$OUT/gptq-$s.safetensors")"
+done
+
+echo "== ggml block types (GGUF), as llama-quantize rounds them without and with the imatrix"
+printf '%-10s %-24s %-24s\n' type "round to nearest" "imatrix-weighted"
+for t in $GGML_TYPES; do
+    "$BIN/qconv" "$MODEL" --to "$t" -o "$OUT/rtn-$t.gguf" 2>/dev/null
+    "$BIN/qconv" "$MODEL" --to "$t" --imatrix "$OUT/imatrix.gguf" -o "$OUT/imx-$t.gguf" 2>/dev/null
+    printf '%-10s %-24s %-24s\n' "$t" "$(score "$OUT/rtn-$t.gguf")" "$(score "$OUT/imx-$t.gguf")"
 done
 
 echo "== W8A8: int8 weights per channel, int8 inputs per tensor with static ranges: KLD and perplexity"
