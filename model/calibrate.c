@@ -36,7 +36,9 @@ qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err
         s->sum_sq = calloc((size_t)s->in, sizeof *s->sum_sq);
         s->sum_abs = calloc((size_t)s->in, sizeof *s->sum_abs);
         s->amax = calloc((size_t)s->in, sizeof *s->amax);
-        if (!s->sum_sq || !s->sum_abs || !s->amax) {
+        s->cmin = calloc((size_t)s->in, sizeof *s->cmin);
+        s->cmax = calloc((size_t)s->in, sizeof *s->cmax);
+        if (!s->sum_sq || !s->sum_abs || !s->amax || !s->cmin || !s->cmax) {
             qtc_calib_free(cb);
             return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory for the calibration statistics"), NULL;
         }
@@ -53,6 +55,8 @@ void qtc_calib_free(qtc_calib *cb)
         free(cb->s[i].sum_sq);
         free(cb->s[i].sum_abs);
         free(cb->s[i].amax);
+        free(cb->s[i].cmin);
+        free(cb->s[i].cmax);
         if (recorded_kind(k) == k) /* copies share their source's x x^T */
             free(cb->s[i].xtx);
     }
@@ -77,7 +81,7 @@ static void share(qtc_calib *cb, int l)
             continue;
         qtc_act_stats *d = &cb->s[i];
         const qtc_act_stats *s = &cb->s[i - k + from];
-        double *sq = d->sum_sq, *ab = d->sum_abs, *am = d->amax;
+        double *sq = d->sum_sq, *ab = d->sum_abs, *am = d->amax, *mn = d->cmin, *mx = d->cmax;
         char name[QTC_NAME_MAX];
         memcpy(name, d->weight, sizeof name);
         *d = *s;
@@ -85,9 +89,13 @@ static void share(qtc_calib *cb, int l)
         d->sum_sq = sq;
         d->sum_abs = ab;
         d->amax = am;
+        d->cmin = mn;
+        d->cmax = mx;
         memcpy(sq, s->sum_sq, (size_t)s->in * sizeof *sq);
         memcpy(ab, s->sum_abs, (size_t)s->in * sizeof *ab);
         memcpy(am, s->amax, (size_t)s->in * sizeof *am);
+        memcpy(mn, s->cmin, (size_t)s->in * sizeof *mn);
+        memcpy(mx, s->cmax, (size_t)s->in * sizeof *mx);
         d->xtx = s->xtx;
     }
 }
@@ -240,8 +248,25 @@ static void range_qparams(double lo, double hi, int bits, float *scale, int *zer
     qtc_int_qparams(r, 2, bits, 0, scale, zero);
 }
 
+/* An input's per-channel ranges and their parameters, as JSON arrays. */
+static cJSON *channels_json(const qtc_act_stats *a, int bits)
+{
+    cJSON *c = cJSON_CreateObject(), *mn = cJSON_AddArrayToObject(c, "min"), *mx = cJSON_AddArrayToObject(c, "max");
+    cJSON *sc = cJSON_AddArrayToObject(c, "scale"), *zp = cJSON_AddArrayToObject(c, "zero_point");
+    for (int64_t k = 0; k < a->in; k++) {
+        float scale;
+        int zero;
+        range_qparams(a->cmin[k], a->cmax[k], bits, &scale, &zero);
+        cJSON_AddItemToArray(mn, cJSON_CreateNumber(a->cmin[k]));
+        cJSON_AddItemToArray(mx, cJSON_CreateNumber(a->cmax[k]));
+        cJSON_AddItemToArray(sc, cJSON_CreateNumber(scale));
+        cJSON_AddItemToArray(zp, cJSON_CreateNumber(zero));
+    }
+    return c;
+}
+
 qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_method m, double p, int bits,
-                               const qtc_calib_source *src, qtc_error *err)
+                               int per_channel, const qtc_calib_source *src, qtc_error *err)
 {
     cJSON *o = cJSON_CreateObject(), *s = cJSON_CreateObject(), *t = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "format", "qtc-calibration");
@@ -251,6 +276,7 @@ qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_
     if (m == QTC_RANGE_PERCENTILE)
         cJSON_AddNumberToObject(o, "percentile", p);
     cJSON_AddNumberToObject(o, "bits", bits);
+    cJSON_AddStringToObject(o, "granularity", per_channel ? "channel" : "tensor");
     cJSON_AddStringToObject(s, "data", src->data_path ? src->data_path : "");
     cJSON_AddStringToObject(s, "sha256", src->sha256);
     cJSON_AddNumberToObject(s, "tokens", (double)src->tokens);
@@ -271,6 +297,8 @@ qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_
         cJSON_AddNumberToObject(in, "zero_point", zero);
         cJSON_AddNumberToObject(in, "observed_min", a->min);
         cJSON_AddNumberToObject(in, "observed_max", a->max);
+        if (per_channel)
+            cJSON_AddItemToObject(in, "channels", channels_json(a, bits));
         cJSON_AddItemToObject(e, "input", in);
         cJSON_AddItemToObject(t, a->weight, e);
     }
@@ -284,8 +312,32 @@ qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_
     return rc;
 }
 
+/* An input's "channels" object: scale and zero_point arrays of one length. */
+static qtc_status load_channels(const cJSON *ch, int bits, qtc_act_qparams *q, qtc_error *err)
+{
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(ch, "scale"), *zp = cJSON_GetObjectItemCaseSensitive(ch, "zero_point");
+    int n = cJSON_GetArraySize(sc);
+    if (!cJSON_IsArray(sc) || !cJSON_IsArray(zp) || n < 1 || cJSON_GetArraySize(zp) != n)
+        return qtc_error_set(err, QTC_ERR_INPUT, "per-channel scale and zero_point are not arrays of one length");
+    q->ch_scale = malloc((size_t)n * sizeof *q->ch_scale);
+    q->ch_zero = malloc((size_t)n * sizeof *q->ch_zero);
+    if (!q->ch_scale || !q->ch_zero)
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    q->channels = n;
+    const cJSON *s = sc->child, *z = zp->child;
+    for (int k = 0; k < n; k++, s = s->next, z = z->next) {
+        if (!cJSON_IsNumber(s) || !cJSON_IsNumber(z) || !(s->valuedouble > 0) || !isfinite(s->valuedouble) ||
+            z->valuedouble < QTC_QMIN(bits) || z->valuedouble > QTC_QMAX(bits))
+            return qtc_error_set(err, QTC_ERR_INPUT, "channel %d: no valid scale and zero point", k);
+        q->ch_scale[k] = (float)s->valuedouble;
+        q->ch_zero[k] = (int)z->valuedouble;
+    }
+    return QTC_OK;
+}
+
 qtc_status qtc_calib_load_json(const char *path, int n_layers, qtc_act_qparams *out, int *bits, qtc_error *err)
 {
+    memset(out, 0, (size_t)n_layers * QTC_N_LINEAR * sizeof *out);
     qtc_in in;
     if (qtc_in_open(&in, path, err) != QTC_OK)
         return err->code;
@@ -319,10 +371,29 @@ qtc_status qtc_calib_load_json(const char *path, int n_layers, qtc_act_qparams *
         out[i].max = (float)mx->valuedouble;
         out[i].scale = (float)sc->valuedouble;
         out[i].zero = (int)zp->valuedouble;
+        out[i].channels = 0;
+        out[i].ch_scale = NULL;
+        out[i].ch_zero = NULL;
+        const cJSON *ch = cJSON_GetObjectItemCaseSensitive(e, "channels");
+        if (ch && (rc = load_channels(ch, *bits, &out[i], err)) != QTC_OK)
+            qtc_error_prefix(err, "%s: tensor '%s'", path, name);
     }
 done:
+    if (rc != QTC_OK)
+        qtc_act_qparams_free(out, n_layers * QTC_N_LINEAR);
     cJSON_Delete(o);
     return rc;
+}
+
+void qtc_act_qparams_free(qtc_act_qparams *p, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(p[i].ch_scale);
+        free(p[i].ch_zero);
+        p[i].ch_scale = NULL;
+        p[i].ch_zero = NULL;
+        p[i].channels = 0;
+    }
 }
 
 qtc_status qtc_calib_input_quant(const char *path, int n_layers, qtc_input_quant *out, qtc_error *err)
@@ -335,6 +406,12 @@ qtc_status qtc_calib_input_quant(const char *path, int n_layers, qtc_input_quant
     out->zero = calloc((size_t)n, sizeof *out->zero);
     qtc_status rc = p && out->weights && out->scale && out->zero ? qtc_calib_load_json(path, n_layers, p, &out->bits, err)
                                                                   : qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; rc == QTC_OK && i < n; i++)
+        if (p[i].channels)
+            rc = qtc_error_set(err, QTC_ERR_USAGE, "%s: per-channel input ranges: static input scales are stored per tensor",
+                               path);
+    if (p)
+        qtc_act_qparams_free(p, n);
     for (int i = 0; rc == QTC_OK && i < n; i++) {
         snprintf(out->weights[i], QTC_NAME_MAX, "model.layers.%d.%s.weight", i / QTC_N_LINEAR,
                  qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));

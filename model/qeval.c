@@ -167,6 +167,7 @@ done:
 typedef struct act_quant {
     int bits, n;
     qtc_tensor **scale, **zero; /* one value each, per layer * QTC_N_LINEAR + kind */
+    float **ch_scale, **ch_zero; /* per input channel instead (a per-channel calibration file), or NULL */
 } act_quant;
 
 static void act_quant_free(act_quant *a)
@@ -175,8 +176,62 @@ static void act_quant_free(act_quant *a)
         qtc_tensor_free(a->scale[i]);
         qtc_tensor_free(a->zero[i]);
     }
+    for (int i = 0; a->ch_scale && i < a->n; i++) {
+        free(a->ch_scale[i]);
+        free(a->ch_zero[i]);
+    }
     free(a->scale);
     free(a->zero);
+    free(a->ch_scale);
+    free(a->ch_zero);
+}
+
+/* --act-calib FILE: the file's per-tensor parameters, or its per-channel ones where it has them. */
+static qtc_status act_quant_from_calib(act_quant *a, const char *path, const qtc_llama *m, qtc_error *err)
+{
+    const int n = m->c.n_layers * QTC_N_LINEAR;
+    const int64_t in[QTC_N_LINEAR] = {m->c.dim, m->c.dim, m->c.dim, (int64_t)m->c.n_heads * m->c.head_dim,
+                                      m->c.dim, m->c.dim, m->c.hidden};
+    qtc_act_qparams *p = calloc((size_t)n, sizeof *p);
+    a->n = n;
+    a->scale = calloc((size_t)n, sizeof *a->scale);
+    a->zero = calloc((size_t)n, sizeof *a->zero);
+    a->ch_scale = calloc((size_t)n, sizeof *a->ch_scale);
+    a->ch_zero = calloc((size_t)n, sizeof *a->ch_zero);
+    qtc_status rc = p && a->scale && a->zero && a->ch_scale && a->ch_zero ? qtc_calib_load_json(path, m->c.n_layers, p, &a->bits, err)
+                                                                           : qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; rc == QTC_OK && i < n; i++) {
+        if (p[i].channels) {
+            if (p[i].channels != in[i % QTC_N_LINEAR]) {
+                rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: layer %d %s: %lld channels, the input has %lld", path, i / QTC_N_LINEAR,
+                                   qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)), (long long)p[i].channels,
+                                   (long long)in[i % QTC_N_LINEAR]);
+                break;
+            }
+            a->ch_scale[i] = malloc((size_t)p[i].channels * sizeof(float));
+            a->ch_zero[i] = malloc((size_t)p[i].channels * sizeof(float));
+            if (!a->ch_scale[i] || !a->ch_zero[i]) {
+                rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+                break;
+            }
+            for (int64_t k = 0; k < p[i].channels; k++) {
+                a->ch_scale[i][k] = p[i].ch_scale[k];
+                a->ch_zero[i][k] = (float)p[i].ch_zero[k];
+            }
+            continue;
+        }
+        if (!(a->scale[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)) ||
+            !(a->zero[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err))) {
+            rc = err->code;
+            break;
+        }
+        ((float *)a->scale[i]->data)[0] = p[i].scale;
+        ((float *)a->zero[i]->data)[0] = (float)p[i].zero;
+    }
+    if (p)
+        qtc_act_qparams_free(p, n);
+    free(p);
+    return rc;
 }
 
 /* The linear inputs iq names, as fake-quantization parameters (a linear it does not name stays float). */
@@ -208,7 +263,9 @@ static qtc_tensor *act_quant_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_
 {
     act_quant *a = ctx;
     int i = layer * QTC_N_LINEAR + (int)kind;
-    if (layer >= 0 && a->scale[i]) {
+    if (layer >= 0 && a->ch_scale && a->ch_scale[i])
+        x = qtc_fake_quant_columns(g, x, a->bits, a->ch_scale[i], a->ch_zero[i]);
+    else if (layer >= 0 && a->scale[i]) {
         qtc_qscheme s = {QTC_QK_INT, a->bits, -1, 0, 0};
         x = qtc_fake_quant(g, x, &s, a->scale[i], a->zero[i], 0);
     }
@@ -289,14 +346,9 @@ int main(int argc, char **argv)
             qtc_tokenizer_free(tok);
             die_usage("--act-calib and --adapter do not combine yet");
         }
-        if (qtc_calib_input_quant(act_calib, m->c.n_layers, &iq, &err) != QTC_OK) {
-            qtc_llama_free(m);
-            qtc_tokenizer_free(tok);
-            return fail(&err);
-        }
     }
-    if (iq.n) { /* every linear input the scales name fake-quantized with them */
-        qtc_status st = act_quant_from(&aq, &iq, m, &err);
+    if (act_calib || iq.n) { /* every linear input the file or the model's scales name fake-quantized with them */
+        qtc_status st = act_calib ? act_quant_from_calib(&aq, act_calib, m, &err) : act_quant_from(&aq, &iq, m, &err);
         if (!act_calib)
             fprintf(stderr, "qeval: %s: %d linear inputs quantized to int%d with the model's static scales\n", argv[optind],
                     iq.n, iq.bits);

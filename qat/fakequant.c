@@ -12,6 +12,7 @@ typedef struct fq_saved {
     float *scale, *zero;  /* per group, as used in the forward (zero rounded) */
     int64_t groups;       /* per row (1 per tensor: with per_tensor set) */
     int per_tensor;
+    int per_column;       /* one group per column (an input channel), for all rows */
     float grad_factor;
 } fq_saved;
 
@@ -20,6 +21,8 @@ static int64_t group_of(const fq_saved *f, int64_t r, int64_t c, int64_t cols)
 {
     if (f->per_tensor)
         return 0;
+    if (f->per_column)
+        return c;
     int64_t g = f->s.group > 0 ? f->s.group : cols;
     return r * f->groups + c / g;
 }
@@ -118,6 +121,38 @@ qtc_tensor *qtc_fake_quant(qtc_graph *g, qtc_tensor *x, const qtc_qscheme *s, qt
             yd[r * cols + c] = (float)(q - (int)z) * sc[k];
         }
     qtc_node *n = qtc_graph_record(g, "fake_quant", fq_backward, y, 3, (qtc_tensor *[]){x, scale, scale ? zero : NULL});
+    if (n)
+        n->saved = f;
+    return y;
+}
+
+qtc_tensor *qtc_fake_quant_columns(qtc_graph *g, qtc_tensor *x, int bits, const float *scale, const float *zero)
+{
+    if (!x)
+        return NULL;
+    assert(x->dtype == QTC_F32 && qtc_tensor_is_contiguous(x) && bits >= 2 && bits <= 8);
+    int64_t cols = x->ne[x->ndim - 1], rows = qtc_tensor_numel(x) / cols;
+    qtc_tensor *y = qtc_graph_new_tensor(g, x->ndim, x->ne);
+    fq_saved *f = qtc_graph_alloc(g, sizeof *f);
+    float *sc = qtc_graph_alloc(g, (size_t)cols * sizeof(float)), *zp = qtc_graph_alloc(g, (size_t)cols * sizeof(float));
+    if (!y || !f || !sc || !zp)
+        return NULL;
+    memset(f, 0, sizeof *f);
+    f->s = (qtc_qscheme){QTC_QK_INT, bits, 1, 0, 0};
+    f->scale = sc;
+    f->zero = zp;
+    f->per_column = 1;
+    memcpy(sc, scale, (size_t)cols * sizeof(float));
+    memcpy(zp, zero, (size_t)cols * sizeof(float));
+    const float *xd = x->data;
+    float *yd = y->data;
+    #pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            int q = qtc_int_quantize_one(xd[r * cols + c], 1.0f / sc[c], (int)zp[c], bits);
+            yd[r * cols + c] = (float)(q - (int)zp[c]) * sc[c];
+        }
+    qtc_node *n = qtc_graph_record(g, "fake_quant_columns", fq_backward, y, 3, (qtc_tensor *[]){x, NULL, NULL});
     if (n)
         n->saved = f;
     return y;

@@ -493,6 +493,8 @@ int main(int argc, char **argv)
         if (!ap || qtc_calib_load_json(calib, src->config.n_layers, ap, &bits, &err) != QTC_OK || bits != q.abits) {
             if (ap && bits && bits != q.abits)
                 qtc_error_set(&err, QTC_ERR_INPUT, "%s: ranges for %d-bit inputs, --abits is %d", calib, bits, q.abits);
+            if (ap)
+                qtc_act_qparams_free(ap, src->config.n_layers * 7);
             free(ap);
             rc = fail(&err);
             goto done;
@@ -502,6 +504,7 @@ int main(int argc, char **argv)
             q.obs[k].max = ap[k].max;
             q.obs[k].seen = 1;
         }
+        qtc_act_qparams_free(ap, src->config.n_layers * 7); /* per-tensor ranges only: channels unused */
         q.calibrated = 1;
         free(ap);
     }

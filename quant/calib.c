@@ -43,6 +43,10 @@ void qtc_act_stats_add(qtc_act_stats *s, const float *x, int64_t rows)
             s->sum_sq[c] += v * v;
             s->sum_abs[c] += fabs(v);
             s->amax[c] = fmax(s->amax[c], fabs(v));
+            if (s->cmin && ((!s->rows && r == 0) || v < s->cmin[c]))
+                s->cmin[c] = v;
+            if (s->cmax && ((!s->rows && r == 0) || v > s->cmax[c]))
+                s->cmax[c] = v;
         }
     if (s->xtx) { /* sum of x x^T: the batch's X^T X by BLAS in float (a few hundred rows), added up in double */
         float *batch = malloc((size_t)(in * in) * sizeof *batch);

@@ -26,6 +26,8 @@ static const char *usage_text =
     "  --method M         activation ranges: minmax (default), percentile, mse or kl\n"
     "  --percentile P     for --method percentile (default 99.99: 0.01%% clipped on each side)\n"
     "  --abits B          activation bits the ranges are for (default 8)\n"
+    "  --per-channel      also each input channel's observed range and parameters (--method minmax),\n"
+    "                     for qeval --act-calib\n"
     "  -o CALIB.json      the calibration file: per linear weight, its input's static range,\n"
     "                     scale and zero point, with the data's sha256, tokens, ctx and seed\n"
     "  --imatrix OUT.gguf the importance matrix (mean x^2 per input channel) in llama.cpp's format\n"
@@ -318,11 +320,12 @@ int main(int argc, char **argv)
         {"alpha", required_argument, 0, 'l'},   {"ranges", required_argument, 0, 'r'},
         {"plot", required_argument, 0, 'P'},    {"no-sequential", no_argument, 0, 'Q'},
         {"layout", required_argument, 0, 'y'},  {"no-clip", no_argument, 0, 'K'},
+        {"per-channel", no_argument, 0, 'H'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *data_path = NULL, *out = NULL, *imatrix = NULL, *tokenizer = NULL, *ranges = NULL, *plot = NULL;
     double alpha = 0.5;
     int64_t tokens = 65536;
-    int clip = 1, layout = -1, sequential = 1, ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
+    int per_channel = 0, clip = 1, layout = -1, sequential = 1, ctx = 128, batch = 8, abits = 8, gptq = 0, awq = 0, smooth = 0, wbits_given = 0, wbits = 4, group = 32, sym = 1, threads = 0, as_json = 0;
     double percentile = 99.99;
     uint64_t seed = 0;
     qtc_range_method method = QTC_RANGE_MINMAX;
@@ -352,6 +355,7 @@ int main(int argc, char **argv)
         case 'O': go.act_order = 1; break;
         case 'Q': sequential = 0; break;
         case 'K': clip = 0; break;
+        case 'H': per_channel = 1; break;
         case 'y':
             if (strcmp(optarg, "gptq") == 0) layout = 1;
             else if (strcmp(optarg, "compressed-tensors") == 0) layout = 0;
@@ -382,6 +386,8 @@ int main(int argc, char **argv)
         die_usage("--gptq, --awq and --smoothquant write a model: give -o MODEL (.safetensors or a folder)");
     if (out && !out_json && !gptq && !awq && !smooth)
         die_usage("-o MODEL needs a weight method (--gptq, --awq, --smoothquant); a calibration file ends in .json");
+    if (per_channel && method != QTC_RANGE_MINMAX)
+        die_usage("--per-channel ranges are min-max (each channel's observed range): use --method minmax");
     if (ranges && !smooth && !awq)
         die_usage("--ranges goes with --smoothquant or --awq (without them, -o FILE.json is the calibration file)");
     if (smooth && !wbits_given) { /* W8A8: int8 weights per channel */
@@ -451,7 +457,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "qcalib: %s: %lld tokens of %s (%lld windows of %d), sha256 %.16s...\n", argv[optind],
             (long long)cb->tokens, data_path, (long long)cb->windows, ctx, prov.sha256);
     if (out_json) {
-        if (qtc_calib_save_json(cb, out, method, percentile, abits, &prov, &err) != QTC_OK) {
+        if (qtc_calib_save_json(cb, out, method, percentile, abits, per_channel, &prov, &err) != QTC_OK) {
             rc = fail(&err);
             goto done;
         }
@@ -515,7 +521,7 @@ int main(int argc, char **argv)
         if (ranges) { /* the inputs of the model as written: a second pass over the same windows */
             qtc_calib *cb2 = qtc_calib_new(&src->config, 0, &err);
             if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, &err) != QTC_OK ||
-                qtc_calib_save_json(cb2, ranges, method, percentile, abits, &prov, &err) != QTC_OK) {
+                qtc_calib_save_json(cb2, ranges, method, percentile, abits, per_channel, &prov, &err) != QTC_OK) {
                 qtc_calib_free(cb2);
                 rc = fail(&err);
                 goto done;

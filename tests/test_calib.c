@@ -369,7 +369,7 @@ TEST(imatrix_reads_back_as_the_mean_square_of_each_linear_input)
     fd = mkstemps(jpath, 5);
     close(fd);
     qtc_calib_source src = {"x.txt", "ab", 448, 64, 9};
-    CHECK(qtc_calib_save_json(cb, jpath, QTC_RANGE_PERCENTILE, 99.9, 8, &src, &err) == QTC_OK);
+    CHECK(qtc_calib_save_json(cb, jpath, QTC_RANGE_PERCENTILE, 99.9, 8, 0, &src, &err) == QTC_OK);
     char *text = test_read_file(jpath, NULL);
     cJSON *o = cJSON_Parse(text);
     const cJSON *e = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tensors"), "model.layers.3.mlp.down_proj.weight"), "input");

@@ -107,3 +107,35 @@ TEST(learnable_scale_and_zero_point_gradients_are_pytorchs)
     qtc_tensor_free(z);
     qtc_tensor_free(dy);
 }
+
+TEST(per_column_fake_quant_uses_each_columns_parameters_for_every_row)
+{
+    /* 3 rows x 4 columns, int8, each column its own scale and zero point; references in double */
+    qtc_error err;
+    const float sc[4] = {0.5f, 0.01f, 2.0f, 0.1f}, zp[4] = {0, -20, 5, 127};
+    qtc_tensor *x = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(3, 4), &err);
+    float *xv = x->data;
+    for (int i = 0; i < 12; i++)
+        xv[i] = (float)((i * 37 % 11) - 5) * (i % 4 == 1 ? 0.4f : 3.7f);
+    xv[1] = 5.0f; /* far above column 1's range: clamped, no gradient */
+    qtc_tensor_require_grad(x, &err);
+    qtc_graph *g = qtc_graph_new(&err);
+    qtc_tensor *y = qtc_fake_quant_columns(g, x, 8, sc, zp);
+    CHECK(y);
+    float want_dx[12];
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 4; c++) {
+            double q = nearbyint((double)xv[r * 4 + c] * (double)(1.0f / sc[c])) + zp[c];
+            int inside = q >= -128 && q <= 127;
+            q = q < -128 ? -128 : q > 127 ? 127 : q;
+            double want = (q - zp[c]) * sc[c];
+            CHECK_MSG(fabs(((float *)y->data)[r * 4 + c] - want) <= 1e-6 * fabs(want), "row %d col %d: %g, want %g", r, c,
+                      ((float *)y->data)[r * 4 + c], want);
+            want_dx[r * 4 + c] = inside ? 1.0f : 0.0f;
+        }
+    CHECK(want_dx[1] == 0);
+    CHECK(qtc_graph_backward(g, qtc_sum(g, y), &err) == QTC_OK);
+    CHECK(memcmp(x->grad->data, want_dx, sizeof want_dx) == 0);
+    qtc_graph_free(g);
+    qtc_tensor_free(x);
+}

@@ -24,6 +24,7 @@ typedef struct qtc_act_stats {
     double min, max;
     double *sum_sq, *sum_abs;  /* per channel */
     double *amax;              /* per channel max |x| */
+    double *cmin, *cmax;       /* per channel min and max (NULL: not kept) */
     double *xtx;               /* in x in, sum of x x^T: only in layer_done (qtc_calib_run), else NULL */
     int xtx_failed;            /* out of memory while adding to xtx: qtc_calib_run fails */
     double range;              /* the histogram covers [-range, range) */
@@ -106,13 +107,15 @@ qtc_status qtc_sha256_file(const char *path, char hex[65], qtc_error *err);
 void qtc_sha256(const void *data, size_t n, unsigned char out[32]);
 
 /* The calibration file (JSON): {"format":"qtc-calibration","version":1,
- * "qtc_version", "method", "percentile", "bits", "source":{data, sha256,
- * tokens, ctx, seed}, "tensors":{"<weight>":{"input":{"min","max","scale",
- * "zero_point","observed_min","observed_max"}}}}: per linear weight, the
+ * "qtc_version", "method", "percentile", "bits", "granularity", "source":{data,
+ * sha256, tokens, ctx, seed}, "tensors":{"<weight>":{"input":{"min","max",
+ * "scale","zero_point","observed_min","observed_max"[,"channels":{"min":[..],
+ * "max":[..],"scale":[..],"zero_point":[..]}]}}}}: per linear weight, the
  * static int8 range of its input (asymmetric, PyTorch's qparams for the
- * range). Written atomically. */
+ * range) and, with per_channel (granularity "channel"; minmax only), each
+ * input channel's observed range and parameters. Written atomically. */
 qtc_status qtc_calib_save_json(const qtc_calib *cb, const char *path, qtc_range_method m, double p, int bits,
-                               const qtc_calib_source *src, qtc_error *err);
+                               int per_channel, const qtc_calib_source *src, qtc_error *err);
 
 /* A calibration file read back: the static quantization of each linear
  * weight's input, per layer * QTC_N_LINEAR + kind (a weight the file does not
@@ -121,8 +124,12 @@ typedef struct qtc_act_qparams {
     float min, max;  /* the clipping range */
     float scale;
     int zero;
+    int64_t channels;     /* > 0: the file also gives per input channel parameters */
+    float *ch_scale;      /* channels values (malloc'd; qtc_act_qparams_free) */
+    int *ch_zero;
 } qtc_act_qparams;
 qtc_status qtc_calib_load_json(const char *path, int n_layers, qtc_act_qparams *out, int *bits, qtc_error *err);
+void qtc_act_qparams_free(qtc_act_qparams *p, int n);
 /* The same as the static input quantization qtc_convert stores beside integer
  * weights (compressed-tensors' input_scale and input_zero_point). */
 qtc_status qtc_calib_input_quant(const char *path, int n_layers, qtc_input_quant *out, qtc_error *err);

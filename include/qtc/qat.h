@@ -27,6 +27,12 @@
 qtc_tensor *qtc_fake_quant(qtc_graph *g, qtc_tensor *x, const qtc_qscheme *s, qtc_tensor *scale, qtc_tensor *zero,
                            float grad_factor);
 
+/* Integer fake quantization of x (..., cols) with one scale and zero point per
+ * column, the same for every row: an activation quantized per input channel
+ * with static ranges. The straight-through estimator for x; the parameters
+ * are constants. */
+qtc_tensor *qtc_fake_quant_columns(qtc_graph *g, qtc_tensor *x, int bits, const float *scale, const float *zero);
+
 /* NF4 fake quantization (bitsandbytes' blocks of 64 over the flattened tensor,
  * double quantization as the scheme says): dequant(quant(x)), and the
  * identity as gradient (every value is in range: the blocks scale by their

@@ -189,6 +189,27 @@ expect 2 "qconv --calib truncated" "$BIN/qconv" "$M" --to int8 --calib "$T/cut.j
 stderr_has "qconv --calib truncated" "not a qtc calibration file"
 absent "no output after a truncated calibration file" "$T/bad.safetensors"
 
+# per-channel ranges (min-max of each input channel) for qeval --act-calib: tighter than one range per tensor
+expect 1 "--per-channel with --method kl" "$Q" "$M" --data "$TRAIN" --per-channel --method kl -o "$T/pc.json"
+expect 0 "--per-channel" "$Q" "$M" --data "$TRAIN" --tokens 8192 --per-channel -o "$T/pc.json"
+expect 0 "per-tensor minmax" "$Q" "$M" --data "$TRAIN" --tokens 8192 -o "$T/pt.json"
+check "per-channel file: one scale per input channel" $PY -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["granularity"] == "channel"
+c = d["tensors"]["model.layers.2.mlp.down_proj.weight"]["input"]["channels"]
+assert len(c["scale"]) == len(c["zero_point"]) == len(c["min"]) == len(c["max"]) == 172
+for lo, hi, s, z in zip(c["min"], c["max"], c["scale"], c["zero_point"]):
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    assert abs(s - max((hi - lo) / 255, 1.1920929e-07)) <= 1e-6 * s, (lo, hi, s)
+    assert -128 <= z <= 127' "$T/pc.json"
+kc=$(kld "$T/w8.safetensors" --act-calib "$T/pc.json")
+kt=$(kld "$T/w8.safetensors" --act-calib "$T/pt.json")
+if awk "BEGIN{exit !($kc < 0.5 * $kt)}"; then ok; else bad "per-channel W8A8 KLD $kc vs per-tensor $kt"; fi
+expect 1 "qconv --calib with per-channel ranges" "$BIN/qconv" "$M" --to int8 --calib "$T/pc.json" -o "$T/bad.safetensors"
+stderr_has "qconv --calib with per-channel ranges" "per-channel input ranges"
+absent "no output after per-channel --calib" "$T/bad.safetensors"
+
 # bad input
 printf 'x' >"$T/junk.bin"
 expect 2 "not a model" "$Q" "$T/junk.bin" --data "$TRAIN" -o "$T/x.json"
