@@ -96,6 +96,7 @@ qtc_tensor *qtc_fake_quant(qtc_graph *g, qtc_tensor *x, const qtc_qscheme *s, qt
     f->zero = zp;
     f->groups = groups;
     f->per_tensor = s->group < 0;
+    f->per_column = 0;
     f->grad_factor = grad_factor > 0 ? grad_factor : (float)(1.0 / sqrt((double)qtc_tensor_numel(x) * qmax));
     if (scale) { /* learnable: as given, zero points rounded into the range */
         assert(qtc_tensor_numel(scale) == n_params && (!zp || (zero && qtc_tensor_numel(zero) == n_params)));
