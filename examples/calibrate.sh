@@ -39,7 +39,8 @@ score() { # MODEL [qeval options]: "KLD k  ppl p" against the float model
 TRAIN=$OUT/train.tok
 "$BIN/qcalib" "$MODEL" --data "$TRAIN" --tokens "$TOKENS" --imatrix "$OUT/imatrix.gguf" 2>/dev/null
 echo "== weights (calibration: $([ "$TOKENS" = 0 ] && echo all the || echo "$TOKENS") tokens of tinystories-train): KLD and perplexity on tinystories-eval"
-printf '%-10s %-24s %-24s %-24s %-24s\n' scheme "round to nearest" "imatrix-weighted" "AWQ (clipped)" "GPTQ (act-order)"
+printf '%-10s %-24s %-24s %-24s %-24s %-24s\n' scheme "round to nearest" "imatrix-weighted" "AWQ (clipped)" "GPTQ (act-order)" \
+    "GPTQ, not sequential"
 for s in $SCHEMES; do
     bits=${s#int}; bits=${bits%%-*}
     case $s in *-g*) group=${s##*-g} ;; *) group=0 ;; esac
@@ -48,8 +49,10 @@ for s in $SCHEMES; do
     "$BIN/qcalib" "$MODEL" --data "$TRAIN" --tokens "$TOKENS" --awq --wbits "$bits" --group "$group" -o "$OUT/awq-$s.safetensors" 2>/dev/null
     "$BIN/qcalib" "$MODEL" --data "$TRAIN" --tokens "$TOKENS" --gptq --act-order --wbits "$bits" --group "$group" \
         -o "$OUT/gptq-$s.safetensors" 2>/dev/null
-    printf '%-10s %-24s %-24s %-24s %-24s\n' "$s" "$(score "$OUT/rtn-$s.safetensors")" "$(score "$OUT/imx-$s.safetensors")" \
-        "$(score "$OUT/awq-$s.safetensors")" "$(score "$OUT/gptq-$s.safetensors")"
+    "$BIN/qcalib" "$MODEL" --data "$TRAIN" --tokens "$TOKENS" --gptq --act-order --no-sequential --wbits "$bits" \
+        --group "$group" -o "$OUT/gptq-ns-$s.safetensors" 2>/dev/null
+    printf '%-10s %-24s %-24s %-24s %-24s %-24s\n' "$s" "$(score "$OUT/rtn-$s.safetensors")" "$(score "$OUT/imx-$s.safetensors")" \
+        "$(score "$OUT/awq-$s.safetensors")" "$(score "$OUT/gptq-$s.safetensors")" "$(score "$OUT/gptq-ns-$s.safetensors")"
 done
 
 echo "== ggml block types (GGUF), as llama-quantize rounds them without and with the imatrix"

@@ -296,6 +296,40 @@ static void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m)
     }
 }
 
+/* A K super-block's 6-bit sub-block scales Ls and mins Lm (clamped to 63)
+ * packed into its 12 bytes with d and dmin as f16, then every value
+ * requantized against the scales as stored. */
+static void finish_k_block(const float *x, int nmax, const uint8_t *Ls, const uint8_t *Lm, float d_block, float m_block,
+                           uint16_t *d_out, uint16_t *dmin_out, uint8_t *scales_out, uint8_t *L)
+{
+    memset(scales_out, 0, K_SCALE_SIZE);
+    for (int j = 0; j < QK_K / 32; j++) {
+        uint8_t ls = MIN(63, Ls[j]), lm = MIN(63, Lm[j]);
+        if (j < 4) {
+            scales_out[j] = ls;
+            scales_out[j + 4] = lm;
+        } else {
+            scales_out[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+            scales_out[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            scales_out[j] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    *d_out = fp16(d_block);
+    *dmin_out = fp16(m_block);
+    for (int j = 0; j < QK_K / 32; j++) {
+        uint8_t sc, m;
+        scale_min_k4(j, scales_out, &sc, &m);
+        const float d = fp32(*d_out) * sc;
+        if (!d)
+            continue;
+        const float dm = fp32(*dmin_out) * m;
+        for (int ii = 0; ii < 32; ii++) {
+            int l = nearest_int((x[32 * j + ii] + dm) / d);
+            L[32 * j + ii] = (uint8_t)MAX(0, MIN(nmax, l));
+        }
+    }
+}
+
 /* Q4_K and Q5_K share everything but the bit width (nmax 15 or 31), the
  * search grid and the packing of the levels L. Fills d, dmin, scales and L. */
 static void quantize_k_scales(const float *x, int nmax, float rmin, int nstep, uint16_t *d_out,
@@ -318,36 +352,12 @@ static void quantize_k_scales(const float *x, int nmax, float rmin, int nstep, u
     }
     float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
     float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-    memset(scales_out, 0, K_SCALE_SIZE);
+    uint8_t Ls[QK_K / 32], Lm[QK_K / 32];
     for (int j = 0; j < QK_K / 32; j++) {
-        uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
-        uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
-        ls = MIN(63, ls);
-        lm = MIN(63, lm);
-        if (j < 4) {
-            scales_out[j] = ls;
-            scales_out[j + 4] = lm;
-        } else {
-            scales_out[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
-            scales_out[j - 4] |= (uint8_t)((ls >> 4) << 6);
-            scales_out[j] |= (uint8_t)((lm >> 4) << 6);
-        }
+        Ls[j] = (uint8_t)nearest_int(inv_scale * scales[j]);
+        Lm[j] = (uint8_t)nearest_int(inv_min * mins[j]);
     }
-    *d_out = fp16(max_scale / 63.f);
-    *dmin_out = fp16(max_min / 63.f);
-    /* requantize every value against the scales as stored */
-    for (int j = 0; j < QK_K / 32; j++) {
-        uint8_t sc, m;
-        scale_min_k4(j, scales_out, &sc, &m);
-        const float d = fp32(*d_out) * sc;
-        if (!d)
-            continue;
-        const float dm = fp32(*dmin_out) * m;
-        for (int ii = 0; ii < 32; ii++) {
-            int l = nearest_int((x[32 * j + ii] + dm) / d);
-            L[32 * j + ii] = (uint8_t)MAX(0, MIN(nmax, l));
-        }
-    }
+    finish_k_block(x, nmax, Ls, Lm, max_scale / 63.f, max_min / 63.f, d_out, dmin_out, scales_out, L);
 }
 
 /* The levels L of a Q4_K super-block into its nibbles: low nibbles 32 values, high the next 32. */
@@ -714,32 +724,7 @@ static void quantize_k_scales_weighted(const float *x, const float *imp, int nma
         scales[j] = fit_scale_min(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
     }
     float d_block = fit_scale_pos(QK_K / 32, 63, scales, Ls, sw), m_block = fit_scale_pos(QK_K / 32, 63, mins, Lm, sw);
-    memset(scales_out, 0, K_SCALE_SIZE);
-    for (int j = 0; j < QK_K / 32; j++) {
-        uint8_t ls = MIN(63, Ls[j]), lm = MIN(63, Lm[j]);
-        if (j < 4) {
-            scales_out[j] = ls;
-            scales_out[j + 4] = lm;
-        } else {
-            scales_out[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
-            scales_out[j - 4] |= (uint8_t)((ls >> 4) << 6);
-            scales_out[j] |= (uint8_t)((lm >> 4) << 6);
-        }
-    }
-    *d_out = fp16(d_block);
-    *dmin_out = fp16(m_block);
-    for (int j = 0; j < QK_K / 32; j++) {
-        uint8_t sc, m;
-        scale_min_k4(j, scales_out, &sc, &m);
-        const float d = fp32(*d_out) * sc;
-        if (!d)
-            continue;
-        const float dm = fp32(*dmin_out) * m;
-        for (int ii = 0; ii < 32; ii++) {
-            int l = nearest_int((x[32 * j + ii] + dm) / d);
-            L[32 * j + ii] = (uint8_t)MAX(0, MIN(nmax, l));
-        }
-    }
+    finish_k_block(x, nmax, Ls, Lm, d_block, m_block, d_out, dmin_out, scales_out, L);
 }
 
 int qtc_dtype_takes_importance(qtc_dtype t)
