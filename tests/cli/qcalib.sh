@@ -144,6 +144,36 @@ g8=$(kld "$T/gq")
 "$Q" "$M" --data "$TRAIN" --tokens 8192 --gptq --wbits 8 --layout compressed-tensors -o "$T/gq.safetensors" 2>/dev/null
 c8=$(kld "$T/gq.safetensors")
 if awk "BEGIN{d = $g8 - $c8; exit !(d < 0.02 * $c8 + 1e-4 && -d < 0.02 * $c8 + 1e-4)}"; then ok; else bad "GPTQ layout KLD $g8 vs compressed-tensors $c8"; fi
+# a GPTQ folder that lies: a qzeros shape that disagrees with qweight, a permuted g_idx
+cp -r "$T/gq" "$T/gq-bad"
+$PY - "$T/gq-bad/model.safetensors" qzeros <<'PYEOF'
+import json, struct, sys
+path, what = sys.argv[1], sys.argv[2]
+raw = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+e = head["model.layers.1.mlp.up_proj.qzeros"]
+e["shape"] = [1, e["shape"][0] * e["shape"][1]]  # the same bytes in another shape
+text = json.dumps(head, separators=(",", ":")).encode()
+text += b" " * (n - len(text))
+open(path, "wb").write(raw[:8] + text + raw[8 + n:])
+PYEOF
+expect 2 "GPTQ qzeros of the wrong shape" "$BIN/qconv" "$T/gq-bad" --to f32 -o "$T/bad.safetensors"
+stderr_has "GPTQ qzeros of the wrong shape" "model.layers.1.mlp.up_proj': GPTQ parts"
+absent "no output from a lying GPTQ folder" "$T/bad.safetensors"
+cp -r "$T/gq" "$T/gq-perm"
+$PY - "$T/gq-perm/model.safetensors" <<'PYEOF'
+import json, struct, sys
+path = sys.argv[1]
+raw = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+b = 8 + n + head["model.layers.0.self_attn.q_proj.g_idx"]["data_offsets"][0]
+struct.pack_into("<ii", raw, b, 1, 0)  # inputs 0 and 1 in each other's groups
+open(path, "wb").write(raw)
+PYEOF
+expect 2 "GPTQ with act-order g_idx" "$BIN/qeval" "$T/gq-perm" --tokenizer "$TOK" --text "$EVAL" --windows 1
+stderr_has "GPTQ with act-order g_idx" "act-order groups are not supported"
 expect 1 "GPTQ layout at 4 bits on 172-wide rows" "$Q" "$M" --data "$TRAIN" --tokens 8192 --gptq -o "$T/gq4" --format hf
 stderr_has "GPTQ layout at 4 bits on 172-wide rows" "a multiple of 8 at 4 bits"
 absent "no folder after a refused layout" "$T/gq4"
