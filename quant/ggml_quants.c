@@ -648,6 +648,20 @@ static float mean_square(const float *x, int64_t n)
     return sum_x2 / (float)n;
 }
 
+/* The 32 levels L of a 32-value block: low nibbles of values j and j + 16 in
+ * qs[j], and with qh (5 bits) the fifth bit of value j at bit j of qh. */
+static void pack_levels(uint8_t *qs, uint8_t *qh, const uint8_t *L)
+{
+    uint32_t h = 0;
+    for (int j = 0; j < 16; j++) {
+        qs[j] = (uint8_t)((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4));
+        h |= (((uint32_t)L[j] & 0x10u) >> 4) << j;
+        h |= (((uint32_t)L[j + 16] & 0x10u) >> 4) << (j + 16);
+    }
+    if (qh)
+        memcpy(qh, &h, 4);
+}
+
 /* Q4_0 (bits 4) and Q5_0 (bits 5) of one row of n values: symmetric levels by weighted least squares. */
 static void quantize_x_0_weighted(int bits, const float *x, void *blocks, int64_t n, const float *imp)
 {
@@ -660,18 +674,11 @@ static void quantize_x_0_weighted(int bits, const float *x, void *blocks, int64_
         if (bits == 4) {
             block_q4_0 *y = (block_q4_0 *)blocks + ib;
             y->d = fp16(d);
-            for (int j = 0; j < 16; j++)
-                y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+            pack_levels(y->qs, NULL, (const uint8_t *)L);
         } else {
             block_q5_0 *y = (block_q5_0 *)blocks + ib;
             y->d = fp16(d);
-            uint32_t qh = 0;
-            for (int j = 0; j < 16; j++) {
-                y->qs[j] = (uint8_t)((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4));
-                qh |= (((uint32_t)L[j] & 0x10u) >> 4) << j;
-                qh |= (((uint32_t)L[j + 16] & 0x10u) >> 4) << (j + 16);
-            }
-            memcpy(y->qh, &qh, 4);
+            pack_levels(y->qs, y->qh, (const uint8_t *)L);
         }
     }
 }
@@ -689,19 +696,12 @@ static void quantize_x_1_weighted(int bits, const float *x, void *blocks, int64_
             block_q4_1 *y = (block_q4_1 *)blocks + ib;
             y->d = fp16(d);
             y->m = fp16(-neg_min);
-            for (int j = 0; j < 16; j++)
-                y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+            pack_levels(y->qs, NULL, L);
         } else {
             block_q5_1 *y = (block_q5_1 *)blocks + ib;
             y->d = fp16(d);
             y->m = fp16(-neg_min);
-            uint32_t qh = 0;
-            for (int j = 0; j < 16; j++) {
-                y->qs[j] = (uint8_t)((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4));
-                qh |= (((uint32_t)L[j] & 0x10u) >> 4) << j;
-                qh |= (((uint32_t)L[j + 16] & 0x10u) >> 4) << (j + 16);
-            }
-            memcpy(y->qh, &qh, 4);
+            pack_levels(y->qs, y->qh, L);
         }
     }
 }
