@@ -21,8 +21,9 @@ typedef struct layer_work {
 
 /* Each layer, once its statistics are in: GPTQ of its seven weights, and AWQ's
  * search on its q/k/v group and on down_proj, timed apart from the statistics. */
-static qtc_status time_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
+static qtc_status time_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsigned kinds, qtc_error *err)
 {
+    (void)kinds;
     layer_work *lw = ctx;
     const qtc_llama_layer *L = &m->layers[l];
     const qtc_tensor *ws[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
@@ -84,7 +85,7 @@ static int run(const char *what, int big)
     qtc_calib *cb = qtc_calib_new(&m->c, 1, &err);
     layer_work lw = {{0}, 0, 0};
     qtc_qscheme_parse("int4-g32", &lw.s);
-    qtc_calib_hooks h = {NULL, time_layer, 0, &lw};
+    qtc_calib_hooks h = {NULL, time_layer, 0, 0, &lw};
     t0 = bench_now();
     if (!cb || qtc_calib_run(cb, m, &data, CTX, 8, 0, &h, &err) != QTC_OK) {
         fprintf(stderr, "bench_calib: %s\n", err.msg);

@@ -27,6 +27,7 @@ qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err
     }
     cb->n_layers = c->n_layers;
     cb->with_xtx = with_xtx;
+    cb->record_mask = (1u << QTC_N_LINEAR) - 1;
     const int64_t in[QTC_N_LINEAR] = {c->dim, c->dim, c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->dim, c->hidden};
     for (int i = 0; i < c->n_layers * QTC_N_LINEAR; i++) {
         qtc_act_stats *s = &cb->s[i];
@@ -67,7 +68,7 @@ void qtc_calib_free(qtc_calib *cb)
 static qtc_tensor *record_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
 {
     qtc_calib *cb = ctx;
-    if (x && layer >= 0 && recorded_kind(kind) == (int)kind)
+    if (x && layer >= 0 && recorded_kind(kind) == (int)kind && (cb->record_mask >> kind & 1))
         qtc_act_stats_add(&cb->s[layer * QTC_N_LINEAR + kind], x->data, qtc_tensor_numel(x) / x->ne[x->ndim - 1]);
     return qtc_matmul(g, x, w, 0, 1);
 }
@@ -188,16 +189,28 @@ static qtc_status run_layers(qtc_calib *cb, qtc_llama *m, const int32_t *ids, in
             memcpy(hid + w0 * ctx * dim, x->data, (size_t)(b * ctx * dim) * sizeof *hid);
     }
     qtc_linear_fn recording = m->linear;
+    const int recompute = h->layer_done && h->changes_weights, by_group = recompute && h->by_group;
+    /* the projections recorded in each pass: all at once, or group by group */
+    static const unsigned all[1] = {(1u << QTC_N_LINEAR) - 1};
+    static const unsigned groups[4] = {1u << QTC_LIN_Q | 1u << QTC_LIN_K | 1u << QTC_LIN_V, 1u << QTC_LIN_O,
+                                       1u << QTC_LIN_GATE | 1u << QTC_LIN_UP, 1u << QTC_LIN_DOWN};
+    const unsigned *steps = by_group ? groups : all;
+    const int n_steps = by_group ? 4 : 1;
     for (int l = 0; l < cb->n_layers && rc == QTC_OK; l++) {
-        int recompute = h->layer_done && h->changes_weights;
         if ((rc = layer_xtx(cb, l, cb->with_xtx, err)) != QTC_OK)
             break;
-        m->linear = recording;
-        if ((rc = run_block(m, l, hid, windows, ctx, batch, !recompute, g, err)) != QTC_OK ||
-            (rc = check_xtx(cb, err)) != QTC_OK)
-            break;
-        share(cb, l);
-        if (h->layer_done && (rc = h->layer_done(h->ctx, cb, m, l, err)) != QTC_OK)
+        for (int st = 0; st < n_steps && rc == QTC_OK; st++) {
+            cb->record_mask = steps[st];
+            m->linear = recording;
+            if ((rc = run_block(m, l, hid, windows, ctx, batch, !recompute, g, err)) != QTC_OK ||
+                (rc = check_xtx(cb, err)) != QTC_OK)
+                break;
+            share(cb, l);
+            if (h->layer_done)
+                rc = h->layer_done(h->ctx, cb, m, l, steps[st], err);
+        }
+        cb->record_mask = all[0];
+        if (rc != QTC_OK)
             break;
         layer_xtx(cb, l, 0, err);
         m->linear = NULL; /* the changed layer's outputs, not recorded */
@@ -207,6 +220,7 @@ static qtc_status run_layers(qtc_calib *cb, qtc_llama *m, const int32_t *ids, in
             h->progress(h->ctx, (int64_t)(l + 1) * windows, (int64_t)cb->n_layers * windows);
     }
     m->linear = recording;
+    cb->record_mask = all[0];
     for (int l = 0; l < cb->n_layers; l++)
         layer_xtx(cb, l, 0, err);
     free(hid);

@@ -34,8 +34,9 @@ static const char *usage_text =
     "  --gptq             GPTQ the linear weights to --wbits B --group G (default 4, 32; 0 per channel,\n"
     "                     -1 per tensor) [--asym] [--act-order] [--damp D (0.01)], written to -o MODEL\n"
     "                     (safetensors, an HF folder; the format from --format or the name); sequential:\n"
-    "                     each layer calibrated on the quantized layers' outputs (--no-sequential: the\n"
-    "                     float model's); an HF folder gets GPTQ's own layout (qweight, qzeros, scales,\n"
+    "                     each input group (q/k/v, o, gate/up, down) calibrated on what the quantized\n"
+    "                     groups and layers before it compute (--no-sequential: on the float model's\n"
+    "                     inputs); an HF folder gets GPTQ's own layout (qweight, qzeros, scales,\n"
     "                     g_idx; 2, 4 or 8 bits), a .safetensors compressed-tensors' (--layout gptq|\n"
     "                     compressed-tensors to choose)\n"
     "  --awq              AWQ: per-input-channel scales mean|x|^alpha (alpha searched on a 20-point\n"
@@ -92,13 +93,15 @@ typedef struct gptq_run {
     int done;
 } gptq_run;
 
-/* qtc_calib_run's layer_done: GPTQ of the layer's seven weights from its recorded inputs. */
-static qtc_status gptq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
+/* qtc_calib_run's layer_done: GPTQ of the layer's weights whose inputs are recorded. */
+static qtc_status gptq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsigned kinds, qtc_error *err)
 {
     gptq_run *g = ctx;
     qtc_tensor *ws[QTC_N_LINEAR];
     layer_weights(&m->layers[l], ws);
     for (int k = 0; k < QTC_N_LINEAR; k++) {
+        if (!(kinds >> k & 1))
+            continue;
         const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + k];
         qtc_qweight *q = &g->q[l * QTC_N_LINEAR + k];
         if (qtc_gptq(ws[k]->data, ws[k]->ne[0], ws[k]->ne[1], a->xtx, a->rows, &g->s, &g->o, q, err) != QTC_OK)
@@ -183,8 +186,9 @@ static void apply_clip(qtc_tensor *w, const float *clip, const qtc_qscheme *s)
 /* qtc_calib_run's layer_done: AWQ's scales for each of the layer's input groups, folded into
  * the layer's f32 weights (the float function stays the same), then AWQ's clipping of every
  * weight but q and k (as AutoAWQ: their errors are magnified by the attention scores). */
-static qtc_status awq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
+static qtc_status awq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsigned kinds, qtc_error *err)
 {
+    (void)kinds; /* called once per layer, with all of them */
     awq_run *r = ctx;
     qtc_llama_layer *L = &m->layers[l];
     struct {
@@ -429,7 +433,7 @@ int main(int argc, char **argv)
         rc = 1;
         goto done;
     }
-    qtc_calib_hooks ch = {show_progress, NULL, 0, NULL};
+    qtc_calib_hooks ch = {show_progress, NULL, 0, 0, NULL};
     gr.n = m->c.n_layers * QTC_N_LINEAR;
     if (gptq) { /* a layer at a time, each layer's inputs from the quantized layers before it */
         gr.q = calloc((size_t)gr.n, sizeof *gr.q);
@@ -438,14 +442,14 @@ int main(int argc, char **argv)
             rc = fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
             goto done;
         }
-        ch = (qtc_calib_hooks){show_progress, gptq_layer, sequential, &gr};
+        ch = (qtc_calib_hooks){show_progress, gptq_layer, sequential, sequential, &gr};
     } else if (awq) {
         if (clip && !(ar.clips = calloc((size_t)gr.n, sizeof *ar.clips))) {
             rc = fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
             goto done;
         }
         ar.clip = clip && to.scheme.group >= 0; /* a per-tensor range has no groups to clip */
-        ch = (qtc_calib_hooks){show_progress, awq_layer, 0, &ar};
+        ch = (qtc_calib_hooks){show_progress, awq_layer, 0, 0, &ar};
     }
     if (awq || smooth)
         before = window_logits(m, &data, ctx);

@@ -395,8 +395,9 @@ typedef struct layer_check {
     int calls, bad, halve_down;
 } layer_check;
 
-static qtc_status check_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, qtc_error *err)
+static qtc_status check_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsigned kinds, qtc_error *err)
 {
+    (void)kinds;
     (void)err;
     layer_check *lc = ctx;
     lc->calls++;
@@ -440,7 +441,7 @@ TEST(a_layer_at_a_time_gives_the_whole_models_statistics_and_later_layers_see_ch
     qtc_calib *whole = qtc_calib_new(&m->c, 0, &err), *layers = qtc_calib_new(&m->c, 1, &err);
     CHECK(qtc_calib_run(whole, m, &d, 64, 3, 64 * 7, NULL, &err) == QTC_OK);
     layer_check lc = {0, 0, 0};
-    qtc_calib_hooks h = {NULL, check_layer, 0, &lc};
+    qtc_calib_hooks h = {NULL, check_layer, 0, 0, &lc};
     CHECK_MSG(qtc_calib_run(layers, m, &d, 64, 3, 64 * 7, &h, &err) == QTC_OK, "%s", err.msg);
     CHECK(lc.calls == m->c.n_layers && lc.bad == 0);
     CHECK(layers->tokens == 448 && layers->s[0].xtx == NULL);
@@ -448,7 +449,7 @@ TEST(a_layer_at_a_time_gives_the_whole_models_statistics_and_later_layers_see_ch
     /* a layer changed in layer_done: the layers after it are calibrated on the changed model */
     qtc_calib *seq = qtc_calib_new(&m->c, 0, &err), *ref = qtc_calib_new(&m->c, 0, &err);
     layer_check halve = {0, 0, 1};
-    qtc_calib_hooks hs = {NULL, check_layer, 1, &halve};
+    qtc_calib_hooks hs = {NULL, check_layer, 1, 0, &halve};
     CHECK(qtc_calib_run(seq, m, &d, 64, 3, 64 * 7, &hs, &err) == QTC_OK);
     for (int l = 0; l < halved->c.n_layers; l++)
         for (int64_t j = 0; j < qtc_tensor_numel(halved->layers[l].w_down); j++)
@@ -732,4 +733,57 @@ TEST(awq_clipping_picks_each_groups_best_clamp_as_the_real_quantizer_rounds_it)
     free(back);
     free(H);
     free(Hs);
+}
+
+/* layer_done group by group: records the order of the groups and halves v_proj once q/k/v are done. */
+typedef struct group_check {
+    unsigned order[64];
+    int calls;
+} group_check;
+
+static qtc_status halve_v_after_qkv(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsigned kinds, qtc_error *err)
+{
+    (void)cb;
+    (void)err;
+    group_check *gc = ctx;
+    if (gc->calls < 64)
+        gc->order[gc->calls] = kinds;
+    gc->calls++;
+    if (kinds >> QTC_LIN_V & 1)
+        for (int64_t j = 0; j < qtc_tensor_numel(m->layers[l].wv); j++)
+            ((float *)m->layers[l].wv->data)[j] *= 0.5f;
+    return QTC_OK;
+}
+
+TEST(group_by_group_calibration_records_each_group_after_the_earlier_groups_changes)
+{
+    qtc_error err;
+    const char *model = shared_path("models/stories260K/stories260K.bin");
+    qtc_llama *m = qtc_llama_load(model, &err), *halved = qtc_llama_load(model, &err);
+    CHECK_MSG(m && halved, "%s", err.msg);
+    qtc_tokenizer *t = qtc_tokenizer_load_llama2c(shared_path("models/stories260K/tok512.bin"), 512, &err);
+    qtc_tokens d;
+    CHECK(qtc_tokens_load(t, shared_path("data/tinystories-eval.txt"), 512, &d, &err) == QTC_OK);
+    qtc_calib *seq = qtc_calib_new(&m->c, 1, &err), *ref = qtc_calib_new(&m->c, 0, &err);
+    group_check gc;
+    memset(&gc, 0, sizeof gc);
+    qtc_calib_hooks h = {NULL, halve_v_after_qkv, 1, 1, &gc};
+    CHECK_MSG(qtc_calib_run(seq, m, &d, 64, 3, 64 * 7, &h, &err) == QTC_OK, "%s", err.msg);
+    CHECK(gc.calls == 4 * m->c.n_layers);
+    const unsigned want[4] = {1u << QTC_LIN_Q | 1u << QTC_LIN_K | 1u << QTC_LIN_V, 1u << QTC_LIN_O,
+                              1u << QTC_LIN_GATE | 1u << QTC_LIN_UP, 1u << QTC_LIN_DOWN};
+    for (int i = 0; i < gc.calls && i < 64; i++)
+        CHECK(gc.order[i] == want[i % 4]);
+    /* o_proj's inputs (and everything after) were recorded with v halved: as a model halved beforehand */
+    for (int l = 0; l < halved->c.n_layers; l++)
+        for (int64_t j = 0; j < qtc_tensor_numel(halved->layers[l].wv); j++)
+            ((float *)halved->layers[l].wv->data)[j] *= 0.5f;
+    CHECK(qtc_calib_run(ref, halved, &d, 64, 3, 64 * 7, NULL, &err) == QTC_OK);
+    CHECK_MSG(same_stats(seq, ref), "group-by-group statistics differ from the changed model's");
+    qtc_calib_free(seq);
+    qtc_calib_free(ref);
+    qtc_tokens_free(&d);
+    qtc_tokenizer_free(t);
+    qtc_llama_free(m);
+    qtc_llama_free(halved);
 }

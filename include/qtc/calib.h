@@ -35,6 +35,7 @@ typedef struct qtc_calib {
     int n_layers;
     qtc_act_stats *s;          /* per layer * QTC_N_LINEAR + kind */
     int with_xtx;
+    unsigned record_mask;      /* the kinds (1 << qtc_linear_kind) recorded now: all but inside qtc_calib_run */
     int64_t tokens, windows;
 } qtc_calib;
 
@@ -49,14 +50,19 @@ void qtc_act_stats_add(qtc_act_stats *s, const float *x, int64_t rows);
 typedef struct qtc_calib_hooks {
     /* windows (whole model) or layer-windows (a layer at a time) done, of total */
     void (*progress)(void *ctx, int64_t done, int64_t total);
-    /* Called once layer `layer`'s statistics are complete, its x x^T sums
-     * valid until it returns (they are freed then). It may change the layer's
-     * weights in m (GPTQ puts its quantized weights there, so later layers are
-     * calibrated on what the quantized model computes); the layer's outputs
-     * are then recomputed with them if changes_weights is set. Returns
-     * QTC_OK or an error. */
-    qtc_status (*layer_done)(void *ctx, qtc_calib *cb, qtc_llama *m, int layer, qtc_error *err);
+    /* Called once the statistics of layer `layer`'s projections in `kinds`
+     * (bits 1 << qtc_linear_kind; all seven unless by_group) are complete,
+     * their x x^T sums valid until the layer is done. It may change the
+     * layer's weights in m (GPTQ puts its quantized weights there, so what is
+     * calibrated after sees what the quantized model computes); with
+     * changes_weights set the layer's outputs are then recomputed with them.
+     * Returns QTC_OK or an error. */
+    qtc_status (*layer_done)(void *ctx, qtc_calib *cb, qtc_llama *m, int layer, unsigned kinds, qtc_error *err);
     int changes_weights;
+    /* with changes_weights: layer_done per input group in order (q/k/v, o,
+     * gate/up, down), each group's inputs recorded with the earlier groups'
+     * changes in place (AutoGPTQ's true_sequential); a block pass per group */
+    int by_group;
     void *ctx;
 } qtc_calib_hooks;
 
