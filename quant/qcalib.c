@@ -1,9 +1,11 @@
 /* qcalib: runs calibration text through a model and turns what the
  * activations look like into activation ranges (a calibration file), an
- * importance matrix (llama.cpp's imatrix GGUF), or GPTQ-calibrated weights.
+ * importance matrix (llama.cpp's imatrix GGUF), or calibrated weights (GPTQ,
+ * AWQ, SmoothQuant), a layer at a time when weights are calibrated.
  *
  *   qcalib MODEL --data calib.txt [--tokens N] [--ctx T] [--method minmax|percentile|mse|kl]
- *          [--imatrix OUT.gguf] [--gptq] [--wbits 4 --group 32] [-o CALIB.json|MODEL] [--json]
+ *          [--imatrix OUT.gguf] [--gptq|--awq|--smoothquant] [--wbits 4 --group 32]
+ *          [-o CALIB.json|MODEL] [--plot DIR] [--json]
  */
 #include <getopt.h>
 #include <math.h>
