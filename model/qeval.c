@@ -186,6 +186,17 @@ static void act_quant_free(act_quant *a)
     free(a->ch_zero);
 }
 
+/* Linear input i quantized per tensor with scale and zero point. */
+static qtc_status set_tensor_params(act_quant *a, int i, float scale, int zero, qtc_error *err)
+{
+    if (!(a->scale[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)) ||
+        !(a->zero[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)))
+        return err->code;
+    ((float *)a->scale[i]->data)[0] = scale;
+    ((float *)a->zero[i]->data)[0] = (float)zero;
+    return QTC_OK;
+}
+
 /* --act-calib FILE: the file's per-tensor parameters, or its per-channel ones where it has them. */
 static qtc_status act_quant_from_calib(act_quant *a, const char *path, const qtc_llama *m, qtc_error *err)
 {
@@ -208,25 +219,17 @@ static qtc_status act_quant_from_calib(act_quant *a, const char *path, const qtc
                                    (long long)in[i % QTC_N_LINEAR]);
                 break;
             }
-            a->ch_scale[i] = malloc((size_t)p[i].channels * sizeof(float));
-            a->ch_zero[i] = malloc((size_t)p[i].channels * sizeof(float));
-            if (!a->ch_scale[i] || !a->ch_zero[i]) {
+            a->ch_scale[i] = p[i].ch_scale; /* taken over */
+            p[i].ch_scale = NULL;
+            if (!(a->ch_zero[i] = malloc((size_t)p[i].channels * sizeof(float)))) {
                 rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
                 break;
             }
-            for (int64_t k = 0; k < p[i].channels; k++) {
-                a->ch_scale[i][k] = p[i].ch_scale[k];
+            for (int64_t k = 0; k < p[i].channels; k++)
                 a->ch_zero[i][k] = (float)p[i].ch_zero[k];
-            }
             continue;
         }
-        if (!(a->scale[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)) ||
-            !(a->zero[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err))) {
-            rc = err->code;
-            break;
-        }
-        ((float *)a->scale[i]->data)[0] = p[i].scale;
-        ((float *)a->zero[i]->data)[0] = (float)p[i].zero;
+        rc = set_tensor_params(a, i, p[i].scale, p[i].zero, err);
     }
     if (p)
         qtc_act_qparams_free(p, n);
@@ -246,15 +249,9 @@ static qtc_status act_quant_from(act_quant *a, const qtc_input_quant *iq, const 
     for (int i = 0; i < a->n; i++) {
         char name[QTC_NAME_MAX];
         snprintf(name, sizeof name, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
-        for (int k = 0; k < iq->n; k++) {
-            if (strcmp(iq->weights[k], name) != 0)
-                continue;
-            if (!(a->scale[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)) ||
-                !(a->zero[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)))
+        for (int k = 0; k < iq->n; k++)
+            if (strcmp(iq->weights[k], name) == 0 && set_tensor_params(a, i, iq->scale[k], iq->zero[k], err) != QTC_OK)
                 return err->code;
-            ((float *)a->scale[i]->data)[0] = iq->scale[k];
-            ((float *)a->zero[i]->data)[0] = (float)iq->zero[k];
-        }
     }
     return QTC_OK;
 }
