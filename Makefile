@@ -51,12 +51,14 @@ Q := @
 say = @printf '  %-6s %s\n'
 endif
 
-# Library sources: every .c in the module folders except the tools' mains.
-MODULES := tensor quant convert model qat lora
-TOOLS := qconv qeval qat-train qlora-train merge qcalib
-TOOL_MAINS := $(foreach t,$(TOOLS),$(wildcard */$(t).c))
-LIB_SRC := $(filter-out $(TOOL_MAINS),$(wildcard $(addsuffix /*.c,$(MODULES))))
+# Every .c under the library folders is libqtc; every tools/*.c but cli.c is a
+# tool, linked with tools/cli.c (what the tools share) and the library.
+MODULES := tensor quant convert model train qat lora
+LIB_SRC := $(wildcard $(addsuffix /*.c,$(MODULES)))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ := $(BUILD)/tools/cli.o
+TOOL_MAINS := $(filter-out tools/cli.c,$(wildcard tools/*.c))
+TOOLS := $(notdir $(basename $(TOOL_MAINS)))
 
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
@@ -94,7 +96,7 @@ $(BUILD)/libqtc.so: $(LIB_OBJ)
 
 # a tool links its main's object (compiled with dependency tracking) and the library
 define TOOL_RULE
-$(BINDIR)/$(notdir $(basename $(1))): $(BUILD)/$(1:.c=.o) $(BUILD)/libqtc.a
+$(BINDIR)/$(notdir $(basename $(1))): $(BUILD)/$(1:.c=.o) $(CLI_OBJ) $(BUILD)/libqtc.a
 	@mkdir -p $$(dir $$@)
 	$$(say) LD $$@
 	$$(Q)$$(CC) -o $$@ $$^ $$(MODE_LDFLAGS) $$(LDLIBS_ALL)
@@ -105,10 +107,10 @@ $(BUILD)/qtc-tests: $(TEST_OBJ) $(BUILD)/libqtc.a
 	$(say) LD $@
 	$(Q)$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libqtc.a
+$(BUILD)/bench/%: bench/%.c $(CLI_OBJ) $(BUILD)/libqtc.a
 	@mkdir -p $(dir $@)
 	$(say) CC $<
-	$(Q)$(CC) $(CFLAGS_ALL) -Werror -o $@ $< $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
+	$(Q)$(CC) $(CFLAGS_ALL) -Werror -Itools -o $@ $< $(CLI_OBJ) $(BUILD)/libqtc.a $(MODE_LDFLAGS) $(LDLIBS_ALL)
 
 unit: $(BUILD)/qtc-tests
 
@@ -157,4 +159,4 @@ uninstall:
 clean:
 	rm -rf build bin qtc.pc
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TOOL_MAINS:%.c=$(BUILD)/%.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TOOL_MAINS:%.c=$(BUILD)/%.d) $(CLI_OBJ:.o=.d)

@@ -13,6 +13,7 @@
 #include "qtc/calib.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
+#include "cli.h"
 
 typedef struct layer_work {
     qtc_qscheme s;
@@ -119,7 +120,7 @@ static int in_child(const char *what, int big)
 int main(int argc, char **argv)
 {
     (void)argc;
-    qtc_runtime_setup(argv);
+    cli_process_setup(argv); /* the tools' OpenMP wait policy */
     qtc_set_threads(0);
     printf("threads %d; 65536 tokens in windows of 128, x x^T kept for GPTQ; int4-g32\n", qtc_get_threads());
     return in_child("stories260K", 0) || in_child("generated 15M llama", 1);

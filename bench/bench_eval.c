@@ -12,6 +12,7 @@
 #include "qtc/model.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
+#include "cli.h"
 
 /* forward FLOPs per token at context T (matmuls and attention) */
 static double flops_per_token(const qtc_llama_config *c, int T)
@@ -42,7 +43,7 @@ static void run(const char *what, qtc_llama *m, int T, int B, double ceiling)
 int main(int argc, char **argv)
 {
     (void)argc;
-    qtc_runtime_setup(argv); /* the tools' OpenMP wait policy */
+    cli_process_setup(argv); /* the tools' OpenMP wait policy */
     qtc_set_threads(0);
     double ceiling = bench_sgemm_ceiling();
     printf("threads %d; sgemm ceiling (1024^3) %.1f GFLOP/s\n", qtc_get_threads(), ceiling);

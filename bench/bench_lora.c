@@ -18,6 +18,7 @@
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
 #include "qtc/train.h"
+#include "cli.h"
 
 static double rss_mb(void)
 {
@@ -183,7 +184,7 @@ static int save_15M(const char *path)
 int main(int argc, char **argv)
 {
     (void)argc;
-    qtc_runtime_setup(argv);
+    cli_process_setup(argv); /* the tools' OpenMP wait policy */
     qtc_set_threads(0);
     double ceiling = bench_sgemm_ceiling();
     printf("threads %d; sgemm ceiling (1024^3) %.1f GFLOP/s; LoRA rank 8 on every linear layer, batch 16, ctx 256\n",

@@ -10,6 +10,7 @@
 #include "qtc/graph.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
+#include "cli.h"
 
 typedef struct shape {
     const char *what;
@@ -19,7 +20,7 @@ typedef struct shape {
 int main(int argc, char **argv)
 {
     (void)argc;
-    qtc_runtime_setup(argv); /* the tools' OpenMP wait policy */
+    cli_process_setup(argv); /* the tools' OpenMP wait policy */
     qtc_set_threads(0);
     const shape shapes[] = {
         {"1024^3", 1024, 1024, 1024},

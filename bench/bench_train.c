@@ -14,6 +14,7 @@
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
 #include "qtc/train.h"
+#include "cli.h"
 
 static qtc_qscheme int4;
 
@@ -64,7 +65,7 @@ static void run(const char *what, qtc_llama *m, int fake_quant, int steps, doubl
 int main(int argc, char **argv)
 {
     (void)argc;
-    qtc_runtime_setup(argv);
+    cli_process_setup(argv); /* the tools' OpenMP wait policy */
     qtc_set_threads(0);
     qtc_qscheme_parse("int4-g32", &int4);
     double ceiling = bench_sgemm_ceiling();

@@ -1,4 +1,5 @@
-/* plot.c: line charts as SVG, for training curves. */
+/* plot.c: SVG charts: line charts for training curves, histograms of
+ * calibration statistics. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -8,9 +9,8 @@
 #include <errno.h>
 #include <sys/stat.h>
 
-#include "qtc/calib.h"
 #include "qtc/io.h"
-#include "qtc/train.h"
+#include "qtc/plot.h"
 
 typedef struct text {
     char *p;

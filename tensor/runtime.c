@@ -9,15 +9,6 @@
 #include <omp.h>
 #endif
 
-void qtc_runtime_setup(char **argv)
-{
-    if (getenv("OMP_WAIT_POLICY"))
-        return;
-    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0)
-        return;
-    execv("/proc/self/exe", argv); /* returns only on failure */
-}
-
 void qtc_set_threads(int n)
 {
     if (n <= 0) {

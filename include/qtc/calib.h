@@ -140,11 +140,6 @@ void qtc_act_qparams_free(qtc_act_qparams *p, int n);
  * weights (compressed-tensors' input_scale and input_zero_point). */
 qtc_status qtc_calib_input_quant(const char *path, int n_layers, qtc_input_quant *out, qtc_error *err);
 
-/* DIR/<weight>.svg for every linear input (its histogram on a log scale, the
- * range method m chose, the observed extremes) and DIR/index.html showing them
- * all. */
-qtc_status qtc_calib_plot(const qtc_calib *cb, const char *dir, qtc_range_method m, double p, int bits, qtc_error *err);
-
 /* An importance matrix in llama.cpp's GGUF form: general.type "imatrix",
  * imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size, and per weight
  * (llama.cpp's names) <weight>.in_sum2 (f32 [in]) and <weight>.counts (f32 [1]). */

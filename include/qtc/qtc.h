@@ -2,12 +2,15 @@
 #ifndef QTC_QTC_H
 #define QTC_QTC_H
 
+#include "qtc/calib.h"
 #include "qtc/convert.h"
 #include "qtc/error.h"
 #include "qtc/graph.h"
 #include "qtc/io.h"
+#include "qtc/lora.h"
 #include "qtc/model.h"
 #include "qtc/optim.h"
+#include "qtc/plot.h"
 #include "qtc/qat.h"
 #include "qtc/quant.h"
 #include "qtc/rng.h"

@@ -56,16 +56,6 @@ qtc_status qtc_train(const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const 
                      const qtc_tokens *data, int64_t first_step, qtc_loss_fn loss, void *loss_ctx, qtc_train_cb cb,
                      void *cb_ctx, qtc_error *err);
 
-/* A line chart as an SVG file (written atomically): one polyline per series
- * over a shared x axis, with axis ticks and a legend. */
-typedef struct qtc_plot_series {
-    const char *name;
-    const double *x, *y;
-    int n;
-} qtc_plot_series;
-qtc_status qtc_plot_svg(const char *path, const char *title, const char *xlabel, const qtc_plot_series *s, int n_series,
-                        qtc_error *err);
-
 /* Checkpoints: one safetensors file with the model's weights under their HF
  * names (so it is also a model any tool reads), the AdamW moments as
  * "adamw.m.<name>" and "adamw.v.<name>", and __metadata__ qtc.checkpoint.step,

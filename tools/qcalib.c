@@ -17,7 +17,10 @@
 #include <cJSON.h>
 
 #include "qtc/calib.h"
+#include "qtc/plot.h"
 #include "qtc/runtime.h"
+
+#include "cli.h"
 
 static const char *usage_text =
     "usage: qcalib MODEL --data FILE [-o CALIB.json | -o MODEL --gptq] [--imatrix OUT.gguf] [options]\n"
@@ -58,18 +61,6 @@ static const char *usage_text =
     "  --tokenizer FILE --threads N --seed S (recorded)\n"
     "\n"
     "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure.\n";
-
-static void die_usage(const char *msg)
-{
-    fprintf(stderr, "qcalib: %s\n%s", msg, usage_text);
-    exit(1);
-}
-
-static int fail(const qtc_error *err)
-{
-    fprintf(stderr, "qcalib: error: %s\n", err->msg);
-    return qtc_exit_code(err->code);
-}
 
 static void show_progress(void *ctx, int64_t done, int64_t total)
 {
@@ -310,7 +301,7 @@ static int folded_weight(void *ctx, const char *name, const qtc_tensor *w, qtc_t
 
 int main(int argc, char **argv)
 {
-    qtc_runtime_setup(argv);
+    cli_init("qcalib", usage_text, argv);
     static const struct option opts[] = {
         {"data", required_argument, 0, 'd'},    {"tokens", required_argument, 0, 'n'},
         {"ctx", required_argument, 0, 'c'},     {"batch", required_argument, 0, 'b'},
@@ -342,21 +333,21 @@ int main(int argc, char **argv)
         char *end = NULL;
         switch (c) {
         case 'd': data_path = optarg; break;
-        case 'n': tokens = strtoll(optarg, &end, 10); if (*end || tokens < 0) die_usage("--tokens takes a number"); break;
-        case 'c': ctx = (int)strtol(optarg, &end, 10); if (*end || ctx < 2) die_usage("--ctx takes a number of at least 2"); break;
-        case 'b': batch = (int)strtol(optarg, &end, 10); if (*end || batch < 1) die_usage("--batch takes a positive number"); break;
-        case 'm': if (qtc_range_method_parse(optarg, &method)) die_usage("--method is minmax, percentile, mse or kl"); break;
-        case 'p': percentile = strtod(optarg, &end); if (*end || !(percentile > 50 && percentile <= 100)) die_usage("--percentile is in (50, 100]"); break;
-        case 'A': abits = (int)strtol(optarg, &end, 10); if (*end || abits < 2 || abits > 8) die_usage("--abits is 2..8"); break;
+        case 'n': tokens = strtoll(optarg, &end, 10); if (*end || tokens < 0) cli_usage("--tokens takes a number"); break;
+        case 'c': ctx = (int)strtol(optarg, &end, 10); if (*end || ctx < 2) cli_usage("--ctx takes a number of at least 2"); break;
+        case 'b': batch = (int)strtol(optarg, &end, 10); if (*end || batch < 1) cli_usage("--batch takes a positive number"); break;
+        case 'm': if (qtc_range_method_parse(optarg, &method)) cli_usage("--method is minmax, percentile, mse or kl"); break;
+        case 'p': percentile = strtod(optarg, &end); if (*end || !(percentile > 50 && percentile <= 100)) cli_usage("--percentile is in (50, 100]"); break;
+        case 'A': abits = (int)strtol(optarg, &end, 10); if (*end || abits < 2 || abits > 8) cli_usage("--abits is 2..8"); break;
         case 'i': imatrix = optarg; break;
         case 'G': gptq = 1; break;
         case 'W': awq = 1; break;
         case 'S': smooth = 1; break;
-        case 'l': alpha = strtod(optarg, &end); if (*end || !(alpha >= 0 && alpha <= 1)) die_usage("--alpha is in [0, 1]"); break;
+        case 'l': alpha = strtod(optarg, &end); if (*end || !(alpha >= 0 && alpha <= 1)) cli_usage("--alpha is in [0, 1]"); break;
         case 'r': ranges = optarg; break;
         case 'P': plot = optarg; break;
-        case 'w': wbits = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || wbits < 2 || wbits > 8) die_usage("--wbits is 2..8"); break;
-        case 'g': group = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
+        case 'w': wbits = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || wbits < 2 || wbits > 8) cli_usage("--wbits is 2..8"); break;
+        case 'g': group = (int)strtol(optarg, &end, 10); wbits_given = 1; if (*end || group < -1) cli_usage("--group takes a size, 0 or -1"); break;
         case 'a': sym = 0; break;
         case 'O': go.act_order = 1; break;
         case 'Q': sequential = 0; break;
@@ -365,37 +356,37 @@ int main(int argc, char **argv)
         case 'y':
             if (strcmp(optarg, "gptq") == 0) layout = 1;
             else if (strcmp(optarg, "compressed-tensors") == 0) layout = 0;
-            else die_usage("--layout is gptq or compressed-tensors");
+            else cli_usage("--layout is gptq or compressed-tensors");
             break;
-        case 'D': go.damp = strtod(optarg, &end); if (*end || !(go.damp >= 0)) die_usage("--damp takes a number >= 0"); break;
-        case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) die_usage("--format is safetensors, gguf or hf"); break;
+        case 'D': go.damp = strtod(optarg, &end); if (*end || !(go.damp >= 0)) cli_usage("--damp takes a number >= 0"); break;
+        case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) cli_usage("--format is safetensors, gguf or hf"); break;
         case 'J': as_json = 1; break;
         case 'k': tokenizer = optarg; break;
-        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
-        case 's': seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
+        case 's': seed = strtoull(optarg, &end, 10); if (*end) cli_usage("--seed takes a number"); break;
         case 'o': out = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
-        default: die_usage("bad option");
+        default: cli_usage("bad option");
         }
     }
     if (optind != argc - 1)
-        die_usage(optind < argc ? "one model only" : "no model");
+        cli_usage(optind < argc ? "one model only" : "no model");
     if (!data_path)
-        die_usage("give --data FILE");
+        cli_usage("give --data FILE");
     size_t olen = out ? strlen(out) : 0;
     int out_json = out && olen > 5 && strcmp(out + olen - 5, ".json") == 0;
     if (!out && !imatrix && !as_json && !plot)
-        die_usage("nothing to write: give -o CALIB.json, -o MODEL with --gptq, --imatrix OUT.gguf, --plot DIR or --json");
+        cli_usage("nothing to write: give -o CALIB.json, -o MODEL with --gptq, --imatrix OUT.gguf, --plot DIR or --json");
     if (gptq + awq + smooth > 1)
-        die_usage("one weight method: --gptq, --awq or --smoothquant");
+        cli_usage("one weight method: --gptq, --awq or --smoothquant");
     if ((gptq || awq || smooth) && (!out || out_json))
-        die_usage("--gptq, --awq and --smoothquant write a model: give -o MODEL (.safetensors or a folder)");
+        cli_usage("--gptq, --awq and --smoothquant write a model: give -o MODEL (.safetensors or a folder)");
     if (out && !out_json && !gptq && !awq && !smooth)
-        die_usage("-o MODEL needs a weight method (--gptq, --awq, --smoothquant); a calibration file ends in .json");
+        cli_usage("-o MODEL needs a weight method (--gptq, --awq, --smoothquant); a calibration file ends in .json");
     if (per_channel && method != QTC_RANGE_MINMAX)
-        die_usage("--per-channel ranges are min-max (each channel's observed range): use --method minmax");
+        cli_usage("--per-channel ranges are min-max (each channel's observed range): use --method minmax");
     if (ranges && !smooth && !awq)
-        die_usage("--ranges goes with --smoothquant or --awq (without them, -o FILE.json is the calibration file)");
+        cli_usage("--ranges goes with --smoothquant or --awq (without them, -o FILE.json is the calibration file)");
     if (smooth && !wbits_given) { /* W8A8: int8 weights per channel */
         wbits = 8;
         group = 0;
@@ -405,12 +396,12 @@ int main(int argc, char **argv)
         if (fmt == QTC_FMT_UNKNOWN)
             fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
         if (fmt == QTC_FMT_UNKNOWN || fmt == QTC_FMT_GGUF)
-            die_usage("GPTQ and AWQ models are integer schemes: write safetensors or an HF folder");
+            cli_usage("GPTQ and AWQ models are integer schemes: write safetensors or an HF folder");
     }
     if (layout < 0) /* an HF folder of GPTQ weights takes GPTQ's own layout */
         layout = gptq && fmt == QTC_FMT_HF;
     if (layout == 1 && !gptq)
-        die_usage("--layout gptq goes with --gptq");
+        cli_usage("--layout gptq goes with --gptq");
     qtc_set_threads(threads);
     qtc_error err;
     int rc = 0;
@@ -427,7 +418,7 @@ int main(int argc, char **argv)
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
         qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
         qtc_sha256_file(data_path, prov.sha256, &err) != QTC_OK || !(cb = qtc_calib_new(&src->config, gptq || awq, &err))) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (ctx > src->config.ctx) {
@@ -441,13 +432,13 @@ int main(int argc, char **argv)
         gr.q = calloc((size_t)gr.n, sizeof *gr.q);
         gr.names = calloc((size_t)gr.n, sizeof *gr.names);
         if (!gr.q || !gr.names) {
-            rc = fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
+            rc = cli_fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
             goto done;
         }
         ch = (qtc_calib_hooks){show_progress, gptq_layer, sequential, sequential, &gr};
     } else if (awq) {
         if (clip && !(ar.clips = calloc((size_t)gr.n, sizeof *ar.clips))) {
-            rc = fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
+            rc = cli_fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
             goto done;
         }
         ar.clip = clip && to.scheme.group >= 0; /* a per-tensor range has no groups to clip */
@@ -456,7 +447,7 @@ int main(int argc, char **argv)
     if (awq || smooth)
         before = window_logits(m, &data, ctx);
     if (qtc_calib_run(cb, m, &data, ctx, batch, tokens, &ch, &err) != QTC_OK) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     prov.tokens = cb->tokens;
@@ -464,21 +455,21 @@ int main(int argc, char **argv)
             (long long)cb->tokens, data_path, (long long)cb->windows, ctx, prov.sha256);
     if (out_json) {
         if (qtc_calib_save_json(cb, out, method, percentile, abits, per_channel, &prov, &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         fprintf(stderr, "qcalib: wrote %s (%s ranges for int%d inputs)\n", out, qtc_range_method_name(method), abits);
     }
     if (plot) {
         if (qtc_calib_plot(cb, plot, method, percentile, abits, &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         fprintf(stderr, "qcalib: wrote %s/index.html and %d histograms\n", plot, cb->n_layers * QTC_N_LINEAR);
     }
     if (imatrix) {
         if (qtc_imatrix_save(cb, &src->config, imatrix, data_path, ctx, &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         fprintf(stderr, "qcalib: wrote %s (importance matrix, %lld chunks of %d)\n", imatrix, (long long)cb->windows, ctx);
@@ -490,7 +481,7 @@ int main(int argc, char **argv)
         qtc_status st = qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err);
         free(gcfg);
         if (st != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         char name[64];
@@ -529,7 +520,7 @@ int main(int argc, char **argv)
             if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, &err) != QTC_OK ||
                 qtc_calib_save_json(cb2, ranges, method, percentile, abits, per_channel, &prov, &err) != QTC_OK) {
                 qtc_calib_free(cb2);
-                rc = fail(&err);
+                rc = cli_fail(&err);
                 goto done;
             }
             qtc_calib_free(cb2);
@@ -538,7 +529,7 @@ int main(int argc, char **argv)
         qtc_convert_hooks hooks = {.transform = folded_weight, .ctx = m};
         qtc_convert_summary s;
         if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         char name[64];

@@ -15,6 +15,8 @@
 #include "qtc/lora.h"
 #include "qtc/runtime.h"
 
+#include "cli.h"
+
 static const char *usage_text =
     "usage: merge BASE ADAPTER [ADAPTER ...] [-o OUT] [options]\n"
     "\n"
@@ -36,15 +38,9 @@ static const char *usage_text =
     "\n"
     "Exit status: 0 done, 1 usage, 2 bad input (an adapter that does not fit the base), 3 I/O, 4 numerical.\n";
 
-static void die_usage(const char *msg)
-{
-    fprintf(stderr, "merge: %s\n%s", msg, usage_text);
-    exit(1);
-}
-
 int main(int argc, char **argv)
 {
-    qtc_runtime_setup(argv);
+    cli_init("merge", usage_text, argv);
     static const struct option opts[] = {
         {"weights", required_argument, 0, 'w'}, {"method", required_argument, 0, 'm'},
         {"density", required_argument, 0, 'd'}, {"seed", required_argument, 0, 's'},
@@ -65,22 +61,22 @@ int main(int argc, char **argv)
             else if (strcmp(optarg, "cat") == 0) mo.method = QTC_MERGE_CAT;
             else if (strcmp(optarg, "ties") == 0) mo.method = QTC_MERGE_TIES;
             else if (strcmp(optarg, "dare") == 0) mo.method = QTC_MERGE_DARE;
-            else die_usage("--method is sum, cat, ties or dare");
+            else cli_usage("--method is sum, cat, ties or dare");
             break;
-        case 'd': mo.density = strtof(optarg, &end); if (*end || !(mo.density > 0 && mo.density <= 1)) die_usage("--density is in (0, 1]"); break;
-        case 's': mo.seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
+        case 'd': mo.density = strtof(optarg, &end); if (*end || !(mo.density > 0 && mo.density <= 1)) cli_usage("--density is in (0, 1]"); break;
+        case 's': mo.seed = strtoull(optarg, &end, 10); if (*end) cli_usage("--seed takes a number"); break;
         case 't': to_name = optarg; break;
-        case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) die_usage("--format is safetensors, gguf or hf"); break;
+        case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) cli_usage("--format is safetensors, gguf or hf"); break;
         case 'z': compress = 1; break;
-        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
         case 'o': out = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
-        default: die_usage("bad option");
+        default: cli_usage("bad option");
         }
     }
     int n = argc - optind - 1;
     if (n < 1)
-        die_usage(n < 0 ? "no base model" : "no adapter");
+        cli_usage(n < 0 ? "no base model" : "no adapter");
     float *w = malloc((size_t)n * sizeof *w);
     qtc_peft **ad = calloc((size_t)n, sizeof *ad);
     if (!w || !ad)
@@ -93,19 +89,19 @@ int main(int argc, char **argv)
             char *end;
             w[i] = strtof(s, &end);
             if (end == s || (i < n - 1 && *end != ',') || (i == n - 1 && *end))
-                die_usage("--weights needs one number per adapter, separated by commas");
+                cli_usage("--weights needs one number per adapter, separated by commas");
             s = end + 1;
         }
     }
     if (fmt == QTC_FMT_UNKNOWN)
         fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
     if (fmt == QTC_FMT_UNKNOWN)
-        die_usage("cannot tell the output format from its name: use --format");
+        cli_usage("cannot tell the output format from its name: use --format");
     qtc_target to;
     if (to_name && qtc_target_parse(to_name, &to) != 0)
-        die_usage("unknown --to type");
+        cli_usage("unknown --to type");
     if (to_name && to.is_scheme && fmt == QTC_FMT_GGUF)
-        die_usage("GGUF cannot hold integer or NF4 schemes: write safetensors or an HF folder, or give --to q4_0, q8_0, ...");
+        cli_usage("GGUF cannot hold integer or NF4 schemes: write safetensors or an HF folder, or give --to q4_0, q8_0, ...");
     compress |= qtc_path_wants_zstd(out);
     qtc_set_threads(threads);
     qtc_error err;

@@ -21,6 +21,8 @@
 #include "qtc/quant.h"
 #include "qtc/runtime.h"
 
+#include "cli.h"
+
 #define MAX_RULES 64
 
 static const char *usage_text =
@@ -74,23 +76,11 @@ static const float *weight_importance(void *ctx, const char *name, int64_t row_l
     return qtc_imatrix_find(rc->im, name, row_len);
 }
 
-static void die_usage(const char *msg)
-{
-    fprintf(stderr, "qconv: %s\n%s", msg, usage_text);
-    exit(1);
-}
-
 static void print_json(const cJSON *o)
 {
     char *js = cJSON_Print(o);
     printf("%s\n", js ? js : "null");
     cJSON_free(js);
-}
-
-static int fail(const qtc_error *err)
-{
-    fprintf(stderr, "qconv: error: %s\n", err->msg);
-    return qtc_exit_code(err->code);
 }
 
 static double shape_numel(const int64_t *ne, int ndim)
@@ -266,7 +256,7 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
         fprintf(stderr, "qconv: warning: %s has no tokenizer qtc can carry into GGUF; llama.cpp will not load the output\n", m->path);
     if (st != QTC_OK) {
         cJSON_Delete(summary);
-        return fail(&err);
+        return cli_fail(&err);
     }
     cJSON_AddStringToObject(summary, "output", out_path);
     cJSON_AddStringToObject(summary, "format", qtc_format_name(fmt));
@@ -297,7 +287,7 @@ static int convert(qtc_model_file *m, const char *out_path, qtc_format fmt, int 
 
 int main(int argc, char **argv)
 {
-    qtc_runtime_setup(argv);
+    cli_init("qconv", usage_text, argv);
     static const struct option opts[] = {
         {"output", required_argument, 0, 'o'}, {"to", required_argument, 0, 't'},
         {"format", required_argument, 0, 'f'}, {"tensor-type", required_argument, 0, 'T'},
@@ -318,27 +308,27 @@ int main(int argc, char **argv)
         case 'o': out = optarg; break;
         case 't':
             if (qtc_target_parse(optarg, &to) != 0)
-                die_usage("unknown --to type");
+                cli_usage("unknown --to type");
             have_to = 1;
             break;
         case 'f':
             fmt = qtc_format_from_name(optarg);
             if (fmt == QTC_FMT_UNKNOWN)
-                die_usage("--format is safetensors, gguf or hf");
+                cli_usage("--format is safetensors, gguf or hf");
             break;
         case 'T': {
             char *eq = strrchr(optarg, '=');
             if (!eq || n_rules == MAX_RULES)
-                die_usage("--tensor-type takes REGEX=TYPE");
+                cli_usage("--tensor-type takes REGEX=TYPE");
             *eq = '\0';
             if (qtc_target_parse(eq + 1, &rules[n_rules].to) != 0)
-                die_usage("unknown type in --tensor-type");
+                cli_usage("unknown type in --tensor-type");
             if (regcomp(&rules[n_rules].re, optarg, REG_EXTENDED | REG_NOSUB) != 0)
-                die_usage("bad regular expression in --tensor-type");
+                cli_usage("bad regular expression in --tensor-type");
             n_rules++;
             break;
         }
-        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
         case 'z': compress = 1; break;
         case 'i': do_inspect = 1; break;
         case 'J': as_json = 1; break;
@@ -347,23 +337,23 @@ int main(int argc, char **argv)
         case 'C': calib = optarg; break;
         case 'k': tokenizer = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
-        default: die_usage("bad option");
+        default: cli_usage("bad option");
         }
     }
     if (optind != argc - 1)
-        die_usage(optind < argc ? "one input only" : "no input");
+        cli_usage(optind < argc ? "one input only" : "no input");
     const char *in = argv[optind];
     qtc_set_threads(threads);
     if (!do_inspect && !out)
-        die_usage("no output: give -o OUT (or - for standard output), or --inspect");
+        cli_usage("no output: give -o OUT (or - for standard output), or --inspect");
     if (out) {
         compress |= qtc_path_wants_zstd(out);
         if (fmt == QTC_FMT_UNKNOWN)
             fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
         if (fmt == QTC_FMT_UNKNOWN)
-            die_usage("cannot tell the output format from its name: use --format");
+            cli_usage("cannot tell the output format from its name: use --format");
         if (as_json && strcmp(out, "-") == 0)
-            die_usage("--json prints to standard output, which -o - already uses (try --log-json FILE)");
+            cli_usage("--json prints to standard output, which -o - already uses (try --log-json FILE)");
     }
     FILE *log = NULL;
     if (log_path && !(log = fopen(log_path, "w"))) {
@@ -378,18 +368,18 @@ int main(int argc, char **argv)
         m->tokenizer_bin = strdup(tokenizer);
     }
     if (!m)
-        rc = fail(&err);
+        rc = cli_fail(&err);
     else if (do_inspect)
         rc = inspect(m, as_json);
     else {
         qtc_imatrix im = {0};
         qtc_input_quant iq = {0};
         if (imatrix && qtc_imatrix_load(imatrix, &im, &err) != QTC_OK)
-            rc = fail(&err);
+            rc = cli_fail(&err);
         else if (calib && !m->has_config)
-            rc = fail(&(qtc_error){QTC_ERR_INPUT, "--calib: the model has no llama configuration to match the file's layers"});
+            rc = cli_fail(&(qtc_error){QTC_ERR_INPUT, "--calib: the model has no llama configuration to match the file's layers"});
         else if (calib && qtc_calib_input_quant(calib, m->config.n_layers, &iq, &err) != QTC_OK)
-            rc = fail(&err);
+            rc = cli_fail(&err);
         else
             rc = convert(m, out, fmt, compress, have_to ? &to : NULL, rules, n_rules, as_json, log, imatrix ? &im : NULL,
                          calib ? &iq : NULL);

@@ -22,8 +22,11 @@
 
 #include "qtc/calib.h"
 #include "qtc/qat.h"
+#include "qtc/plot.h"
 #include "qtc/runtime.h"
 #include "qtc/train.h"
+
+#include "cli.h"
 
 static const char *usage_text =
     "usage: qat-train MODEL --data FILE -o OUT [options]\n"
@@ -94,18 +97,6 @@ typedef struct qat {
     double *step_x, *step_loss, eval_x[256], eval_y[256];
     int n_evals;
 } qat;
-
-static void die_usage(const char *msg)
-{
-    fprintf(stderr, "qat-train: %s\n%s", msg, usage_text);
-    exit(1);
-}
-
-static int fail(const qtc_error *err)
-{
-    fprintf(stderr, "qat-train: error: %s\n", err->msg);
-    return qtc_exit_code(err->code);
-}
 
 /* The QAT linear layer: y = x fq(W)^T for the layers' projections; the output
  * head stays in float (as compressed-tensors ignores lm_head). */
@@ -250,7 +241,7 @@ static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_fo
     int fd = mkstemp(tmp);
     if (fd < 0) {
         qtc_error_set(err, QTC_ERR_IO, "%s: cannot create a temporary file", tmp);
-        return fail(err);
+        return cli_fail(err);
     }
     close(fd);
     qtc_tensor *ps[256];
@@ -272,14 +263,14 @@ static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_fo
             qtc_writer_abort(w);
         free(e);
         unlink(tmp);
-        return fail(err);
+        return cli_fail(err);
     }
     free(e);
     qtc_model_file *t = qtc_model_open(tmp, err);
     if (t && src->tokenizer_bin && !t->tokenizer_bin)
         t->tokenizer_bin = strdup(src->tokenizer_bin);
     qtc_convert_summary s;
-    rc = t && qtc_convert(t, out, fmt, compress, to, NULL, 0, hooks, &s, err) == QTC_OK ? 0 : fail(err);
+    rc = t && qtc_convert(t, out, fmt, compress, to, NULL, 0, hooks, &s, err) == QTC_OK ? 0 : cli_fail(err);
     if (!rc)
         fprintf(stderr, "qat-train: wrote %s: %.3f bits per weight, weights' rel rms err %.3e against the trained floats\n",
                 out, s.bits_per_weight, s.rel_rms_err);
@@ -290,7 +281,7 @@ static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_fo
 
 int main(int argc, char **argv)
 {
-    qtc_runtime_setup(argv);
+    cli_init("qat-train", usage_text, argv);
     static const struct option opts[] = {
         {"data", required_argument, 0, 'd'},     {"eval", required_argument, 0, 'e'},
         {"wbits", required_argument, 0, 'b'},    {"group", required_argument, 0, 'g'},
@@ -332,63 +323,63 @@ int main(int argc, char **argv)
         switch (c) {
         case 'd': data_path = optarg; break;
         case 'e': eval_path = optarg; break;
-        case 'b': wbits = (int)strtol(optarg, &end, 10); if (*end || !((wbits >= 2 && wbits <= 8) || wbits == 32)) die_usage("--wbits is 2..8 or 32"); break;
-        case 'g': group = (int)strtol(optarg, &end, 10); if (*end || group < -1) die_usage("--group takes a size, 0 or -1"); break;
+        case 'b': wbits = (int)strtol(optarg, &end, 10); if (*end || !((wbits >= 2 && wbits <= 8) || wbits == 32)) cli_usage("--wbits is 2..8 or 32"); break;
+        case 'g': group = (int)strtol(optarg, &end, 10); if (*end || group < -1) cli_usage("--group takes a size, 0 or -1"); break;
         case 'S': sym = 1; break;
         case 'A': sym = 0; break;
         case 'D': loss_kind = 1; break;
         case 'C': loss_kind = 0; break;
-        case 'n': o.steps = strtoll(optarg, &end, 10); if (*end || o.steps < 1) die_usage("--steps takes a positive number"); break;
-        case 'B': o.batch = (int)strtol(optarg, &end, 10); if (*end || o.batch < 1) die_usage("--batch takes a positive number"); break;
-        case 'T': o.ctx = (int)strtol(optarg, &end, 10); if (*end || o.ctx < 2) die_usage("--ctx takes a number of at least 2"); break;
-        case 'l': o.lr.lr = strtof(optarg, &end); if (*end || !(o.lr.lr > 0)) die_usage("--lr takes a positive number"); break;
-        case 'w': o.lr.warmup = strtoll(optarg, &end, 10); if (*end || o.lr.warmup < 0) die_usage("--warmup takes a number"); break;
-        case 'c': o.clip = strtof(optarg, &end); if (*end) die_usage("--clip takes a number"); break;
-        case 'W': weight_decay = strtof(optarg, &end); if (*end || weight_decay < 0) die_usage("--weight-decay takes a number"); break;
-        case 'a': o.grad_accum = (int)strtol(optarg, &end, 10); if (*end || o.grad_accum < 1) die_usage("--grad-accum takes a positive number"); break;
-        case 's': o.seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
+        case 'n': o.steps = strtoll(optarg, &end, 10); if (*end || o.steps < 1) cli_usage("--steps takes a positive number"); break;
+        case 'B': o.batch = (int)strtol(optarg, &end, 10); if (*end || o.batch < 1) cli_usage("--batch takes a positive number"); break;
+        case 'T': o.ctx = (int)strtol(optarg, &end, 10); if (*end || o.ctx < 2) cli_usage("--ctx takes a number of at least 2"); break;
+        case 'l': o.lr.lr = strtof(optarg, &end); if (*end || !(o.lr.lr > 0)) cli_usage("--lr takes a positive number"); break;
+        case 'w': o.lr.warmup = strtoll(optarg, &end, 10); if (*end || o.lr.warmup < 0) cli_usage("--warmup takes a number"); break;
+        case 'c': o.clip = strtof(optarg, &end); if (*end) cli_usage("--clip takes a number"); break;
+        case 'W': weight_decay = strtof(optarg, &end); if (*end || weight_decay < 0) cli_usage("--weight-decay takes a number"); break;
+        case 'a': o.grad_accum = (int)strtol(optarg, &end, 10); if (*end || o.grad_accum < 1) cli_usage("--grad-accum takes a positive number"); break;
+        case 's': o.seed = strtoull(optarg, &end, 10); if (*end) cli_usage("--seed takes a number"); break;
         case 'F':
         case 'R': {
             regex_t *re = c == 'F' ? &freeze[n_freeze] : &train[n_train];
             if ((c == 'F' ? n_freeze : n_train) == 32 || regcomp(re, optarg, REG_EXTENDED | REG_NOSUB) != 0)
-                die_usage("bad --freeze/--train pattern");
+                cli_usage("bad --freeze/--train pattern");
             if (c == 'F')
                 n_freeze++;
             else
                 n_train++;
             break;
         }
-        case 'E': eval_every = strtoll(optarg, &end, 10); if (*end || eval_every < 1) die_usage("--eval-every takes a positive number"); break;
-        case 'V': q.eval_windows = (int)strtol(optarg, &end, 10); if (*end || q.eval_windows < 1) die_usage("--eval-windows takes a positive number"); break;
+        case 'E': eval_every = strtoll(optarg, &end, 10); if (*end || eval_every < 1) cli_usage("--eval-every takes a positive number"); break;
+        case 'V': q.eval_windows = (int)strtol(optarg, &end, 10); if (*end || q.eval_windows < 1) cli_usage("--eval-windows takes a positive number"); break;
         case 't': to_name = optarg; break;
-        case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) die_usage("--format is safetensors, gguf or hf"); break;
+        case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) cli_usage("--format is safetensors, gguf or hf"); break;
         case 'k': tokenizer = optarg; break;
         case 'L': log_path = optarg; break;
-        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
         case 'o': out = optarg; break;
         case 'p': plot = optarg; break;
-        case 'x': q.abits = (int)strtol(optarg, &end, 10); if (*end || q.abits != 8) die_usage("--abits is 8"); break;
+        case 'x': q.abits = (int)strtol(optarg, &end, 10); if (*end || q.abits != 8) cli_usage("--abits is 8"); break;
         case 'X': q.act_per_token = 1; break;
         case 'Q': q.lsq = 1; break;
         case 'y': calib = optarg; break;
-        case 'O': q.observer_steps = strtoll(optarg, &end, 10); if (*end || q.observer_steps < 1) die_usage("--observer-steps takes a positive number"); break;
-        case 'G': data_free = strtoll(optarg, &end, 10); if (*end || data_free < 1) die_usage("--data-free takes a number of tokens"); break;
-        case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) die_usage("--save-every takes a positive number"); break;
+        case 'O': q.observer_steps = strtoll(optarg, &end, 10); if (*end || q.observer_steps < 1) cli_usage("--observer-steps takes a positive number"); break;
+        case 'G': data_free = strtoll(optarg, &end, 10); if (*end || data_free < 1) cli_usage("--data-free takes a number of tokens"); break;
+        case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) cli_usage("--save-every takes a positive number"); break;
         case 'K': ckpt_dir = optarg; break;
         case 'r': resume = optarg; break;
-        case 'P': q.stop_after = strtoll(optarg, &end, 10); if (*end || q.stop_after < 1) die_usage("--stop-after takes a positive number"); break;
+        case 'P': q.stop_after = strtoll(optarg, &end, 10); if (*end || q.stop_after < 1) cli_usage("--stop-after takes a positive number"); break;
         case 'h': fputs(usage_text, stdout); return 0;
-        default: die_usage("bad option");
+        default: cli_usage("bad option");
         }
     }
     if (optind != argc - 1)
-        die_usage(optind < argc ? "one model only" : "no model");
+        cli_usage(optind < argc ? "one model only" : "no model");
     if ((!data_path && !data_free) || (data_path && data_free) || !out)
-        die_usage("give --data FILE or --data-free N, and -o OUT");
+        cli_usage("give --data FILE or --data-free N, and -o OUT");
     if (fmt == QTC_FMT_UNKNOWN)
         fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
     if (fmt == QTC_FMT_UNKNOWN)
-        die_usage("cannot tell the output format from its name: use --format");
+        cli_usage("cannot tell the output format from its name: use --format");
     q.quantize = wbits != 32;
     if (q.quantize) {
         q.scheme = (qtc_qscheme){QTC_QK_INT, wbits, group, sym, 0};
@@ -396,7 +387,7 @@ int main(int argc, char **argv)
     q.distill = loss_kind < 0 ? q.quantize : loss_kind;
     qtc_target to;
     if (to_name && qtc_target_parse(to_name, &to) != 0)
-        die_usage("unknown --to type");
+        cli_usage("unknown --to type");
     if (!to_name) {
         memset(&to, 0, sizeof to);
         to.is_scheme = q.quantize;
@@ -404,7 +395,7 @@ int main(int argc, char **argv)
         to.dtype = QTC_F32;
     }
     if (to.is_scheme && fmt == QTC_FMT_GGUF)
-        die_usage("GGUF cannot hold integer or NF4 schemes: write safetensors or an HF folder, or give --to q4_0, q8_0, ...");
+        cli_usage("GGUF cannot hold integer or NF4 schemes: write safetensors or an HF folder, or give --to q4_0, q8_0, ...");
     if (o.lr.warmup < 0)
         o.lr.warmup = o.steps / 10;
     o.lr.total = o.steps;
@@ -419,18 +410,18 @@ int main(int argc, char **argv)
     qtc_adamw *opt = NULL;
     if (!src || !(q.student = qtc_llama_from_model(src, &err)) ||
         ((q.distill || eval_path || data_free) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (data_path || eval_path)
         tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err);
     if ((data_path || eval_path) && !tok) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if ((data_path && qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK) ||
         (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &q.eval, &err) != QTC_OK)) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (data_free) { /* the teacher writes the training text: sequences of ctx + 1 from BOS */
@@ -443,7 +434,7 @@ int main(int argc, char **argv)
         int bos = src->config.bos_id >= 0 ? src->config.bos_id : 1;
         for (int64_t k = 0; data.ids && k < seqs; k++)
             if (qtc_generate(q.teacher, bos, len, 1.0f, 1.0f, &gen, data.ids + k * len, &err) != QTC_OK) {
-                rc = fail(&err);
+                rc = cli_fail(&err);
                 goto done;
             }
         if (!data.ids) {
@@ -478,7 +469,7 @@ int main(int argc, char **argv)
     for (int k = 0; q.obs && k < src->config.n_layers * 7; k++)
         if (!(q.obs[k].scale = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), &err)) ||
             !(q.obs[k].zero = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), &err))) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
     if (calib) { /* static input ranges from qcalib, used as they are */
@@ -496,7 +487,7 @@ int main(int argc, char **argv)
             if (ap)
                 qtc_act_qparams_free(ap, src->config.n_layers * 7);
             free(ap);
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         for (int k = 0; k < src->config.n_layers * 7; k++) {
@@ -520,7 +511,7 @@ int main(int argc, char **argv)
         for (int k = 0; k < n_freeze; k++)
             on &= regexec(&freeze[k], name, 0, NULL, 0) != 0;
         if (qtc_tensor_require_grad(params[i], &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         qtc_tensor_set_trainable(params[i], on);
@@ -551,7 +542,7 @@ int main(int argc, char **argv)
                 qtc_tensor **sc = &q.lsq_scale[l * 7 + k], **zp = &q.lsq_zero[l * 7 + k];
                 if (!(*sc = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(n), &err)) ||
                     (!q.scheme.symmetric && !(*zp = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(n), &err)))) {
-                    rc = fail(&err);
+                    rc = cli_fail(&err);
                     goto done;
                 }
                 qtc_fake_quant_init_params(ws[k], &q.scheme, *sc, *zp);
@@ -568,7 +559,7 @@ int main(int argc, char **argv)
     cfg.weight_decay = weight_decay;
     opt = qtc_adamw_new(params, np, cfg, &err);
     if (!opt) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     for (int i = n_model; i < np; i++) /* scales and zero points take no weight decay */
@@ -576,7 +567,7 @@ int main(int argc, char **argv)
     q.src = src;
     q.opt = opt;
     if ((q.save_every || q.stop_after || ckpt_dir) && qtc_checkpoint_path(ckpt_dir, out, 1, q.ckpt, sizeof q.ckpt, &err) != QTC_OK) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     int64_t first_step = 0;
@@ -584,7 +575,7 @@ int main(int argc, char **argv)
         char path[4200];
         if (qtc_checkpoint_path(resume, NULL, 0, path, sizeof path, &err) != QTC_OK ||
             qtc_checkpoint_load(path, q.student, opt, &first_step, &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         fprintf(stderr, "qat-train: resuming %s after step %lld\n", path, (long long)first_step);
@@ -627,7 +618,7 @@ int main(int argc, char **argv)
         free(tg);
     }
     if (evaluate(&q, first_step, &err)) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (plot) {
@@ -639,7 +630,7 @@ int main(int argc, char **argv)
     progress pr = {&q, eval_every};
     qtc_status st = qtc_train(&o, opt, params, np, &data, first_step, loss_fn, &q, on_step, &pr, &err);
     if (st != QTC_OK) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (q.stop_after > 0 && q.stop_after < o.steps) {
@@ -648,7 +639,7 @@ int main(int argc, char **argv)
         goto done;
     }
     if (evaluate(&q, o.steps, &err)) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (plot && q.step_loss) {
@@ -657,7 +648,7 @@ int main(int argc, char **argv)
         qtc_plot_series series[2] = {{"training loss", q.step_x, q.step_loss, (int)o.steps},
                                      {q.distill ? "eval KLD" : "eval loss", q.eval_x, q.eval_y, q.n_evals}};
         if (qtc_plot_svg(plot, title, "step", series, q.n_evals ? 2 : 1, &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
     }

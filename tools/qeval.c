@@ -21,6 +21,8 @@
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
 
+#include "cli.h"
+
 static const char *usage_text =
     "usage: qeval MODEL --text FILE [--ctx N] [--ref MODEL] [--batch B] [--windows N] [--json]\n"
     "       qeval MODEL --generate PROMPT [-n N] [--temp T] [--top-p P] [--seed S]\n"
@@ -46,18 +48,6 @@ static const char *usage_text =
     "  -h, --help        this help\n"
     "\n"
     "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure.\n";
-
-static void die_usage(const char *msg)
-{
-    fprintf(stderr, "qeval: %s\n%s", msg, usage_text);
-    exit(1);
-}
-
-static int fail(const qtc_error *err)
-{
-    fprintf(stderr, "qeval: error: %s\n", err->msg);
-    return qtc_exit_code(err->code);
-}
 
 static double now(void)
 {
@@ -118,7 +108,7 @@ static int generate(qtc_llama *m, qtc_tokenizer *tok, const char *prompt, int n,
     }
     int64_t np = qtc_tokenizer_encode(tok, prompt, 1, 0, ids, (int64_t)strlen(prompt) + 3, &err);
     if (np < 0) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (np + n > m->c.ctx) {
@@ -136,7 +126,7 @@ static int generate(qtc_llama *m, qtc_tokenizer *tok, const char *prompt, int n,
     for (int64_t pos = 0; pos < np + n - 1; pos++) {
         const float *logits = qtc_llama_step(m, g, token, pos, &err);
         if (!logits) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         if (pos + 1 < np) { /* still reading the prompt */
@@ -271,7 +261,7 @@ static qtc_tensor *act_quant_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_
 
 int main(int argc, char **argv)
 {
-    qtc_runtime_setup(argv);
+    cli_init("qeval", usage_text, argv);
     static const struct option opts[] = {
         {"text", required_argument, 0, 'x'},  {"ctx", required_argument, 0, 'c'},
         {"ref", required_argument, 0, 'r'},   {"batch", required_argument, 0, 'b'},
@@ -292,36 +282,36 @@ int main(int argc, char **argv)
         char *end = NULL;
         switch (c) {
         case 'x': text = optarg; break;
-        case 'c': ctx = (int)strtol(optarg, &end, 10); if (*end || ctx < 2) die_usage("--ctx takes a number of at least 2"); break;
+        case 'c': ctx = (int)strtol(optarg, &end, 10); if (*end || ctx < 2) cli_usage("--ctx takes a number of at least 2"); break;
         case 'r': ref_path = optarg; break;
-        case 'b': batch = (int)strtol(optarg, &end, 10); if (*end || batch < 1) die_usage("--batch takes a positive number"); break;
-        case 'w': windows = strtoll(optarg, &end, 10); if (*end || windows < 1) die_usage("--windows takes a positive number"); break;
+        case 'b': batch = (int)strtol(optarg, &end, 10); if (*end || batch < 1) cli_usage("--batch takes a positive number"); break;
+        case 'w': windows = strtoll(optarg, &end, 10); if (*end || windows < 1) cli_usage("--windows takes a positive number"); break;
         case 'J': as_json = 1; break;
         case 'g': prompt = optarg; break;
-        case 'n': n = (int)strtol(optarg, &end, 10); if (*end || n < 1) die_usage("-n takes a positive number"); break;
-        case 'T': temp = strtof(optarg, &end); if (*end || !(temp >= 0)) die_usage("--temp takes a number >= 0"); break;
-        case 'p': top_p = strtof(optarg, &end); if (*end || !(top_p > 0 && top_p <= 1)) die_usage("--top-p takes a number in (0, 1]"); break;
-        case 's': seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
+        case 'n': n = (int)strtol(optarg, &end, 10); if (*end || n < 1) cli_usage("-n takes a positive number"); break;
+        case 'T': temp = strtof(optarg, &end); if (*end || !(temp >= 0)) cli_usage("--temp takes a number >= 0"); break;
+        case 'p': top_p = strtof(optarg, &end); if (*end || !(top_p > 0 && top_p <= 1)) cli_usage("--top-p takes a number in (0, 1]"); break;
+        case 's': seed = strtoull(optarg, &end, 10); if (*end) cli_usage("--seed takes a number"); break;
         case 'k': tokenizer = optarg; break;
         case 'S': save_tokens = optarg; break;
         case 'a': adapter = optarg; break;
         case 'C': act_calib = optarg; break;
-        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
         case 'h': fputs(usage_text, stdout); return 0;
-        default: die_usage("bad option");
+        default: cli_usage("bad option");
         }
     }
     if (optind != argc - 1)
-        die_usage(optind < argc ? "one model only" : "no model");
+        cli_usage(optind < argc ? "one model only" : "no model");
     if (!!text + !!prompt != 1)
-        die_usage("give --text FILE or --generate PROMPT");
+        cli_usage("give --text FILE or --generate PROMPT");
     qtc_set_threads(threads);
     qtc_error err;
     qtc_tokenizer *tok = NULL;
     qtc_input_quant iq = {0};
     qtc_llama *m = load(argv[optind], tokenizer, &tok, &iq, &err), *ref = NULL;
     if (!m)
-        return fail(&err);
+        return cli_fail(&err);
     if (iq.n && (act_calib || adapter)) {
         fprintf(stderr, "qeval: note: %s: the model's static input scales are not applied (%s)\n", argv[optind],
                 act_calib ? "--act-calib replaces them" : "--adapter takes the linear layers");
@@ -331,7 +321,7 @@ int main(int argc, char **argv)
     if (adapter && !(peft = qtc_peft_load(adapter, &m->c, &err))) {
         qtc_llama_free(m);
         qtc_tokenizer_free(tok);
-        return fail(&err);
+        return cli_fail(&err);
     }
     if (peft)
         qtc_peft_attach(peft, m);
@@ -341,7 +331,7 @@ int main(int argc, char **argv)
             qtc_peft_free(peft);
             qtc_llama_free(m);
             qtc_tokenizer_free(tok);
-            die_usage("--act-calib and --adapter do not combine yet");
+            cli_usage("--act-calib and --adapter do not combine yet");
         }
     }
     if (act_calib || iq.n) { /* every linear input the file or the model's scales name fake-quantized with them */
@@ -354,7 +344,7 @@ int main(int argc, char **argv)
             act_quant_free(&aq);
             qtc_llama_free(m);
             qtc_tokenizer_free(tok);
-            return fail(&err);
+            return cli_fail(&err);
         }
         m->linear = act_quant_linear;
         m->linear_ctx = &aq;
@@ -369,12 +359,12 @@ int main(int argc, char **argv)
         qtc_tokens data;
         qtc_eval_result r;
         if (ref_path && !(ref = load(ref_path, NULL, NULL, NULL, &err)))
-            rc = fail(&err);
+            rc = cli_fail(&err);
         else if (qtc_tokens_load(tok, text, m->c.vocab, &data, &err) != QTC_OK)
-            rc = fail(&err);
+            rc = cli_fail(&err);
         else if (save_tokens && qtc_tokens_save(&data, save_tokens, &err) != QTC_OK) {
             qtc_tokens_free(&data);
-            rc = fail(&err);
+            rc = cli_fail(&err);
         }
         else {
             double t0 = now();
@@ -382,7 +372,7 @@ int main(int argc, char **argv)
             double dt = now() - t0;
             qtc_tokens_free(&data);
             if (st != QTC_OK) {
-                rc = fail(&err);
+                rc = cli_fail(&err);
             } else if (as_json) {
                 cJSON *o = cJSON_CreateObject();
                 cJSON_AddStringToObject(o, "model", argv[optind]);

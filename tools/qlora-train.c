@@ -17,8 +17,11 @@
 #include <unistd.h>
 
 #include "qtc/lora.h"
+#include "qtc/plot.h"
 #include "qtc/runtime.h"
 #include "qtc/train.h"
+
+#include "cli.h"
 
 static const char *usage_text =
     "usage: qlora-train MODEL --data FILE -o ADAPTER [options]\n"
@@ -67,18 +70,6 @@ typedef struct run {
     double *step_x, *step_loss, eval_x[256], eval_y[256];
     int n_evals;
 } run;
-
-static void die_usage(const char *msg)
-{
-    fprintf(stderr, "qlora-train: %s\n%s", msg, usage_text);
-    exit(1);
-}
-
-static int fail(const qtc_error *err)
-{
-    fprintf(stderr, "qlora-train: error: %s\n", err->msg);
-    return qtc_exit_code(err->code);
-}
 
 static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
 {
@@ -142,7 +133,7 @@ static double megabytes(double b)
 
 int main(int argc, char **argv)
 {
-    qtc_runtime_setup(argv);
+    cli_init("qlora-train", usage_text, argv);
     static const struct option opts[] = {
         {"data", required_argument, 0, 'd'},     {"eval", required_argument, 0, 'e'},
         {"method", required_argument, 0, 'M'},   {"rank", required_argument, 0, 'r'},
@@ -182,44 +173,44 @@ int main(int argc, char **argv)
         case 'd': data_path = optarg; break;
         case 'e': eval_path = optarg; break;
         case 'M': method = optarg; break;
-        case 'r': pc.r = (int)strtol(optarg, &end, 10); if (*end || pc.r < 1 || pc.r > 4096) die_usage("--rank takes 1..4096"); break;
-        case 'A': pc.alpha = strtof(optarg, &end); if (*end || !(pc.alpha > 0)) die_usage("--alpha takes a positive number"); break;
-        case 'T': if (strlen(optarg) >= sizeof pc.target) die_usage("--target is too long"); snprintf(pc.target, sizeof pc.target, "%s", optarg); break;
+        case 'r': pc.r = (int)strtol(optarg, &end, 10); if (*end || pc.r < 1 || pc.r > 4096) cli_usage("--rank takes 1..4096"); break;
+        case 'A': pc.alpha = strtof(optarg, &end); if (*end || !(pc.alpha > 0)) cli_usage("--alpha takes a positive number"); break;
+        case 'T': if (strlen(optarg) >= sizeof pc.target) cli_usage("--target is too long"); snprintf(pc.target, sizeof pc.target, "%s", optarg); break;
         case 'S': pc.rslora = 1; break;
-        case 'D': pc.dropout = strtof(optarg, &end); if (*end || pc.dropout < 0 || pc.dropout >= 1) die_usage("--dropout is in [0, 1)"); break;
-        case 'P': pc.prefix_len = (int)strtol(optarg, &end, 10); if (*end || pc.prefix_len < 1) die_usage("--prefix-len takes a positive number"); break;
+        case 'D': pc.dropout = strtof(optarg, &end); if (*end || pc.dropout < 0 || pc.dropout >= 1) cli_usage("--dropout is in [0, 1)"); break;
+        case 'P': pc.prefix_len = (int)strtol(optarg, &end, 10); if (*end || pc.prefix_len < 1) cli_usage("--prefix-len takes a positive number"); break;
         case 'b': base_type = optarg; break;
-        case 'n': o.steps = strtoll(optarg, &end, 10); if (*end || o.steps < 1) die_usage("--steps takes a positive number"); break;
-        case 'B': o.batch = (int)strtol(optarg, &end, 10); if (*end || o.batch < 1) die_usage("--batch takes a positive number"); break;
-        case 'c': o.ctx = (int)strtol(optarg, &end, 10); if (*end || o.ctx < 2) die_usage("--ctx takes a number of at least 2"); break;
-        case 'l': o.lr.lr = strtof(optarg, &end); if (*end || !(o.lr.lr > 0)) die_usage("--lr takes a positive number"); break;
-        case 'w': o.lr.warmup = strtoll(optarg, &end, 10); if (*end || o.lr.warmup < 0) die_usage("--warmup takes a number"); break;
-        case 'C': o.clip = strtof(optarg, &end); if (*end) die_usage("--clip takes a number"); break;
-        case 'W': weight_decay = strtof(optarg, &end); if (*end || weight_decay < 0) die_usage("--weight-decay takes a number"); break;
-        case 'a': o.grad_accum = (int)strtol(optarg, &end, 10); if (*end || o.grad_accum < 1) die_usage("--grad-accum takes a positive number"); break;
-        case 's': o.seed = strtoull(optarg, &end, 10); if (*end) die_usage("--seed takes a number"); break;
-        case 'E': r.eval_every = strtoll(optarg, &end, 10); if (*end || r.eval_every < 1) die_usage("--eval-every takes a positive number"); break;
-        case 'V': r.eval_windows = (int)strtol(optarg, &end, 10); if (*end || r.eval_windows < 1) die_usage("--eval-windows takes a positive number"); break;
-        case 'v': r.save_every = strtoll(optarg, &end, 10); if (*end || r.save_every < 1) die_usage("--save-every takes a positive number"); break;
+        case 'n': o.steps = strtoll(optarg, &end, 10); if (*end || o.steps < 1) cli_usage("--steps takes a positive number"); break;
+        case 'B': o.batch = (int)strtol(optarg, &end, 10); if (*end || o.batch < 1) cli_usage("--batch takes a positive number"); break;
+        case 'c': o.ctx = (int)strtol(optarg, &end, 10); if (*end || o.ctx < 2) cli_usage("--ctx takes a number of at least 2"); break;
+        case 'l': o.lr.lr = strtof(optarg, &end); if (*end || !(o.lr.lr > 0)) cli_usage("--lr takes a positive number"); break;
+        case 'w': o.lr.warmup = strtoll(optarg, &end, 10); if (*end || o.lr.warmup < 0) cli_usage("--warmup takes a number"); break;
+        case 'C': o.clip = strtof(optarg, &end); if (*end) cli_usage("--clip takes a number"); break;
+        case 'W': weight_decay = strtof(optarg, &end); if (*end || weight_decay < 0) cli_usage("--weight-decay takes a number"); break;
+        case 'a': o.grad_accum = (int)strtol(optarg, &end, 10); if (*end || o.grad_accum < 1) cli_usage("--grad-accum takes a positive number"); break;
+        case 's': o.seed = strtoull(optarg, &end, 10); if (*end) cli_usage("--seed takes a number"); break;
+        case 'E': r.eval_every = strtoll(optarg, &end, 10); if (*end || r.eval_every < 1) cli_usage("--eval-every takes a positive number"); break;
+        case 'V': r.eval_windows = (int)strtol(optarg, &end, 10); if (*end || r.eval_windows < 1) cli_usage("--eval-windows takes a positive number"); break;
+        case 'v': r.save_every = strtoll(optarg, &end, 10); if (*end || r.save_every < 1) cli_usage("--save-every takes a positive number"); break;
         case 'K': ckpt_dir = optarg; break;
         case 'R': resume = optarg; break;
-        case 'X': r.stop_after = strtoll(optarg, &end, 10); if (*end || r.stop_after < 1) die_usage("--stop-after takes a positive number"); break;
-        case 'f': format = optarg; if (strcmp(format, "peft") != 0 && strcmp(format, "gguf") != 0) die_usage("--format is peft or gguf"); break;
+        case 'X': r.stop_after = strtoll(optarg, &end, 10); if (*end || r.stop_after < 1) cli_usage("--stop-after takes a positive number"); break;
+        case 'f': format = optarg; if (strcmp(format, "peft") != 0 && strcmp(format, "gguf") != 0) cli_usage("--format is peft or gguf"); break;
         case 'p': plot = optarg; break;
         case 'k': tokenizer = optarg; break;
         case 'L': log_path = optarg; break;
-        case 'j': threads = atoi(optarg); if (threads <= 0) die_usage("--threads takes a positive number"); break;
+        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
         case 'o': out = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
-        default: die_usage("bad option");
+        default: cli_usage("bad option");
         }
     }
     if (optind != argc - 1)
-        die_usage(optind < argc ? "one model only" : "no model");
+        cli_usage(optind < argc ? "one model only" : "no model");
     if (!data_path || !out)
-        die_usage("give --data FILE and -o ADAPTER");
+        cli_usage("give --data FILE and -o ADAPTER");
     if (strcmp(out, "-") == 0)
-        die_usage("an adapter is a folder or a file: -o - is not supported");
+        cli_usage("an adapter is a folder or a file: -o - is not supported");
     int qlora = strcmp(method, "qlora") == 0;
     if (qlora || strcmp(method, "lora") == 0)
         pc.method = QTC_PEFT_LORA;
@@ -228,22 +219,22 @@ int main(int argc, char **argv)
     else if (strcmp(method, "prefix") == 0)
         pc.method = QTC_PEFT_PREFIX;
     else
-        die_usage("--method is lora, qlora, adapter or prefix");
+        cli_usage("--method is lora, qlora, adapter or prefix");
     if (pc.alpha < 0)
         pc.alpha = 2.0f * (float)pc.r;
     size_t olen = strlen(out);
     int gguf = format ? strcmp(format, "gguf") == 0 : olen > 5 && strcmp(out + olen - 5, ".gguf") == 0;
     if (gguf && pc.method != QTC_PEFT_LORA)
-        die_usage("only LoRA adapters have a GGUF form: write a PEFT folder");
+        cli_usage("only LoRA adapters have a GGUF form: write a PEFT folder");
     qtc_target base;
     memset(&base, 0, sizeof base);
     base.dtype = QTC_F32;
     if (!base_type && qlora)
         base_type = "nf4";
     if (base_type && qtc_target_parse(base_type, &base) != 0)
-        die_usage("unknown --base-type");
+        cli_usage("unknown --base-type");
     if (qlora && !base.is_scheme && base.dtype == QTC_F32)
-        die_usage("--method qlora needs a quantized --base-type (nf4 by default)");
+        cli_usage("--method qlora needs a quantized --base-type (nf4 by default)");
     if (o.lr.warmup < 0)
         o.lr.warmup = o.steps / 10;
     o.lr.total = o.steps;
@@ -266,7 +257,7 @@ int main(int argc, char **argv)
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
         qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
         (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &r.eval, &err) != QTC_OK)) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     r.src = src;
@@ -292,7 +283,7 @@ int main(int argc, char **argv)
     qtc_adamw_config cfg = qtc_adamw_defaults();
     cfg.weight_decay = weight_decay;
     if (!(r.opt = qtc_adamw_new(r.params, r.np, cfg, &err))) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (log_path && !(r.log = fopen(log_path, "w"))) {
@@ -301,7 +292,7 @@ int main(int argc, char **argv)
         goto done;
     }
     if ((r.save_every || r.stop_after || ckpt_dir) && qtc_checkpoint_path(ckpt_dir, out, 1, r.ckpt, sizeof r.ckpt, &err) != QTC_OK) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     int64_t first_step = 0;
@@ -309,7 +300,7 @@ int main(int argc, char **argv)
         char path[4200];
         if (qtc_checkpoint_path(resume, NULL, 0, path, sizeof path, &err) != QTC_OK ||
             qtc_checkpoint_load_params(path, r.params, r.name_ptr, r.np, r.opt, &first_step, &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
         fprintf(stderr, "qlora-train: resuming %s after step %lld\n", path, (long long)first_step);
@@ -331,7 +322,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "qlora-train: LoRA rank %d, alpha %g (scale %g%s), targets %s, dropout %g\n", pc.r, pc.alpha,
                 r.p->scaling, pc.rslora ? ", rsLoRA" : "", pc.target, pc.dropout);
     if (evaluate(&r, first_step, &err)) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (plot) {
@@ -341,7 +332,7 @@ int main(int argc, char **argv)
             r.step_loss[k] = NAN;
     }
     if (qtc_train(&o, r.opt, r.params, r.np, &data, first_step, loss_fn, &r, on_step, &r, &err) != QTC_OK) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (r.stop_after > 0 && r.stop_after < o.steps) {
@@ -350,7 +341,7 @@ int main(int argc, char **argv)
         goto done;
     }
     if (evaluate(&r, o.steps, &err)) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     if (plot && r.step_loss) {
@@ -359,12 +350,12 @@ int main(int argc, char **argv)
         qtc_plot_series series[2] = {{"training loss", r.step_x, r.step_loss, (int)o.steps},
                                      {"eval loss", r.eval_x, r.eval_y, r.n_evals}};
         if (qtc_plot_svg(plot, title, "step", series, r.n_evals ? 2 : 1, &err) != QTC_OK) {
-            rc = fail(&err);
+            rc = cli_fail(&err);
             goto done;
         }
     }
     if (qtc_peft_save(r.p, out, gguf, argv[optind], &err) != QTC_OK) {
-        rc = fail(&err);
+        rc = cli_fail(&err);
         goto done;
     }
     fprintf(stderr, "qlora-train: wrote %s (%s)\n", out, gguf ? "GGUF LoRA adapter" : "PEFT folder");
