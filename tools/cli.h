@@ -8,7 +8,10 @@
 #ifndef QTC_TOOLS_CLI_H
 #define QTC_TOOLS_CLI_H
 
-#include "qtc/error.h"
+#include <getopt.h>
+#include <stdio.h>
+
+#include "qtc/train.h"
 
 /* For main(), before anything else: remembers the tool's name and usage text
  * and sets the process up (cli_process_setup). */
@@ -30,5 +33,99 @@ int cli_fail(const qtc_error *err);
 int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* "tool: FMT..." on standard error (a newline is added). */
 void cli_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The flags every trainer takes: --steps --batch --ctx --lr --warmup --clip
+ * --weight-decay --grad-accum --seed, --eval-every --eval-windows,
+ * --save-every --checkpoint --resume --stop-after, --log-json, --plot. A
+ * tool puts CLI_TRAIN_OPTIONS in its getopt_long table and hands each option
+ * to cli_train_flag first. */
+typedef struct cli_train_flags {
+    qtc_train_opts o;           /* o.lr.warmup < 0 until cli_train_flags_done: steps / 10 */
+    float weight_decay;
+    int64_t eval_every;         /* 0: evaluate at the start and the end only */
+    int eval_windows;
+    int64_t save_every, stop_after;
+    const char *checkpoint, *resume, *log_json, *plot;
+} cli_train_flags;
+
+enum {
+    CLI_OPT_STEPS = 0x100, CLI_OPT_BATCH, CLI_OPT_CTX, CLI_OPT_LR, CLI_OPT_WARMUP, CLI_OPT_CLIP, CLI_OPT_WEIGHT_DECAY,
+    CLI_OPT_GRAD_ACCUM, CLI_OPT_SEED, CLI_OPT_EVAL_EVERY, CLI_OPT_EVAL_WINDOWS, CLI_OPT_SAVE_EVERY, CLI_OPT_CHECKPOINT,
+    CLI_OPT_RESUME, CLI_OPT_STOP_AFTER, CLI_OPT_LOG_JSON, CLI_OPT_PLOT
+};
+#define CLI_TRAIN_OPTIONS                                                                                             \
+    {"steps", required_argument, 0, CLI_OPT_STEPS}, {"batch", required_argument, 0, CLI_OPT_BATCH},                   \
+    {"ctx", required_argument, 0, CLI_OPT_CTX}, {"lr", required_argument, 0, CLI_OPT_LR},                             \
+    {"warmup", required_argument, 0, CLI_OPT_WARMUP}, {"clip", required_argument, 0, CLI_OPT_CLIP},                   \
+    {"weight-decay", required_argument, 0, CLI_OPT_WEIGHT_DECAY},                                                     \
+    {"grad-accum", required_argument, 0, CLI_OPT_GRAD_ACCUM}, {"seed", required_argument, 0, CLI_OPT_SEED},           \
+    {"eval-every", required_argument, 0, CLI_OPT_EVAL_EVERY},                                                         \
+    {"eval-windows", required_argument, 0, CLI_OPT_EVAL_WINDOWS},                                                     \
+    {"save-every", required_argument, 0, CLI_OPT_SAVE_EVERY}, {"checkpoint", required_argument, 0, CLI_OPT_CHECKPOINT}, \
+    {"resume", required_argument, 0, CLI_OPT_RESUME}, {"stop-after", required_argument, 0, CLI_OPT_STOP_AFTER},       \
+    {"log-json", required_argument, 0, CLI_OPT_LOG_JSON}, {"plot", required_argument, 0, CLI_OPT_PLOT}
+
+/* The defaults (qtc_train_defaults(200), learning rate lr, 64 evaluation windows). */
+cli_train_flags cli_train_flags_defaults(float lr);
+/* Takes option c with its argument if it is a training flag: returns 1 then
+ * (a bad value exits through cli_usage), 0 for any other option. */
+int cli_train_flag(cli_train_flags *f, int c, const char *arg);
+/* After parsing: the warmup default and the schedule's length. */
+void cli_train_flags_done(cli_train_flags *f);
+
+/* --threads N: a positive number (exits through cli_usage otherwise). */
+int cli_threads(const char *arg);
+
+/* The training reporter: the progress line (rewritten in place on a
+ * terminal, every 10th step otherwise), --log-json events, evaluation every
+ * --eval-every steps, checkpoints every --save-every steps and at
+ * --stop-after, and the curves for --plot. Its on_step is qtc_train's
+ * callback. */
+typedef struct cli_trainer {
+    int64_t steps, eval_every, save_every, stop_after;
+    FILE *log;                  /* --log-json, or NULL */
+    char ckpt[4200];            /* the checkpoint file, or "" */
+    /* what an evaluation scores: model on eval (ctx, windows), against ref
+     * when not NULL (KLD, top-1); the curve shows the KLD when judge_kld */
+    qtc_llama *model, *ref;
+    const qtc_tokens *eval;
+    int ctx, eval_windows, judge_kld;
+    /* writes a checkpoint of the run to path after step */
+    qtc_status (*save)(void *ctx, const char *path, int64_t step, qtc_error *err);
+    void *save_ctx;
+    /* called first on every step, with the step just taken (may be NULL) */
+    void (*stepped)(void *ctx, int64_t step);
+    void *stepped_ctx;
+    /* curves for --plot: the loss per step (NaN before a resumed step), the evaluations */
+    double *step_x, *step_loss, *eval_x, *eval_y;
+    int n_evals, cap_evals;
+} cli_trainer;
+
+/* Sets t up from the flags: steps, cadences, ctx, evaluation windows. */
+void cli_trainer_init(cli_trainer *t, const cli_train_flags *f);
+/* Opens --log-json; returns an exit code (0: fine), having printed why. */
+int cli_trainer_open_log(cli_trainer *t, const char *path);
+/* The checkpoint file of the run when it saves one (--save-every,
+ * --stop-after or --checkpoint given), next to out by default. */
+qtc_status cli_trainer_checkpoint_path(cli_trainer *t, const cli_train_flags *f, const char *out, qtc_error *err);
+/* Continues from --resume DIR through load (which fills *first_step);
+ * returns an exit code (0: fine; resumed or nothing to resume), printed. */
+int cli_trainer_resume(cli_trainer *t, const char *dir,
+                       qtc_status (*load)(void *ctx, const char *path, int64_t *first_step, qtc_error *err), void *ctx,
+                       int64_t *first_step);
+/* Scores the model at step (a line on standard error, an event in the log,
+ * a point of the curve); 0, or 1 with err set. Nothing without eval data. */
+int cli_trainer_evaluate(cli_trainer *t, int64_t step, qtc_error *err);
+/* Allocates the loss curve when --plot is given. */
+void cli_trainer_want_plot(cli_trainer *t, const char *plot);
+/* qtc_train's callback (ctx: the cli_trainer). */
+int cli_trainer_on_step(void *ctx, const qtc_train_event *ev, qtc_error *err);
+/* After qtc_train: 1 when the run stopped at --stop-after (the line telling
+ * how to continue is printed), 0 when it ran to the end. */
+int cli_trainer_stopped(const cli_trainer *t);
+/* The chart of the loss and evaluations into --plot (if given). */
+qtc_status cli_trainer_plot(const cli_trainer *t, const char *path, const char *title, const char *eval_name,
+                            qtc_error *err);
+void cli_trainer_free(cli_trainer *t);
 
 #endif

@@ -22,7 +22,6 @@
 
 #include "qtc/calib.h"
 #include "qtc/qat.h"
-#include "qtc/plot.h"
 #include "qtc/runtime.h"
 #include "qtc/train.h"
 
@@ -83,19 +82,10 @@ typedef struct qat {
     act_observer *obs;        /* n_layers * 7 */
     const qtc_model_file *src;
     qtc_adamw *opt;
-    char ckpt[4200];      /* the checkpoint file, or "" */
-    int64_t save_every, stop_after;
     qtc_qscheme scheme;
     qtc_llama *student, *teacher;
     int distill;
     qtc_graph *tg;         /* the teacher's graph */
-    FILE *log;
-    qtc_tokens eval;
-    int eval_windows, ctx;
-    int64_t steps;
-    /* curves for --plot: training loss per step, evaluations */
-    double *step_x, *step_loss, eval_x[256], eval_y[256];
-    int n_evals;
 } qat;
 
 /* The QAT linear layer: y = x fq(W)^T for the layers' projections; the output
@@ -178,58 +168,21 @@ static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, co
     return qtc_kl_div(g, logits, ref);
 }
 
-static int evaluate(qat *q, int64_t step, qtc_error *err)
+static void stepped(void *ctx, int64_t step)
 {
-    if (!q->eval.n)
-        return 0;
-    qtc_eval_result r;
-    if (qtc_eval(q->student, q->teacher, &q->eval, q->ctx, 8, q->eval_windows, NULL, NULL, &r, err) != QTC_OK)
-        return 1;
-    if (q->n_evals < 256) { /* distillation is judged by KLD, cross-entropy by the loss */
-        q->eval_x[q->n_evals] = (double)step;
-        q->eval_y[q->n_evals++] = q->distill ? r.kld : r.nll;
-    }
-    fprintf(stderr, "qat-train: step %lld eval: loss %.4f, perplexity %.4f (float %.4f), KLD %.5f, top-1 %.2f%%\n",
-            (long long)step, r.nll, r.ppl, r.ref_ppl, r.kld, 100 * r.top1);
-    if (q->log)
-        fprintf(q->log, "{\"event\":\"eval\",\"step\":%lld,\"loss\":%.6f,\"ppl\":%.6f,\"ref_ppl\":%.6f,\"kld\":%.6f,\"top1\":%.6f}\n",
-                (long long)step, r.nll, r.ppl, r.ref_ppl, r.kld, r.top1);
-    return 0;
+    ((qat *)ctx)->step = step;
 }
 
-typedef struct progress {
-    qat *q;
-    int64_t eval_every;
-} progress;
-
-static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
+static qtc_status save_checkpoint(void *ctx, const char *path, int64_t step, qtc_error *err)
 {
-    progress *p = ctx;
-    p->q->step = ev->step;
-    if (p->q->step_loss) {
-        p->q->step_x[ev->step - 1] = (double)ev->step;
-        p->q->step_loss[ev->step - 1] = ev->loss;
-    }
-    char line[256];
-    int tty = isatty(STDERR_FILENO);
-    qtc_train_event_text(ev, p->q->steps, line, sizeof line);
-    if (tty || ev->step % 10 == 0 || ev->step == p->q->steps)
-        fprintf(stderr, "%sqat-train: %s%s", tty ? "\r" : "", line, tty && ev->step < p->q->steps ? "" : "\n");
-    qtc_train_event_json(ev, line, sizeof line);
-    if (p->q->log)
-        fprintf(p->q->log, "%s\n", line);
-    qat *q = p->q;
-    int stop = q->stop_after > 0 && ev->step >= q->stop_after && ev->step < q->steps;
-    if (q->ckpt[0] && ((q->save_every > 0 && ev->step % q->save_every == 0) || stop)) {
-        if (qtc_checkpoint_save(q->ckpt, q->src, q->student, q->opt, ev->step, err) != QTC_OK)
-            return 1;
-        fprintf(stderr, "qat-train: step %lld: checkpoint %s\n", (long long)ev->step, q->ckpt);
-    }
-    if (stop)
-        return 1;
-    if (p->eval_every > 0 && ev->step % p->eval_every == 0 && ev->step < q->steps)
-        return evaluate(q, ev->step, err);
-    return 0;
+    qat *q = ctx;
+    return qtc_checkpoint_save(path, q->src, q->student, q->opt, step, err);
+}
+
+static qtc_status load_checkpoint(void *ctx, const char *path, int64_t *step, qtc_error *err)
+{
+    qat *q = ctx;
+    return qtc_checkpoint_load(path, q->student, q->opt, step, err);
 }
 
 /* Writes the trained weights as the source model's twin (f32), then converts. */
@@ -287,39 +240,28 @@ int main(int argc, char **argv)
         {"wbits", required_argument, 0, 'b'},    {"group", required_argument, 0, 'g'},
         {"sym", no_argument, 0, 'S'},            {"asym", no_argument, 0, 'A'},
         {"distill", no_argument, 0, 'D'},        {"ce", no_argument, 0, 'C'},
-        {"steps", required_argument, 0, 'n'},    {"batch", required_argument, 0, 'B'},
-        {"ctx", required_argument, 0, 'T'},      {"lr", required_argument, 0, 'l'},
-        {"warmup", required_argument, 0, 'w'},   {"clip", required_argument, 0, 'c'},
-        {"weight-decay", required_argument, 0, 'W'}, {"grad-accum", required_argument, 0, 'a'},
-        {"seed", required_argument, 0, 's'},     {"freeze", required_argument, 0, 'F'},
-        {"train", required_argument, 0, 'R'},    {"eval-every", required_argument, 0, 'E'},
-        {"eval-windows", required_argument, 0, 'V'}, {"to", required_argument, 0, 't'},
-        {"format", required_argument, 0, 'f'},   {"tokenizer", required_argument, 0, 'k'},
-        {"log-json", required_argument, 0, 'L'}, {"threads", required_argument, 0, 'j'},
+        {"freeze", required_argument, 0, 'F'},   {"train", required_argument, 0, 'R'},
+        {"to", required_argument, 0, 't'},       {"format", required_argument, 0, 'f'},
+        {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
         {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
-        {"save-every", required_argument, 0, 'v'}, {"checkpoint", required_argument, 0, 'K'},
-        {"resume", required_argument, 0, 'r'},   {"stop-after", required_argument, 0, 'P'},
-        {"data-free", required_argument, 0, 'G'}, {"plot", required_argument, 0, 'p'},
-        {"abits", required_argument, 0, 'x'},    {"act-per-token", no_argument, 0, 'X'},
-        {"observer-steps", required_argument, 0, 'O'}, {"lsq", no_argument, 0, 'Q'},
-        {"calib", required_argument, 0, 'y'},
+        {"data-free", required_argument, 0, 'G'}, {"abits", required_argument, 0, 'x'},
+        {"act-per-token", no_argument, 0, 'X'},  {"observer-steps", required_argument, 0, 'O'},
+        {"lsq", no_argument, 0, 'Q'},            {"calib", required_argument, 0, 'y'},
+        CLI_TRAIN_OPTIONS,
         {0, 0, 0, 0}};
-    const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *log_path = NULL;
-    const char *ckpt_dir = NULL, *resume = NULL, *plot = NULL, *calib = NULL;
+    const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *calib = NULL;
     int wbits = 4, group = 32, sym = 1, loss_kind = -1, threads = 0, n_freeze = 0, n_train = 0;
-    int64_t eval_every = 0, data_free = 0;
+    int64_t data_free = 0;
     qtc_format fmt = QTC_FMT_UNKNOWN;
     regex_t freeze[32], train[32];
-    qtc_train_opts o = qtc_train_defaults(200);
-    o.lr.lr = 5e-4f;
-    o.lr.warmup = -1;
-    float weight_decay = 0;
+    cli_train_flags tf = cli_train_flags_defaults(5e-4f);
     qat q;
     memset(&q, 0, sizeof q);
-    q.eval_windows = 64;
     int c;
     while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
         char *end = NULL;
+        if (cli_train_flag(&tf, c, optarg))
+            continue;
         switch (c) {
         case 'd': data_path = optarg; break;
         case 'e': eval_path = optarg; break;
@@ -329,15 +271,6 @@ int main(int argc, char **argv)
         case 'A': sym = 0; break;
         case 'D': loss_kind = 1; break;
         case 'C': loss_kind = 0; break;
-        case 'n': o.steps = strtoll(optarg, &end, 10); if (*end || o.steps < 1) cli_usage("--steps takes a positive number"); break;
-        case 'B': o.batch = (int)strtol(optarg, &end, 10); if (*end || o.batch < 1) cli_usage("--batch takes a positive number"); break;
-        case 'T': o.ctx = (int)strtol(optarg, &end, 10); if (*end || o.ctx < 2) cli_usage("--ctx takes a number of at least 2"); break;
-        case 'l': o.lr.lr = strtof(optarg, &end); if (*end || !(o.lr.lr > 0)) cli_usage("--lr takes a positive number"); break;
-        case 'w': o.lr.warmup = strtoll(optarg, &end, 10); if (*end || o.lr.warmup < 0) cli_usage("--warmup takes a number"); break;
-        case 'c': o.clip = strtof(optarg, &end); if (*end) cli_usage("--clip takes a number"); break;
-        case 'W': weight_decay = strtof(optarg, &end); if (*end || weight_decay < 0) cli_usage("--weight-decay takes a number"); break;
-        case 'a': o.grad_accum = (int)strtol(optarg, &end, 10); if (*end || o.grad_accum < 1) cli_usage("--grad-accum takes a positive number"); break;
-        case 's': o.seed = strtoull(optarg, &end, 10); if (*end) cli_usage("--seed takes a number"); break;
         case 'F':
         case 'R': {
             regex_t *re = c == 'F' ? &freeze[n_freeze] : &train[n_train];
@@ -349,25 +282,17 @@ int main(int argc, char **argv)
                 n_train++;
             break;
         }
-        case 'E': eval_every = strtoll(optarg, &end, 10); if (*end || eval_every < 1) cli_usage("--eval-every takes a positive number"); break;
-        case 'V': q.eval_windows = (int)strtol(optarg, &end, 10); if (*end || q.eval_windows < 1) cli_usage("--eval-windows takes a positive number"); break;
         case 't': to_name = optarg; break;
         case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) cli_usage("--format is safetensors, gguf or hf"); break;
         case 'k': tokenizer = optarg; break;
-        case 'L': log_path = optarg; break;
-        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
+        case 'j': threads = cli_threads(optarg); break;
         case 'o': out = optarg; break;
-        case 'p': plot = optarg; break;
         case 'x': q.abits = (int)strtol(optarg, &end, 10); if (*end || q.abits != 8) cli_usage("--abits is 8"); break;
         case 'X': q.act_per_token = 1; break;
         case 'Q': q.lsq = 1; break;
         case 'y': calib = optarg; break;
         case 'O': q.observer_steps = strtoll(optarg, &end, 10); if (*end || q.observer_steps < 1) cli_usage("--observer-steps takes a positive number"); break;
         case 'G': data_free = strtoll(optarg, &end, 10); if (*end || data_free < 1) cli_usage("--data-free takes a number of tokens"); break;
-        case 'v': q.save_every = strtoll(optarg, &end, 10); if (*end || q.save_every < 1) cli_usage("--save-every takes a positive number"); break;
-        case 'K': ckpt_dir = optarg; break;
-        case 'r': resume = optarg; break;
-        case 'P': q.stop_after = strtoll(optarg, &end, 10); if (*end || q.stop_after < 1) cli_usage("--stop-after takes a positive number"); break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: cli_usage("bad option");
         }
@@ -396,11 +321,11 @@ int main(int argc, char **argv)
     }
     if (to.is_scheme && fmt == QTC_FMT_GGUF)
         cli_usage("GGUF cannot hold integer or NF4 schemes: write safetensors or an HF folder, or give --to q4_0, q8_0, ...");
-    if (o.lr.warmup < 0)
-        o.lr.warmup = o.steps / 10;
-    o.lr.total = o.steps;
-    q.steps = o.steps;
-    q.ctx = o.ctx;
+    cli_train_flags_done(&tf);
+    const qtc_train_opts o = tf.o;
+    cli_trainer tr;
+    cli_trainer_init(&tr, &tf);
+    qtc_tokens eval = {0};
     qtc_set_threads(threads);
     qtc_error err;
     int rc = 0;
@@ -420,7 +345,7 @@ int main(int argc, char **argv)
         goto done;
     }
     if ((data_path && qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK) ||
-        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &q.eval, &err) != QTC_OK)) {
+        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &eval, &err) != QTC_OK)) {
         rc = cli_fail(&err);
         goto done;
     }
@@ -450,11 +375,8 @@ int main(int argc, char **argv)
         rc = 1;
         goto done;
     }
-    if (log_path && !(q.log = fopen(log_path, "w"))) {
-        fprintf(stderr, "qat-train: error: %s: cannot open for writing\n", log_path);
-        rc = 3;
+    if ((rc = cli_trainer_open_log(&tr, tf.log_json)))
         goto done;
-    }
     q.student->linear = fq_linear;
     q.student->linear_ctx = &q;
     if (q.abits && !q.quantize) {
@@ -524,7 +446,7 @@ int main(int argc, char **argv)
     }
     int n_model = np;
     if (q.lsq) { /* the scales (and zero points) of every linear weight join the parameters */
-        if (!q.quantize || q.scheme.kind != QTC_QK_INT || q.save_every || q.stop_after || resume) {
+        if (!q.quantize || q.scheme.kind != QTC_QK_INT || tf.save_every || tf.stop_after || tf.resume) {
             fprintf(stderr, "qat-train: error: --lsq needs integer weights (--wbits 2..8) and no checkpoints yet\n");
             rc = 1;
             goto done;
@@ -556,7 +478,7 @@ int main(int argc, char **argv)
         }
     }
     qtc_adamw_config cfg = qtc_adamw_defaults();
-    cfg.weight_decay = weight_decay;
+    cfg.weight_decay = tf.weight_decay;
     opt = qtc_adamw_new(params, np, cfg, &err);
     if (!opt) {
         rc = cli_fail(&err);
@@ -566,26 +488,13 @@ int main(int argc, char **argv)
         qtc_adamw_set_weight_decay(opt, i, 0);
     q.src = src;
     q.opt = opt;
-    if ((q.save_every || q.stop_after || ckpt_dir) && qtc_checkpoint_path(ckpt_dir, out, 1, q.ckpt, sizeof q.ckpt, &err) != QTC_OK) {
+    if (cli_trainer_checkpoint_path(&tr, &tf, out, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }
-    int64_t first_step = 0;
-    if (resume) {
-        char path[4200];
-        if (qtc_checkpoint_path(resume, NULL, 0, path, sizeof path, &err) != QTC_OK ||
-            qtc_checkpoint_load(path, q.student, opt, &first_step, &err) != QTC_OK) {
-            rc = cli_fail(&err);
-            goto done;
-        }
-        fprintf(stderr, "qat-train: resuming %s after step %lld\n", path, (long long)first_step);
-        if (first_step >= o.steps) {
-            fprintf(stderr, "qat-train: error: the checkpoint is at step %lld, --steps is %lld\n", (long long)first_step,
-                    (long long)o.steps);
-            rc = 1;
-            goto done;
-        }
-    }
+    int64_t first_step;
+    if ((rc = cli_trainer_resume(&tr, tf.resume, load_checkpoint, &q, &first_step)))
+        goto done;
     char sname[64] = "none (--wbits 32)";
     if (q.quantize)
         qtc_qscheme_name(&q.scheme, sname, sizeof sname);
@@ -617,40 +526,34 @@ int main(int argc, char **argv)
         free(tk);
         free(tg);
     }
-    if (evaluate(&q, first_step, &err)) {
+    tr.model = q.student;
+    tr.ref = q.teacher;
+    tr.eval = &eval;
+    tr.judge_kld = q.distill;
+    tr.save = save_checkpoint;
+    tr.save_ctx = &q;
+    tr.stepped = stepped;
+    tr.stepped_ctx = &q;
+    if (cli_trainer_evaluate(&tr, first_step, &err)) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (plot) {
-        q.step_x = calloc((size_t)o.steps, sizeof *q.step_x);
-        q.step_loss = malloc((size_t)o.steps * sizeof *q.step_loss);
-        for (int64_t k = 0; q.step_loss && k < o.steps; k++)
-            q.step_loss[k] = NAN; /* steps before a resume are not drawn */
-    }
-    progress pr = {&q, eval_every};
-    qtc_status st = qtc_train(&o, opt, params, np, &data, first_step, loss_fn, &q, on_step, &pr, &err);
-    if (st != QTC_OK) {
+    cli_trainer_want_plot(&tr, tf.plot);
+    if (qtc_train(&o, opt, params, np, &data, first_step, loss_fn, &q, cli_trainer_on_step, &tr, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (q.stop_after > 0 && q.stop_after < o.steps) {
-        fprintf(stderr, "qat-train: stopped after step %lld; continue with --resume %.*s\n", (long long)q.stop_after,
-                (int)(strlen(q.ckpt) - strlen("/checkpoint.safetensors")), q.ckpt);
+    if (cli_trainer_stopped(&tr))
         goto done;
-    }
-    if (evaluate(&q, o.steps, &err)) {
+    if (cli_trainer_evaluate(&tr, o.steps, &err)) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (plot && q.step_loss) {
-        char title[256];
-        snprintf(title, sizeof title, "qat-train %s: %s", sname, q.distill ? "KL divergence from the float model" : "cross-entropy");
-        qtc_plot_series series[2] = {{"training loss", q.step_x, q.step_loss, (int)o.steps},
-                                     {q.distill ? "eval KLD" : "eval loss", q.eval_x, q.eval_y, q.n_evals}};
-        if (qtc_plot_svg(plot, title, "step", series, q.n_evals ? 2 : 1, &err) != QTC_OK) {
-            rc = cli_fail(&err);
-            goto done;
-        }
+    char title[256];
+    snprintf(title, sizeof title, "qat-train %s: %s", sname, q.distill ? "KL divergence from the float model" : "cross-entropy");
+    if (cli_trainer_plot(&tr, tf.plot, title, q.distill ? "eval KLD" : "eval loss", &err) != QTC_OK) {
+        rc = cli_fail(&err);
+        goto done;
     }
     qtc_convert_hooks hooks = {.qweight = q.lsq ? lsq_qweight : NULL, .ctx = &q};
     rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &hooks, &err);
@@ -666,13 +569,10 @@ done:
     free(q.lsq_scale);
     free(q.lsq_zero);
     free(q.obs);
-    free(q.step_x);
-    free(q.step_loss);
-    if (q.log)
-        fclose(q.log);
+    cli_trainer_free(&tr);
     qtc_adamw_free(opt);
     qtc_tokens_free(&data);
-    qtc_tokens_free(&q.eval);
+    qtc_tokens_free(&eval);
     qtc_tokenizer_free(tok);
     qtc_graph_free(q.tg);
     qtc_llama_free(q.student);

@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include "qtc/lora.h"
-#include "qtc/plot.h"
 #include "qtc/runtime.h"
 #include "qtc/train.h"
 
@@ -62,13 +61,6 @@ typedef struct run {
     char names[4096][QTC_NAME_MAX];
     const char *name_ptr[4096];
     int np;
-    char ckpt[4200];
-    int64_t save_every, stop_after, steps, eval_every;
-    FILE *log;
-    qtc_tokens eval;
-    int eval_windows, ctx;
-    double *step_x, *step_loss, eval_x[256], eval_y[256];
-    int n_evals;
 } run;
 
 static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
@@ -80,50 +72,16 @@ static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, co
     return qtc_cross_entropy(g, logits, targets);
 }
 
-static int evaluate(run *r, int64_t step, qtc_error *err)
-{
-    if (!r->eval.n)
-        return 0;
-    qtc_eval_result e;
-    if (qtc_eval(r->m, NULL, &r->eval, r->ctx, 8, r->eval_windows, NULL, NULL, &e, err) != QTC_OK)
-        return 1;
-    if (r->n_evals < 256) {
-        r->eval_x[r->n_evals] = (double)step;
-        r->eval_y[r->n_evals++] = e.nll;
-    }
-    fprintf(stderr, "qlora-train: step %lld eval: loss %.4f, perplexity %.4f over %lld predictions\n", (long long)step,
-            e.nll, e.ppl, (long long)e.predictions);
-    if (r->log)
-        fprintf(r->log, "{\"event\":\"eval\",\"step\":%lld,\"loss\":%.6f,\"ppl\":%.6f}\n", (long long)step, e.nll, e.ppl);
-    return 0;
-}
-
-static int on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
+static qtc_status save_checkpoint(void *ctx, const char *path, int64_t step, qtc_error *err)
 {
     run *r = ctx;
-    if (r->step_loss) {
-        r->step_x[ev->step - 1] = (double)ev->step;
-        r->step_loss[ev->step - 1] = ev->loss;
-    }
-    char line[256];
-    int tty = isatty(STDERR_FILENO);
-    qtc_train_event_text(ev, r->steps, line, sizeof line);
-    if (tty || ev->step % 10 == 0 || ev->step == r->steps)
-        fprintf(stderr, "%sqlora-train: %s%s", tty ? "\r" : "", line, tty && ev->step < r->steps ? "" : "\n");
-    qtc_train_event_json(ev, line, sizeof line);
-    if (r->log)
-        fprintf(r->log, "%s\n", line);
-    int stop = r->stop_after > 0 && ev->step >= r->stop_after && ev->step < r->steps;
-    if (r->ckpt[0] && ((r->save_every > 0 && ev->step % r->save_every == 0) || stop)) {
-        if (qtc_checkpoint_save_params(r->ckpt, r->src, r->params, r->name_ptr, r->np, r->opt, ev->step, err) != QTC_OK)
-            return 1;
-        fprintf(stderr, "qlora-train: step %lld: checkpoint %s\n", (long long)ev->step, r->ckpt);
-    }
-    if (stop)
-        return 1;
-    if (r->eval_every > 0 && ev->step % r->eval_every == 0 && ev->step < r->steps)
-        return evaluate(r, ev->step, err);
-    return 0;
+    return qtc_checkpoint_save_params(path, r->src, r->params, r->name_ptr, r->np, r->opt, step, err);
+}
+
+static qtc_status load_checkpoint(void *ctx, const char *path, int64_t *step, qtc_error *err)
+{
+    run *r = ctx;
+    return qtc_checkpoint_load_params(path, r->params, r->name_ptr, r->np, r->opt, step, err);
 }
 
 static double megabytes(double b)
@@ -140,20 +98,12 @@ int main(int argc, char **argv)
         {"alpha", required_argument, 0, 'A'},    {"target", required_argument, 0, 'T'},
         {"rslora", no_argument, 0, 'S'},         {"dropout", required_argument, 0, 'D'},
         {"prefix-len", required_argument, 0, 'P'}, {"base-type", required_argument, 0, 'b'},
-        {"steps", required_argument, 0, 'n'},    {"batch", required_argument, 0, 'B'},
-        {"ctx", required_argument, 0, 'c'},      {"lr", required_argument, 0, 'l'},
-        {"warmup", required_argument, 0, 'w'},   {"clip", required_argument, 0, 'C'},
-        {"weight-decay", required_argument, 0, 'W'}, {"grad-accum", required_argument, 0, 'a'},
-        {"seed", required_argument, 0, 's'},     {"eval-every", required_argument, 0, 'E'},
-        {"eval-windows", required_argument, 0, 'V'}, {"save-every", required_argument, 0, 'v'},
-        {"checkpoint", required_argument, 0, 'K'}, {"resume", required_argument, 0, 'R'},
-        {"stop-after", required_argument, 0, 'X'}, {"format", required_argument, 0, 'f'},
-        {"plot", required_argument, 0, 'p'},     {"tokenizer", required_argument, 0, 'k'},
-        {"log-json", required_argument, 0, 'L'}, {"threads", required_argument, 0, 'j'},
-        {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
+        {"format", required_argument, 0, 'f'},   {"tokenizer", required_argument, 0, 'k'},
+        {"threads", required_argument, 0, 'j'},  {"output", required_argument, 0, 'o'},
+        {"help", no_argument, 0, 'h'},           CLI_TRAIN_OPTIONS,
         {0, 0, 0, 0}};
-    const char *data_path = NULL, *eval_path = NULL, *out = NULL, *tokenizer = NULL, *log_path = NULL, *base_type = NULL;
-    const char *ckpt_dir = NULL, *resume = NULL, *plot = NULL, *method = "lora", *format = NULL;
+    const char *data_path = NULL, *eval_path = NULL, *out = NULL, *tokenizer = NULL, *base_type = NULL;
+    const char *method = "lora", *format = NULL;
     qtc_peft_config pc;
     memset(&pc, 0, sizeof pc);
     pc.r = 8;
@@ -161,14 +111,13 @@ int main(int argc, char **argv)
     pc.prefix_len = 8;
     snprintf(pc.target, sizeof pc.target, "q_proj,v_proj");
     int threads = 0;
-    float weight_decay = 0;
-    qtc_train_opts o = qtc_train_defaults(200);
-    o.lr.warmup = -1;
+    cli_train_flags tf = cli_train_flags_defaults(qtc_train_defaults(200).lr.lr);
     static run r;
-    r.eval_windows = 64;
     int c;
     while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
         char *end = NULL;
+        if (cli_train_flag(&tf, c, optarg))
+            continue;
         switch (c) {
         case 'd': data_path = optarg; break;
         case 'e': eval_path = optarg; break;
@@ -180,26 +129,9 @@ int main(int argc, char **argv)
         case 'D': pc.dropout = strtof(optarg, &end); if (*end || pc.dropout < 0 || pc.dropout >= 1) cli_usage("--dropout is in [0, 1)"); break;
         case 'P': pc.prefix_len = (int)strtol(optarg, &end, 10); if (*end || pc.prefix_len < 1) cli_usage("--prefix-len takes a positive number"); break;
         case 'b': base_type = optarg; break;
-        case 'n': o.steps = strtoll(optarg, &end, 10); if (*end || o.steps < 1) cli_usage("--steps takes a positive number"); break;
-        case 'B': o.batch = (int)strtol(optarg, &end, 10); if (*end || o.batch < 1) cli_usage("--batch takes a positive number"); break;
-        case 'c': o.ctx = (int)strtol(optarg, &end, 10); if (*end || o.ctx < 2) cli_usage("--ctx takes a number of at least 2"); break;
-        case 'l': o.lr.lr = strtof(optarg, &end); if (*end || !(o.lr.lr > 0)) cli_usage("--lr takes a positive number"); break;
-        case 'w': o.lr.warmup = strtoll(optarg, &end, 10); if (*end || o.lr.warmup < 0) cli_usage("--warmup takes a number"); break;
-        case 'C': o.clip = strtof(optarg, &end); if (*end) cli_usage("--clip takes a number"); break;
-        case 'W': weight_decay = strtof(optarg, &end); if (*end || weight_decay < 0) cli_usage("--weight-decay takes a number"); break;
-        case 'a': o.grad_accum = (int)strtol(optarg, &end, 10); if (*end || o.grad_accum < 1) cli_usage("--grad-accum takes a positive number"); break;
-        case 's': o.seed = strtoull(optarg, &end, 10); if (*end) cli_usage("--seed takes a number"); break;
-        case 'E': r.eval_every = strtoll(optarg, &end, 10); if (*end || r.eval_every < 1) cli_usage("--eval-every takes a positive number"); break;
-        case 'V': r.eval_windows = (int)strtol(optarg, &end, 10); if (*end || r.eval_windows < 1) cli_usage("--eval-windows takes a positive number"); break;
-        case 'v': r.save_every = strtoll(optarg, &end, 10); if (*end || r.save_every < 1) cli_usage("--save-every takes a positive number"); break;
-        case 'K': ckpt_dir = optarg; break;
-        case 'R': resume = optarg; break;
-        case 'X': r.stop_after = strtoll(optarg, &end, 10); if (*end || r.stop_after < 1) cli_usage("--stop-after takes a positive number"); break;
         case 'f': format = optarg; if (strcmp(format, "peft") != 0 && strcmp(format, "gguf") != 0) cli_usage("--format is peft or gguf"); break;
-        case 'p': plot = optarg; break;
         case 'k': tokenizer = optarg; break;
-        case 'L': log_path = optarg; break;
-        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
+        case 'j': threads = cli_threads(optarg); break;
         case 'o': out = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: cli_usage("bad option");
@@ -235,11 +167,11 @@ int main(int argc, char **argv)
         cli_usage("unknown --base-type");
     if (qlora && !base.is_scheme && base.dtype == QTC_F32)
         cli_usage("--method qlora needs a quantized --base-type (nf4 by default)");
-    if (o.lr.warmup < 0)
-        o.lr.warmup = o.steps / 10;
-    o.lr.total = o.steps;
-    r.steps = o.steps;
-    r.ctx = o.ctx;
+    cli_train_flags_done(&tf);
+    const qtc_train_opts o = tf.o;
+    cli_trainer tr;
+    cli_trainer_init(&tr, &tf);
+    qtc_tokens eval = {0};
     qtc_set_threads(threads);
 
     qtc_error err;
@@ -256,7 +188,7 @@ int main(int argc, char **argv)
                           : qtc_llama_from_model(src, &err)) ||
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
         qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
-        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &r.eval, &err) != QTC_OK)) {
+        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &eval, &err) != QTC_OK)) {
         rc = cli_fail(&err);
         goto done;
     }
@@ -281,36 +213,20 @@ int main(int argc, char **argv)
         n_trainable += qtc_tensor_numel(r.params[i]);
     }
     qtc_adamw_config cfg = qtc_adamw_defaults();
-    cfg.weight_decay = weight_decay;
+    cfg.weight_decay = tf.weight_decay;
     if (!(r.opt = qtc_adamw_new(r.params, r.np, cfg, &err))) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (log_path && !(r.log = fopen(log_path, "w"))) {
-        fprintf(stderr, "qlora-train: error: %s: cannot open for writing\n", log_path);
-        rc = 3;
+    if ((rc = cli_trainer_open_log(&tr, tf.log_json)))
         goto done;
-    }
-    if ((r.save_every || r.stop_after || ckpt_dir) && qtc_checkpoint_path(ckpt_dir, out, 1, r.ckpt, sizeof r.ckpt, &err) != QTC_OK) {
+    if (cli_trainer_checkpoint_path(&tr, &tf, out, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }
-    int64_t first_step = 0;
-    if (resume) {
-        char path[4200];
-        if (qtc_checkpoint_path(resume, NULL, 0, path, sizeof path, &err) != QTC_OK ||
-            qtc_checkpoint_load_params(path, r.params, r.name_ptr, r.np, r.opt, &first_step, &err) != QTC_OK) {
-            rc = cli_fail(&err);
-            goto done;
-        }
-        fprintf(stderr, "qlora-train: resuming %s after step %lld\n", path, (long long)first_step);
-        if (first_step >= o.steps) {
-            fprintf(stderr, "qlora-train: error: the checkpoint is at step %lld, --steps is %lld\n", (long long)first_step,
-                    (long long)o.steps);
-            rc = 1;
-            goto done;
-        }
-    }
+    int64_t first_step;
+    if ((rc = cli_trainer_resume(&tr, tf.resume, load_checkpoint, &r, &first_step)))
+        goto done;
     char bname[64] = "f32";
     qtc_target_name(&base, bname, sizeof bname);
     double base_bytes = r.p->base ? (double)qtc_peft_base_bytes(r.p) : f32_base;
@@ -321,38 +237,30 @@ int main(int argc, char **argv)
     if (pc.method == QTC_PEFT_LORA)
         fprintf(stderr, "qlora-train: LoRA rank %d, alpha %g (scale %g%s), targets %s, dropout %g\n", pc.r, pc.alpha,
                 r.p->scaling, pc.rslora ? ", rsLoRA" : "", pc.target, pc.dropout);
-    if (evaluate(&r, first_step, &err)) {
+    tr.model = r.m;
+    tr.eval = &eval;
+    tr.save = save_checkpoint;
+    tr.save_ctx = &r;
+    if (cli_trainer_evaluate(&tr, first_step, &err)) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (plot) {
-        r.step_x = calloc((size_t)o.steps, sizeof *r.step_x);
-        r.step_loss = malloc((size_t)o.steps * sizeof *r.step_loss);
-        for (int64_t k = 0; r.step_loss && k < o.steps; k++)
-            r.step_loss[k] = NAN;
-    }
-    if (qtc_train(&o, r.opt, r.params, r.np, &data, first_step, loss_fn, &r, on_step, &r, &err) != QTC_OK) {
+    cli_trainer_want_plot(&tr, tf.plot);
+    if (qtc_train(&o, r.opt, r.params, r.np, &data, first_step, loss_fn, &r, cli_trainer_on_step, &tr, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (r.stop_after > 0 && r.stop_after < o.steps) {
-        fprintf(stderr, "qlora-train: stopped after step %lld; continue with --resume %.*s\n", (long long)r.stop_after,
-                (int)(strlen(r.ckpt) - strlen("/checkpoint.safetensors")), r.ckpt);
+    if (cli_trainer_stopped(&tr))
         goto done;
-    }
-    if (evaluate(&r, o.steps, &err)) {
+    if (cli_trainer_evaluate(&tr, o.steps, &err)) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (plot && r.step_loss) {
-        char title[256];
-        snprintf(title, sizeof title, "qlora-train %s (base %s): cross-entropy", qlora ? "qlora" : method, bname);
-        qtc_plot_series series[2] = {{"training loss", r.step_x, r.step_loss, (int)o.steps},
-                                     {"eval loss", r.eval_x, r.eval_y, r.n_evals}};
-        if (qtc_plot_svg(plot, title, "step", series, r.n_evals ? 2 : 1, &err) != QTC_OK) {
-            rc = cli_fail(&err);
-            goto done;
-        }
+    char title[256];
+    snprintf(title, sizeof title, "qlora-train %s (base %s): cross-entropy", qlora ? "qlora" : method, bname);
+    if (cli_trainer_plot(&tr, tf.plot, title, "eval loss", &err) != QTC_OK) {
+        rc = cli_fail(&err);
+        goto done;
     }
     if (qtc_peft_save(r.p, out, gguf, argv[optind], &err) != QTC_OK) {
         rc = cli_fail(&err);
@@ -360,13 +268,10 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "qlora-train: wrote %s (%s)\n", out, gguf ? "GGUF LoRA adapter" : "PEFT folder");
 done:
-    free(r.step_x);
-    free(r.step_loss);
-    if (r.log)
-        fclose(r.log);
+    cli_trainer_free(&tr);
     qtc_adamw_free(r.opt);
     qtc_tokens_free(&data);
-    qtc_tokens_free(&r.eval);
+    qtc_tokens_free(&eval);
     qtc_tokenizer_free(tok);
     qtc_llama_free(r.m);
     qtc_peft_free(r.p);
