@@ -226,7 +226,7 @@ qtc_status qtc_merge_model(qtc_model_file *base, qtc_peft *const *adapters, cons
             if (!p->lora_a[s])
                 continue;
             char name[QTC_NAME_MAX];
-            snprintf(name, sizeof name, "model.layers.%d.%s.weight", s / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(s % QTC_N_LINEAR)));
+            qtc_linear_weight_name(s / QTC_N_LINEAR, (qtc_linear_kind)(s % QTC_N_LINEAR), name, sizeof name);
             int j = qtc_model_find(base, name);
             if (j < 0)
                 return qtc_error_set(err, QTC_ERR_INPUT, "adapter %d: %s has no tensor '%s' to merge into", i + 1,

@@ -168,25 +168,21 @@ void qtc_peft_free(qtc_peft *p)
     free(p);
 }
 
-static qtc_tensor **layer_weight(qtc_llama *m, int l, int k)
-{
-    qtc_llama_layer *L = &m->layers[l];
-    qtc_tensor **w[QTC_N_LINEAR] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-    return w[k];
-}
-
 qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *s, qtc_dtype t, qtc_error *err)
 {
     const int n = m->c.n_layers * QTC_N_LINEAR;
     if (!p->base && !(p->base = calloc((size_t)n, sizeof *p->base)))
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
-        qtc_tensor **w = layer_weight(m, i / QTC_N_LINEAR, i % QTC_N_LINEAR);
+        int layer = i / QTC_N_LINEAR;
+        qtc_linear_kind kind = (qtc_linear_kind)(i % QTC_N_LINEAR);
+        qtc_tensor **w = qtc_llama_linear_slot(m, layer, kind);
         if (!*w)
             continue; /* already quantized */
         qtc_dtype ti = s ? t : qtc_dtype_fallback(t, (*w)->ne[1]);
+        char name[QTC_NAME_MAX];
         if (qtc_qmatrix_quantize((*w)->data, (*w)->ne[0], (*w)->ne[1], s, ti, &p->base[i], err) != QTC_OK)
-            return qtc_error_prefix(err, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
+            return qtc_error_prefix(err, "%s", qtc_linear_weight_name(layer, kind, name, sizeof name));
         qtc_tensor_free(*w);
         *w = NULL;
     }
@@ -204,8 +200,8 @@ typedef struct base_loader {
  * (codes or blocks copied): training then sees exactly the file's weights. */
 static int take_as_stored(base_loader *b, int layer, qtc_linear_kind kind, qtc_qmatrix *out, qtc_error *err)
 {
-    char name[96];
-    snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, qtc_linear_path((qtc_linear_kind)(kind)));
+    char name[QTC_NAME_MAX];
+    qtc_linear_weight_name(layer, kind, name, sizeof name);
     int i = qtc_model_find(b->f, name);
     const qtc_tensor_entry *e = i >= 0 ? &b->f->tensors[i] : NULL;
     if (!e)
@@ -240,7 +236,8 @@ static int quantize_on_load(void *ctx, int layer, qtc_linear_kind kind, const qt
     /* a block type that does not divide the rows falls back as qconv's does (stories260K's 172-wide down_proj) */
     qtc_dtype t = b->s ? b->t : qtc_dtype_fallback(b->t, w->ne[1]);
     if (qtc_qmatrix_quantize(w->data, w->ne[0], w->ne[1], b->s, t, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err) != QTC_OK) {
-        qtc_error_prefix(err, "model.layers.%d.%s.weight", layer, qtc_linear_path((qtc_linear_kind)(kind)));
+        char name[QTC_NAME_MAX];
+        qtc_error_prefix(err, "%s", qtc_linear_weight_name(layer, kind, name, sizeof name));
         return -1;
     }
     return 1;

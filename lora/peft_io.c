@@ -94,8 +94,13 @@ static int file_tensors(const qtc_peft *p, int gguf, qtc_out_entry *e, qtc_tenso
         t[0] = pe;
         n = 1;
     } else {
-        qtc_tensor *ps[4096];
-        int np = qtc_peft_params(p, ps, 4096);
+        int np = qtc_peft_params(p, NULL, 0);
+        qtc_tensor **ps = malloc((size_t)(np > 0 ? np : 1) * sizeof *ps);
+        if (!ps) {
+            qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+            return -1;
+        }
+        qtc_peft_params(p, ps, np);
         for (int i = 0; i < np && i < cap; i++) {
             char name[QTC_NAME_MAX];
             qtc_peft_param_name(p, i, name, sizeof name);
@@ -109,13 +114,15 @@ static int file_tensors(const qtc_peft *p, int gguf, qtc_out_entry *e, qtc_tenso
                         break;
                     }
                 char hf[QTC_NAME_MAX], g[96];
-                snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", l, qtc_linear_path((qtc_linear_kind)(k)));
+                qtc_linear_weight_name(l, (qtc_linear_kind)k, hf, sizeof hf);
                 qtc_gguf_name(hf, g, sizeof g);
                 snprintf(name, sizeof name, "%s.lora_%c", g, is_b ? 'b' : 'a');
                 if (is_b && (k == QTC_LIN_Q || k == QTC_LIN_K)) {
                     qtc_tensor *c = qtc_tensor_new(QTC_F32, 2, ps[i]->ne, err);
-                    if (!c)
+                    if (!c) {
+                        free(ps);
                         return -1;
+                    }
                     qtc_rope_rows_from_hf(ps[i]->data, c->data, ps[i]->ne[0], (size_t)ps[i]->ne[1] * 4,
                                           k == QTC_LIN_Q ? p->mc.n_heads : p->mc.n_kv_heads);
                     t[n] = c;
@@ -125,11 +132,14 @@ static int file_tensors(const qtc_peft *p, int gguf, qtc_out_entry *e, qtc_tenso
             } else {
                 t[n] = qtc_tensor_wrap(QTC_F32, ps[i]->ndim, ps[i]->ne, ps[i]->data, NULL, err);
             }
-            if (!t[n])
+            if (!t[n]) {
+                free(ps);
                 return -1;
+            }
             snprintf(e[n].name, sizeof e[n].name, "%s", name);
             n++;
         }
+        free(ps);
     }
     for (int i = 0; i < n; i++) {
         e[i].dtype = QTC_F32;
@@ -143,15 +153,15 @@ qtc_status qtc_peft_save(const qtc_peft *p, const char *path, int gguf, const ch
 {
     if (gguf && p->c.method != QTC_PEFT_LORA)
         return qtc_error_set(err, QTC_ERR_USAGE, "only LoRA adapters have a GGUF form; write a PEFT folder");
-    enum { CAP = 4096 };
-    qtc_out_entry *e = calloc(CAP, sizeof *e);
-    qtc_tensor **t = calloc(CAP, sizeof *t);
+    const int cap = qtc_peft_params(p, NULL, 0) + 1; /* the tensors, or prompt_embeddings */
+    qtc_out_entry *e = calloc((size_t)cap, sizeof *e);
+    qtc_tensor **t = calloc((size_t)cap, sizeof *t);
     qtc_kvs extra = {0};
     char *json = NULL, file[4200];
     qtc_out *cfg = NULL;
     qtc_model_writer *w = NULL;
     qtc_status rc = QTC_OK;
-    int n = e && t ? file_tensors(p, gguf, e, t, CAP, err) : (qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), -1);
+    int n = e && t ? file_tensors(p, gguf, e, t, cap, err) : (qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), -1);
     if (n < 0) {
         rc = err->code;
         goto done;
@@ -284,7 +294,7 @@ static qtc_tensor *take(const qtc_model_file *f, const char *name, int64_t rows,
 static int load_pair(qtc_peft *p, const qtc_model_file *f, int gguf, int l, int k, qtc_error *err)
 {
     char a[QTC_NAME_MAX + 32], b[QTC_NAME_MAX + 32], hf[QTC_NAME_MAX];
-    snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", l, qtc_linear_path((qtc_linear_kind)(k)));
+    qtc_linear_weight_name(l, (qtc_linear_kind)k, hf, sizeof hf);
     if (gguf) {
         char g[QTC_NAME_MAX];
         qtc_gguf_name(hf, g, sizeof g);
@@ -319,8 +329,7 @@ static int load_pair(qtc_peft *p, const qtc_model_file *f, int gguf, int l, int 
 /* Every tensor of f must be one this adapter reads: a file with more is for another model or method. */
 static qtc_status check_known(const qtc_peft *p, const qtc_model_file *f, qtc_error *err)
 {
-    qtc_tensor *ps[4096];
-    int np = qtc_peft_params(p, ps, 4096);
+    int np = qtc_peft_params(p, NULL, 0);
     for (int i = 0; i < f->n_tensors; i++) {
         int known = 0;
         char name[QTC_NAME_MAX];

@@ -9,12 +9,48 @@
 #include "qtc/model.h"
 #include "qtc/rng.h"
 
+/* A layer's nine weights in qtc_llama_params order: the norms by their
+ * module paths, the projections by kind (the one table of their paths is
+ * qtc_linear_path's). */
+enum { LAYER_TENSORS = 9 };
+static const int layer_kind[LAYER_TENSORS] = {-1, QTC_LIN_Q, QTC_LIN_K, QTC_LIN_V, QTC_LIN_O, -1, QTC_LIN_GATE, QTC_LIN_UP,
+                                              QTC_LIN_DOWN};
+
+static const char *layer_part(int k)
+{
+    return layer_kind[k] >= 0 ? qtc_linear_path((qtc_linear_kind)layer_kind[k])
+                              : k == 0 ? "input_layernorm" : "post_attention_layernorm";
+}
+
 const char *qtc_linear_path(qtc_linear_kind kind)
 {
     static const char *const path[QTC_N_LINEAR] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
                                                     "mlp.down_proj"};
     return kind < QTC_N_LINEAR ? path[kind] : "lm_head";
+}
+
+const char *qtc_layer_weight_name(int layer, const char *part, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "model.layers.%d.%s.weight", layer, part);
+    return buf;
+}
+
+const char *qtc_linear_weight_name(int layer, qtc_linear_kind kind, char *buf, size_t cap)
+{
+    return qtc_layer_weight_name(layer, qtc_linear_path(kind), buf, cap);
+}
+
+qtc_tensor **qtc_llama_linear_slot(qtc_llama *m, int layer, qtc_linear_kind kind)
+{
+    qtc_llama_layer *L = &m->layers[layer];
+    qtc_tensor **w[QTC_N_LINEAR] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    return kind < QTC_N_LINEAR ? w[kind] : &m->output;
+}
+
+qtc_tensor *qtc_llama_linear_weight(const qtc_llama *m, int layer, qtc_linear_kind kind)
+{
+    return *qtc_llama_linear_slot((qtc_llama *)m, layer, kind);
 }
 
 void qtc_llama_free(qtc_llama *m)
@@ -99,22 +135,17 @@ qtc_llama *qtc_llama_from_model_with(const qtc_model_file *f, qtc_llama_weight_f
         qtc_llama_layer *L = &m->layers[l];
         struct {
             qtc_tensor **dst;
-            const char *part;
             int64_t rows, cols;
-        } want[] = {
-            {&L->attn_norm, "input_layernorm", D, 0}, {&L->wq, "self_attn.q_proj", QD, D},
-            {&L->wk, "self_attn.k_proj", KV, D},      {&L->wv, "self_attn.v_proj", KV, D},
-            {&L->wo, "self_attn.o_proj", D, QD},      {&L->ffn_norm, "post_attention_layernorm", D, 0},
-            {&L->w_gate, "mlp.gate_proj", H, D},      {&L->w_up, "mlp.up_proj", H, D},
-            {&L->w_down, "mlp.down_proj", D, H},
+        } want[LAYER_TENSORS] = {
+            {&L->attn_norm, D, 0}, {&L->wq, QD, D},       {&L->wk, KV, D},   {&L->wv, KV, D},    {&L->wo, D, QD},
+            {&L->ffn_norm, D, 0},  {&L->w_gate, H, D},    {&L->w_up, H, D},  {&L->w_down, D, H},
         };
-        static const int kind[9] = {-1, QTC_LIN_Q, QTC_LIN_K, QTC_LIN_V, QTC_LIN_O, -1, QTC_LIN_GATE, QTC_LIN_UP, QTC_LIN_DOWN};
-        for (size_t k = 0; k < sizeof want / sizeof *want; k++) {
-            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, want[k].part);
+        for (int k = 0; k < LAYER_TENSORS; k++) {
+            qtc_layer_weight_name(l, layer_part(k), name, sizeof name);
             if (!(*want[k].dst = take(f, name, want[k].rows, want[k].cols, err)))
                 goto fail;
-            if (keep && kind[k] >= 0) { /* the caller may hold it in another form */
-                int kept = keep(keep_ctx, l, (qtc_linear_kind)kind[k], *want[k].dst, err);
+            if (keep && layer_kind[k] >= 0) { /* the caller may hold it in another form */
+                int kept = keep(keep_ctx, l, (qtc_linear_kind)layer_kind[k], *want[k].dst, err);
                 if (kept < 0)
                     goto fail;
                 if (kept) {
@@ -183,14 +214,11 @@ qtc_llama *qtc_llama_load(const char *path, qtc_error *err)
 
 const char *qtc_llama_param_name(const qtc_llama *m, int i, char *buf, size_t cap)
 {
-    static const char *parts[9] = {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                   "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
-                                   "mlp.down_proj"};
-    int layer_params = 9 * m->c.n_layers;
+    int layer_params = LAYER_TENSORS * m->c.n_layers;
     if (i == 0)
         snprintf(buf, cap, "model.embed_tokens.weight");
     else if (i <= layer_params)
-        snprintf(buf, cap, "model.layers.%d.%s.weight", (i - 1) / 9, parts[(i - 1) % 9]);
+        qtc_layer_weight_name((i - 1) / LAYER_TENSORS, layer_part((i - 1) % LAYER_TENSORS), buf, cap);
     else if (i == layer_params + 1)
         snprintf(buf, cap, "model.norm.weight");
     else
@@ -201,7 +229,7 @@ const char *qtc_llama_param_name(const qtc_llama *m, int i, char *buf, size_t ca
 int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap)
 {
     int n = 0;
-#define ADD(t) do { if (n < cap) out[n] = (t); n++; } while (0)
+#define ADD(t) do { if (n < cap) out[n] = (t); n++; } while (0) /* counts past cap */
     ADD(m->embed);
     for (int l = 0; l < m->c.n_layers; l++) {
         qtc_llama_layer *L = &m->layers[l];

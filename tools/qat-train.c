@@ -197,9 +197,17 @@ static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_fo
         return cli_fail(err);
     }
     close(fd);
-    qtc_tensor *ps[256];
-    int n = qtc_llama_params(m, ps, 256);
+    int n = qtc_llama_params(m, NULL, 0);
+    qtc_tensor **ps = malloc((size_t)n * sizeof *ps);
     qtc_out_entry *e = calloc((size_t)n, sizeof *e);
+    if (!ps || !e) {
+        free(ps);
+        free(e);
+        unlink(tmp);
+        qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+        return cli_fail(err);
+    }
+    qtc_llama_params(m, ps, n);
     for (int i = 0; i < n; i++) {
         qtc_llama_param_name(m, i, e[i].name, sizeof e[i].name);
         e[i].dtype = QTC_F32;
@@ -215,10 +223,12 @@ static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_fo
         if (w && rc)
             qtc_writer_abort(w);
         free(e);
+        free(ps);
         unlink(tmp);
         return cli_fail(err);
     }
     free(e);
+    free(ps);
     qtc_model_file *t = qtc_model_open(tmp, err);
     if (t && src->tokenizer_bin && !t->tokenizer_bin)
         t->tokenizer_bin = strdup(src->tokenizer_bin);
@@ -255,6 +265,7 @@ int main(int argc, char **argv)
     qtc_format fmt = QTC_FMT_UNKNOWN;
     regex_t freeze[32], train[32];
     cli_train_flags tf = cli_train_flags_defaults(5e-4f);
+    qtc_tensor **params = NULL;
     qat q;
     memset(&q, 0, sizeof q);
     int c;
@@ -422,8 +433,13 @@ int main(int argc, char **argv)
         free(ap);
     }
     q.tg = qtc_graph_new(&err);
-    qtc_tensor *params[1024];
-    int np = qtc_llama_params(q.student, params, 256), n_trainable = 0;
+    int np = qtc_llama_params(q.student, NULL, 0), n_trainable = 0;
+    /* the model's tensors, then (--lsq) a scale and a zero point per linear weight */
+    if (!(params = malloc((size_t)(np + 2 * src->config.n_layers * QTC_N_LINEAR) * sizeof *params))) {
+        rc = cli_error(3, "out of memory");
+        goto done;
+    }
+    qtc_llama_params(q.student, params, np);
     for (int i = 0; i < np; i++) {
         char name[QTC_NAME_MAX];
         qtc_llama_param_name(q.student, i, name, sizeof name);
@@ -558,6 +574,7 @@ int main(int argc, char **argv)
     qtc_convert_hooks hooks = {.qweight = q.lsq ? lsq_qweight : NULL, .ctx = &q};
     rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &hooks, &err);
 done:
+    free(params);
     for (int k = 0; q.obs && k < src->config.n_layers * 7; k++) {
         qtc_tensor_free(q.obs[k].scale);
         qtc_tensor_free(q.obs[k].zero);

@@ -57,9 +57,9 @@ typedef struct run {
     qtc_peft *p;
     qtc_adamw *opt;
     const qtc_model_file *src;
-    qtc_tensor *params[4096];
-    char names[4096][QTC_NAME_MAX];
-    const char *name_ptr[4096];
+    qtc_tensor **params;
+    char (*names)[QTC_NAME_MAX];
+    const char **name_ptr;
     int np;
 } run;
 
@@ -112,7 +112,8 @@ int main(int argc, char **argv)
     snprintf(pc.target, sizeof pc.target, "q_proj,v_proj");
     int threads = 0;
     cli_train_flags tf = cli_train_flags_defaults(qtc_train_defaults(200).lr.lr);
-    static run r;
+    run r;
+    memset(&r, 0, sizeof r);
     int c;
     while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
         char *end = NULL;
@@ -205,7 +206,15 @@ int main(int argc, char **argv)
     double f32_base = 4.0 * mc->n_layers *
                       ((double)mc->dim * mc->head_dim * (mc->n_heads * 2 + mc->n_kv_heads * 2) + 3.0 * mc->dim * mc->hidden);
     qtc_peft_attach(r.p, r.m);
-    r.np = qtc_peft_params(r.p, r.params, 4096);
+    r.np = qtc_peft_params(r.p, NULL, 0);
+    r.params = malloc((size_t)r.np * sizeof *r.params);
+    r.names = malloc((size_t)r.np * sizeof *r.names);
+    r.name_ptr = malloc((size_t)r.np * sizeof *r.name_ptr);
+    if (!r.params || !r.names || !r.name_ptr) {
+        rc = cli_error(3, "out of memory");
+        goto done;
+    }
+    qtc_peft_params(r.p, r.params, r.np);
     int64_t n_trainable = 0;
     for (int i = 0; i < r.np; i++) {
         qtc_peft_param_name(r.p, i, r.names[i], QTC_NAME_MAX);
@@ -275,6 +284,9 @@ done:
     qtc_tokenizer_free(tok);
     qtc_llama_free(r.m);
     qtc_peft_free(r.p);
+    free(r.params);
+    free(r.names);
+    free(r.name_ptr);
     qtc_model_close(src);
     return rc;
 }

@@ -7,8 +7,6 @@
 
 #include "qtc/train.h"
 
-#define MAX_PARAMS 1024
-
 qtc_status qtc_checkpoint_path(const char *dir, const char *out, int create, char *path, size_t cap, qtc_error *err)
 {
     char d[4096];
@@ -25,33 +23,25 @@ qtc_status qtc_checkpoint_path(const char *dir, const char *out, int create, cha
     return QTC_OK;
 }
 
-/* The llama's parameters and their names (names: n * QTC_NAME_MAX bytes). */
-static int llama_params(qtc_llama *m, qtc_tensor **ps, char (*names)[QTC_NAME_MAX])
-{
-    int n = qtc_llama_params(m, ps, MAX_PARAMS);
-    for (int i = 0; i < n && i < MAX_PARAMS; i++)
-        qtc_llama_param_name(m, i, names[i], QTC_NAME_MAX);
-    return n;
-}
-
 /* Runs save (src non-NULL or not) or load over the llama's named parameters. */
 static qtc_status over_llama(const char *path, const qtc_model_file *src, int saving, qtc_llama *m, qtc_adamw *opt,
                              int64_t step, int64_t *step_out, qtc_error *err)
 {
-    char (*names)[QTC_NAME_MAX] = malloc(MAX_PARAMS * sizeof *names);
-    const char **np = malloc(MAX_PARAMS * sizeof *np);
-    qtc_tensor *ps[MAX_PARAMS];
-    int n = names && np ? llama_params(m, ps, names) : 0;
-    qtc_status rc = !names || !np ? qtc_error_set(err, QTC_ERR_NOMEM, "out of memory")
-                    : n > MAX_PARAMS ? qtc_error_set(err, QTC_ERR_USAGE, "%d parameter tensors (checkpoints hold %d)", n, MAX_PARAMS)
-                                     : QTC_OK;
+    const int n = qtc_llama_params(m, NULL, 0);
+    char (*names)[QTC_NAME_MAX] = malloc((size_t)n * sizeof *names);
+    const char **np = malloc((size_t)n * sizeof *np);
+    qtc_tensor **ps = malloc((size_t)n * sizeof *ps);
+    qtc_status rc = !names || !np || !ps ? qtc_error_set(err, QTC_ERR_NOMEM, "out of memory") : QTC_OK;
+    if (rc == QTC_OK)
+        qtc_llama_params(m, ps, n);
     for (int i = 0; rc == QTC_OK && i < n; i++)
-        np[i] = names[i];
+        np[i] = qtc_llama_param_name(m, i, names[i], QTC_NAME_MAX);
     if (rc == QTC_OK)
         rc = saving ? qtc_checkpoint_save_params(path, src, ps, np, n, opt, step, err)
                     : qtc_checkpoint_load_params(path, ps, np, n, opt, step_out, err);
     free(names);
     free(np);
+    free(ps);
     return rc;
 }
 

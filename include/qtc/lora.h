@@ -84,7 +84,8 @@ size_t qtc_peft_base_bytes(const qtc_peft *p);
 void qtc_peft_attach(qtc_peft *p, qtc_llama *m);
 void qtc_peft_detach(qtc_llama *m);
 
-/* The trainable tensors in a fixed order, and the file key of each. */
+/* The trainable tensors in a fixed order, and the file key of each. Returns
+ * how many there are and stores the first cap: (p, NULL, 0) counts them. */
 int qtc_peft_params(const qtc_peft *p, qtc_tensor **out, int cap);
 const char *qtc_peft_param_name(const qtc_peft *p, int i, char *buf, size_t cap);
 

@@ -30,6 +30,12 @@ typedef enum qtc_linear_kind {
 #define QTC_N_LINEAR 7 /* a layer's projections: q k v o gate up down (QTC_LIN_Q .. QTC_LIN_DOWN) */
 /* "self_attn.q_proj", ... "mlp.down_proj": the module path of a layer's projection kind */
 const char *qtc_linear_path(qtc_linear_kind kind);
+/* "model.layers.LAYER.PART.weight" into buf (cap bytes; QTC_NAME_MAX holds
+ * any): the HF name of a layer's weight, part being a module path such as
+ * "self_attn.q_proj" or "input_layernorm". Returns buf. */
+const char *qtc_layer_weight_name(int layer, const char *part, char *buf, size_t cap);
+/* The same for a layer's projection (kind < QTC_N_LINEAR). */
+const char *qtc_linear_weight_name(int layer, qtc_linear_kind kind, char *buf, size_t cap);
 
 /* y = x W^T for one projection of layer `layer` (-1 for the output head). A
  * hook replaces it to fake-quantize W or x (QAT) or add an adapter (LoRA). */
@@ -71,8 +77,15 @@ void qtc_llama_free(qtc_llama *m);
 /* A llama of configuration c with seeded random weights: matrices ~ N(0, std^2),
  * norm weights ~ N(1, 0.1^2), the output head tied to the embedding. */
 qtc_llama *qtc_llama_new_random(const qtc_llama_config *c, uint64_t seed, float std, qtc_error *err);
+/* The weight of a layer's projection (kind < QTC_N_LINEAR; the output head
+ * otherwise); NULL when a hook holds it in another form. The slot is where
+ * the llama keeps it, for a caller that takes the weight over. */
+qtc_tensor *qtc_llama_linear_weight(const qtc_llama *m, int layer, qtc_linear_kind kind);
+qtc_tensor **qtc_llama_linear_slot(qtc_llama *m, int layer, qtc_linear_kind kind);
 /* Every weight tensor, in a fixed order (for optimizers and checkpoints), and
- * the HF name of each (qtc_llama_param_name fills buf). */
+ * the HF name of each (qtc_llama_param_name fills buf). Returns how many
+ * there are and stores the first cap of them: qtc_llama_params(m, NULL, 0)
+ * counts them. */
 int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap);
 const char *qtc_llama_param_name(const qtc_llama *m, int i, char *buf, size_t cap);
 
