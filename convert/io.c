@@ -49,12 +49,20 @@ static ssize_t read_some(int fd, void *p, size_t n)
     return r;
 }
 
+qtc_status qtc_path_join(char *buf, const char *dir, const char *name, qtc_error *err)
+{
+    if ((size_t)snprintf(buf, QTC_PATH_MAX, "%s/%s", dir, name) >= QTC_PATH_MAX)
+        return qtc_error_set(err, QTC_ERR_USAGE, "a path longer than %d bytes: %s/%s", QTC_PATH_MAX - 1, dir, name);
+    return QTC_OK;
+}
+
 /* An unlinked temporary file for spooling. */
 static int temp_fd(qtc_error *err)
 {
     const char *dir = getenv("TMPDIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/qtc-spool-XXXXXX", dir && *dir ? dir : "/tmp");
+    char path[QTC_PATH_MAX];
+    if (qtc_path_join(path, dir && *dir ? dir : "/tmp", "qtc-spool-XXXXXX", err) != QTC_OK)
+        return -1;
     int fd = mkstemp(path);
     if (fd < 0) {
         qtc_error_set(err, QTC_ERR_IO, "cannot create a temporary file in %s: %s", dir ? dir : "/tmp", strerror(errno));
@@ -216,7 +224,7 @@ void qtc_in_close(qtc_in *in)
 struct qtc_out {
     int fd;
     int to_stdout, compress;
-    char path[4096], tmp[4096];
+    char path[QTC_PATH_MAX], tmp[QTC_PATH_MAX];
 };
 
 qtc_out *qtc_out_open(const char *path, int compress, qtc_error *err)
@@ -228,8 +236,8 @@ qtc_out *qtc_out_open(const char *path, int compress, qtc_error *err)
     }
     o->to_stdout = strcmp(path, "-") == 0;
     o->compress = compress;
-    if (strlen(path) > 4000) {
-        qtc_error_set(err, QTC_ERR_USAGE, "output path longer than 4000 bytes");
+    if (strlen(path) + sizeof ".tmp-XXXXXX" > QTC_PATH_MAX) {
+        qtc_error_set(err, QTC_ERR_USAGE, "output path longer than %d bytes", (int)(QTC_PATH_MAX - sizeof ".tmp-XXXXXX"));
         free(o);
         return NULL;
     }

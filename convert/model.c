@@ -288,15 +288,17 @@ static int file_exists(const char *path)
 /* An HF folder: config.json, then model.safetensors or the shards its index names. */
 static qtc_status open_hf(qtc_model_file *m, const char *dir, qtc_error *err)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    char path[QTC_PATH_MAX];
+    if (qtc_path_join(path, dir, "config.json", err) != QTC_OK)
+        return err->code;
     m->config_json = read_text(path, err);
     if (!m->config_json)
         return err ? err->code : QTC_ERR_INPUT;
     if (qtc_config_from_json(&m->config, m->config_json, path, err) != QTC_OK)
         return err->code;
     m->has_config = 1;
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (qtc_path_join(path, dir, "tokenizer.json", err) != QTC_OK)
+        return err->code;
     if (file_exists(path) && !(m->tokenizer_json = read_text(path, err)))
         return err->code;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -327,8 +329,9 @@ static qtc_status open_hf(qtc_model_file *m, const char *dir, qtc_error *err)
             seen = strcmp(p->valuestring, it->valuestring) == 0;
         if (seen)
             continue;
-        char shard[4200];
-        snprintf(shard, sizeof shard, "%s/%s", dir, it->valuestring);
+        char shard[QTC_PATH_MAX];
+        if ((rc = qtc_path_join(shard, dir, it->valuestring, err)) != QTC_OK)
+            break;
         int in = model_add_input(m, shard, err);
         rc = in < 0 ? err->code : safetensors_parse(m, in, err);
     }
@@ -343,16 +346,16 @@ done:
 /* tokenizer.bin or tok*.bin beside a llama2.c checkpoint */
 static void find_llama2c_tokenizer(qtc_model_file *m, const char *path)
 {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
+    char dir[QTC_PATH_MAX];
+    if ((size_t)snprintf(dir, sizeof dir, "%s", path) >= sizeof dir)
+        return; /* a path too long to look beside */
     char *slash = strrchr(dir, '/');
     if (slash)
         *slash = '\0';
     else
         snprintf(dir, sizeof dir, ".");
-    char cand[4200];
-    snprintf(cand, sizeof cand, "%s/tokenizer.bin", dir);
-    if (file_exists(cand)) {
+    char cand[QTC_PATH_MAX];
+    if (qtc_path_join(cand, dir, "tokenizer.bin", NULL) == QTC_OK && file_exists(cand)) {
         m->tokenizer_bin = strdup(cand);
         return;
     }

@@ -29,7 +29,7 @@ struct qtc_model_writer {
     int *rope_heads;   /* GGUF: q/k rows to permute to the interleaved layout */
     qtc_out *out;
     /* HF folder */
-    char dir[4096], tmpdir[4096];
+    char dir[QTC_PATH_MAX], tmpdir[QTC_PATH_MAX];
     char *config_json, *tokenizer_json;
 };
 
@@ -372,9 +372,9 @@ qtc_model_writer *qtc_writer_open(const char *path, qtc_format fmt, int compress
         }
         if (src && src->tokenizer_json)
             w->tokenizer_json = strdup(src->tokenizer_json);
-        char file[4200];
-        snprintf(file, sizeof file, "%s/model.safetensors", w->tmpdir[0] ? w->tmpdir : w->dir);
-        if (!(w->out = qtc_out_open(file, 0, err)))
+        char file[QTC_PATH_MAX];
+        if (qtc_path_join(file, w->tmpdir[0] ? w->tmpdir : w->dir, "model.safetensors", err) != QTC_OK ||
+            !(w->out = qtc_out_open(file, 0, err)))
             goto fail;
         rc = layout_safetensors(w, src, extra, 0, err);
     } else if (fmt == QTC_FMT_SAFETENSORS || fmt == QTC_FMT_GGUF) {
@@ -425,8 +425,9 @@ qtc_status qtc_writer_put(qtc_model_writer *w, int i, const qtc_tensor *t, qtc_e
 
 static qtc_status write_text(const char *dir, const char *name, const char *text, qtc_error *err)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char path[QTC_PATH_MAX];
+    if (qtc_path_join(path, dir, name, err) != QTC_OK)
+        return err->code;
     return qtc_write_file(path, text, strlen(text), err);
 }
 
@@ -479,12 +480,11 @@ void qtc_writer_abort(qtc_model_writer *w)
         return;
     qtc_out_abort(w->out);
     if (w->tmpdir[0]) {
-        char path[4200];
+        char path[QTC_PATH_MAX];
         const char *files[] = {"model.safetensors", "config.json", "tokenizer.json"};
-        for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-            snprintf(path, sizeof path, "%s/%s", w->tmpdir, files[i]);
-            unlink(path);
-        }
+        for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+            if (qtc_path_join(path, w->tmpdir, files[i], NULL) == QTC_OK)
+                unlink(path);
         rmdir(w->tmpdir);
     }
     free(w->e);

@@ -157,7 +157,7 @@ qtc_status qtc_peft_save(const qtc_peft *p, const char *path, int gguf, const ch
     qtc_out_entry *e = calloc((size_t)cap, sizeof *e);
     qtc_tensor **t = calloc((size_t)cap, sizeof *t);
     qtc_kvs extra = {0};
-    char *json = NULL, file[4200];
+    char *json = NULL, file[QTC_PATH_MAX];
     qtc_out *cfg = NULL;
     qtc_model_writer *w = NULL;
     qtc_status rc = QTC_OK;
@@ -184,6 +184,9 @@ qtc_status qtc_peft_save(const qtc_peft *p, const char *path, int gguf, const ch
         }
         snprintf(file, sizeof file, "%s", path);
     } else {
+        /* the longer of the two names: checked before the folder exists */
+        if ((rc = qtc_path_join(file, path, "adapter_model.safetensors", err)) != QTC_OK)
+            goto done;
         if (mkdir(path, 0777) != 0 && errno != EEXIST) {
             rc = qtc_error_set(err, QTC_ERR_IO, "%s: cannot create the adapter folder: %s", path, strerror(errno));
             goto done;
@@ -404,13 +407,15 @@ qtc_peft *qtc_peft_load(const char *path, const qtc_llama_config *mc, qtc_error 
     qtc_peft_config c;
     memset(&c, 0, sizeof c);
     int gguf = !qtc_path_is_dir(path);
-    char file[4200];
-    if (!gguf && parse_config((snprintf(file, sizeof file, "%s/adapter_config.json", path), file), &c, err) != QTC_OK)
+    char file[QTC_PATH_MAX];
+    if (!gguf && (qtc_path_join(file, path, "adapter_config.json", err) != QTC_OK || parse_config(file, &c, err) != QTC_OK))
         return NULL;
-    if (!gguf)
-        snprintf(file, sizeof file, "%s/adapter_model.safetensors", path);
-    else
-        snprintf(file, sizeof file, "%s", path);
+    if (!gguf && qtc_path_join(file, path, "adapter_model.safetensors", err) != QTC_OK)
+        return NULL;
+    if (gguf && (size_t)snprintf(file, sizeof file, "%s", path) >= sizeof file) {
+        qtc_error_set(err, QTC_ERR_USAGE, "a path longer than %d bytes: %s", QTC_PATH_MAX - 1, path);
+        return NULL;
+    }
     qtc_model_file *f = qtc_model_open(file, err);
     if (!f)
         return NULL;

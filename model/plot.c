@@ -197,16 +197,16 @@ qtc_status qtc_calib_plot(const qtc_calib *cb, const char *dir, qtc_range_method
         const qtc_act_stats *a = &cb->s[i];
         double lo, hi;
         qtc_act_range(a, m, p, bits, &lo, &hi);
-        char file[QTC_NAME_MAX + 8], path[4200];
+        char file[QTC_NAME_MAX + 8], path[QTC_PATH_MAX];
         snprintf(file, sizeof file, "%s.svg", a->weight);
-        snprintf(path, sizeof path, "%s/%s", dir, file);
+        if ((rc = qtc_path_join(path, dir, file, err)) != QTC_OK)
+            break;
         rc = plot_histogram(a, path, qtc_range_method_name(m), lo, hi, err);
         add(&idx, "<div><h3>%s</h3><img src=\"%s\" alt=\"%s\"></div>\n", a->weight, file, a->weight);
     }
     add(&idx, "</body></html>\n");
-    char path[4200];
-    snprintf(path, sizeof path, "%s/index.html", dir);
-    if (rc == QTC_OK)
+    char path[QTC_PATH_MAX];
+    if (rc == QTC_OK && (rc = qtc_path_join(path, dir, "index.html", err)) == QTC_OK)
         return write_text(&idx, path, err);
     free(idx.p);
     return rc;

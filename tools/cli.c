@@ -163,7 +163,7 @@ int cli_trainer_resume(cli_trainer *t, const char *dir,
     *first_step = 0;
     if (!dir)
         return 0;
-    char path[4200];
+    char path[QTC_PATH_MAX];
     qtc_error err;
     if (qtc_checkpoint_path(dir, NULL, 0, path, sizeof path, &err) != QTC_OK || load(ctx, path, first_step, &err) != QTC_OK)
         return cli_fail(&err);

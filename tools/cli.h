@@ -84,7 +84,7 @@ int cli_threads(const char *arg);
 typedef struct cli_trainer {
     int64_t steps, eval_every, save_every, stop_after;
     FILE *log;                  /* --log-json, or NULL */
-    char ckpt[4200];            /* the checkpoint file, or "" */
+    char ckpt[QTC_PATH_MAX];    /* the checkpoint file, or "" */
     /* what an evaluation scores: model on eval (ctx, windows), against ref
      * when not NULL (KLD, top-1); the curve shows the KLD when judge_kld */
     qtc_llama *model, *ref;

@@ -9,7 +9,9 @@
 
 qtc_status qtc_checkpoint_path(const char *dir, const char *out, int create, char *path, size_t cap, qtc_error *err)
 {
-    char d[4096];
+    char d[QTC_PATH_MAX];
+    if ((size_t)snprintf(d, sizeof d, "%s%s", dir ? dir : out, dir ? "" : ".ckpt") >= sizeof d)
+        return qtc_error_set(err, QTC_ERR_USAGE, "%s: the checkpoint path is too long", dir ? dir : out);
     snprintf(d, sizeof d, "%s", dir ? dir : out);
     size_t len = strlen(d);
     while (len > 1 && d[len - 1] == '/')

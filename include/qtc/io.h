@@ -31,6 +31,13 @@ typedef struct qtc_in {
     size_t map_size;
 } qtc_in;
 
+/* Paths qtc builds (a folder's files, temporary files) fit in QTC_PATH_MAX
+ * bytes; a longer one is refused with an error rather than cut short. */
+#define QTC_PATH_MAX 4096
+/* dir "/" name into buf (QTC_PATH_MAX bytes); QTC_ERR_USAGE when it does not
+ * fit (the reason first: a message cuts a long path short). */
+qtc_status qtc_path_join(char *buf, const char *dir, const char *name, qtc_error *err);
+
 /* Opens path ("-" for standard input). The qtc_in is caller-owned; on
  * failure it is left closed. */
 qtc_status qtc_in_open(qtc_in *in, const char *path, qtc_error *err);

@@ -74,4 +74,18 @@ stderr_has "QLoRA on 40 layers" "in 560 tensors"
 expect 0 "merge on 40 layers" "$BIN/merge" "$D" "$T/lora" -o "$T/merged.safetensors"
 expect 0 "score the merged model" "$BIN/qeval" "$T/merged.safetensors" --text "$T/eval.txt" --ctx 32 --windows 2 --ref "$D"
 
+# a path past QTC_PATH_MAX is refused, not cut short (17 folders of 250 characters: 4267 bytes)
+long=$T
+seg=$(printf '%0250d' 0)
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17; do long=$long/$seg; done
+if mkdir -p "$long" 2>/dev/null; then
+    expect 1 "a too long output path" "$BIN/qconv" "$D" -o "$long/x.safetensors"
+    stderr_has "a too long output path" "longer than"
+    expect 1 "a too long adapter path" "$BIN/qlora-train" "$D" $TRAIN_FLAGS -o "$long/lora"
+    stderr_has "a too long adapter path" "longer than"
+    absent "no adapter folder" "$long/lora"
+else
+    skip=$((skip + 1))
+fi
+
 finish
