@@ -268,6 +268,31 @@ qtc_status cli_trainer_plot(const cli_trainer *t, const char *path, const char *
     return qtc_plot_svg(path, title, "step", series, t->n_evals ? 2 : 1, err);
 }
 
+int cli_trainer_run(cli_trainer *t, const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const *params, int n_params,
+                    const qtc_tokens *data, int64_t first_step, qtc_loss_fn loss, void *loss_ctx, const char *plot,
+                    const char *title, const char *eval_name, int *stopped)
+{
+    qtc_error err;
+    *stopped = 0;
+    if (cli_trainer_evaluate(t, first_step, &err))
+        return cli_fail(&err);
+    cli_trainer_want_plot(t, plot);
+    if (qtc_train(o, opt, params, n_params, data, first_step, loss, loss_ctx, cli_trainer_on_step, t, &err) != QTC_OK)
+        return cli_fail(&err);
+    if ((*stopped = cli_trainer_stopped(t)))
+        return 0;
+    if (cli_trainer_evaluate(t, o->steps, &err) || cli_trainer_plot(t, plot, title, eval_name, &err) != QTC_OK)
+        return cli_fail(&err);
+    return 0;
+}
+
+int cli_check_ctx(int ctx, const qtc_llama_config *c)
+{
+    if (ctx > c->ctx)
+        return cli_error(1, "--ctx %d is larger than the model's context of %d", ctx, c->ctx);
+    return 0;
+}
+
 void cli_trainer_free(cli_trainer *t)
 {
     free(t->step_x);

@@ -126,6 +126,16 @@ int cli_trainer_stopped(const cli_trainer *t);
 /* The chart of the loss and evaluations into --plot (if given). */
 qtc_status cli_trainer_plot(const cli_trainer *t, const char *path, const char *title, const char *eval_name,
                             qtc_error *err);
+/* The whole run after setup: the evaluation at first_step, qtc_train with
+ * on_step, the stop at --stop-after (*stopped = 1), the last evaluation and
+ * the chart (title, the evaluations' series named eval_name). Returns an exit
+ * code, the error printed. */
+int cli_trainer_run(cli_trainer *t, const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const *params, int n_params,
+                    const qtc_tokens *data, int64_t first_step, qtc_loss_fn loss, void *loss_ctx, const char *plot,
+                    const char *title, const char *eval_name, int *stopped);
 void cli_trainer_free(cli_trainer *t);
+
+/* 0 when --ctx fits the model's context; else 1, with the error printed. */
+int cli_check_ctx(int ctx, const qtc_llama_config *c);
 
 #endif

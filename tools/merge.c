@@ -68,7 +68,7 @@ int main(int argc, char **argv)
         case 't': to_name = optarg; break;
         case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) cli_usage("--format is safetensors, gguf or hf"); break;
         case 'z': compress = 1; break;
-        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
+        case 'j': threads = cli_threads(optarg); break;
         case 'o': out = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: cli_usage("bad option");
@@ -80,7 +80,7 @@ int main(int argc, char **argv)
     float *w = malloc((size_t)n * sizeof *w);
     qtc_peft **ad = calloc((size_t)n, sizeof *ad);
     if (!w || !ad)
-        return 3;
+        return cli_error(3, "out of memory");
     for (int i = 0; i < n; i++)
         w[i] = 1.0f;
     if (weights_arg) {
@@ -124,8 +124,7 @@ int main(int argc, char **argv)
             names[mo.method], strcmp(out, "-") == 0 ? "<stdout>" : out, s.bits_per_weight);
     goto done;
 fail:
-    fprintf(stderr, "merge: error: %s\n", err.msg);
-    rc = qtc_exit_code(err.code);
+    rc = cli_fail(&err);
 done:
     for (int i = 0; i < n; i++)
         qtc_peft_free(ad[i]);

@@ -328,7 +328,7 @@ int main(int argc, char **argv)
             n_rules++;
             break;
         }
-        case 'j': threads = atoi(optarg); if (threads <= 0) cli_usage("--threads takes a positive number"); break;
+        case 'j': threads = cli_threads(optarg); break;
         case 'z': compress = 1; break;
         case 'i': do_inspect = 1; break;
         case 'J': as_json = 1; break;

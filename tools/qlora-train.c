@@ -194,11 +194,8 @@ int main(int argc, char **argv)
         goto done;
     }
     r.src = src;
-    if (o.ctx > src->config.ctx) {
-        fprintf(stderr, "qlora-train: error: --ctx %d is larger than the model's context of %d\n", o.ctx, src->config.ctx);
-        rc = 1;
+    if ((rc = cli_check_ctx(o.ctx, &src->config)))
         goto done;
-    }
     if (pc.method == QTC_PEFT_PREFIX && o.ctx + pc.prefix_len > src->config.ctx)
         fprintf(stderr, "qlora-train: note: --ctx %d plus a prefix of %d exceeds the model's context of %d\n", o.ctx,
                 pc.prefix_len, src->config.ctx);
@@ -250,27 +247,13 @@ int main(int argc, char **argv)
     tr.eval = &eval;
     tr.save = save_checkpoint;
     tr.save_ctx = &r;
-    if (cli_trainer_evaluate(&tr, first_step, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    cli_trainer_want_plot(&tr, tf.plot);
-    if (qtc_train(&o, r.opt, r.params, r.np, &data, first_step, loss_fn, &r, cli_trainer_on_step, &tr, &err) != QTC_OK) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    if (cli_trainer_stopped(&tr))
-        goto done;
-    if (cli_trainer_evaluate(&tr, o.steps, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
     char title[256];
     snprintf(title, sizeof title, "qlora-train %s (base %s): cross-entropy", qlora ? "qlora" : method, bname);
-    if (cli_trainer_plot(&tr, tf.plot, title, "eval loss", &err) != QTC_OK) {
-        rc = cli_fail(&err);
+    int stopped;
+    if ((rc = cli_trainer_run(&tr, &o, r.opt, r.params, r.np, &data, first_step, loss_fn, &r, tf.plot, title, "eval loss",
+                              &stopped)) ||
+        stopped)
         goto done;
-    }
     if (qtc_peft_save(r.p, out, gguf, argv[optind], &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
