@@ -75,10 +75,14 @@ TOOL_BIN := $(addprefix $(BINDIR)/,$(TOOLS))
 all: lib $(TOOL_BIN)
 lib: $(BUILD)/libqtc.a $(BUILD)/libqtc.so
 
+# libqtc.so exports only what the public headers declare (qtc/export.h); the
+# tools and tests link libqtc.a and still reach everything.
+$(LIB_OBJ): VISIBILITY := -fvisibility=hidden
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(say) CC $<
-	$(Q)$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_ALL) $(VISIBILITY) -MMD -MP -c $< -o $@
 
 $(BUILD)/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carry.h"
+#include "convert_private.h"
 
 /* The JSON text of o in memory from malloc (not cJSON's allocator); frees o. */
 static char *print_and_free(cJSON *o, int pretty)

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "formats.h"
+#include "convert_private.h"
 #include "qtc/quant.h"
 
 typedef struct cursor {

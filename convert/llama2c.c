@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "formats.h"
+#include "convert_private.h"
 
 #define MAX_DIM (1 << 20)
 
@@ -62,7 +62,6 @@ static uint64_t llama2c_expected(const qtc_in *in, qtc_llama_config *c)
     return 28 + 4 * floats;
 }
 
-int llama2c_detect(const qtc_in *in);
 int llama2c_detect(const qtc_in *in)
 {
     qtc_llama_config c;

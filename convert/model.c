@@ -9,11 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carry.h"
-#include "formats.h"
-
-int llama2c_detect(const qtc_in *in);
-qtc_status qlayout_fold(qtc_model_file *m, qtc_error *err);
+#include "convert_private.h"
 
 const char *qtc_format_name(qtc_format f)
 {

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "formats.h"
+#include "convert_private.h"
 
 /* the module path: the weight name without ".weight" */
 static void module_of(const char *weight_name, char *out, size_t cap)
@@ -682,7 +682,6 @@ static qtc_status fold_int(qtc_model_file *m, int sc, const qtc_qscheme *cfg, in
     return QTC_OK;
 }
 
-qtc_status qlayout_fold(qtc_model_file *m, qtc_error *err);
 qtc_status qlayout_fold(qtc_model_file *m, qtc_error *err)
 {
     char *hide = calloc((size_t)(m->n_tensors ? m->n_tensors : 1), 1);

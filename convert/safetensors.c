@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "formats.h"
+#include "convert_private.h"
 
 #define ST_MAX_HEADER 100000000ull
 

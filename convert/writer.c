@@ -12,8 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "carry.h"
-#include "formats.h"
+#include "convert_private.h"
 #include "qtc/quant.h"
 #include "qtc/runtime.h"
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "qtc/quant.h"
+#include "quant_private.h"
 
 int qtc_qscheme_parse(const char *name, qtc_qscheme *s)
 {
@@ -164,9 +165,6 @@ void qtc_qweight_free(qtc_qweight *q)
     q->absmax_q = NULL;
     q->nested_absmax = NULL;
 }
-
-qtc_status nf4_quantize(const float *w, qtc_qweight *q);
-void nf4_dequantize(const qtc_qweight *q, float *w);
 
 /* The values of every group of w against q's scales and zero points. */
 static void quantize_values(const float *w, qtc_qweight *q)

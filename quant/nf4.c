@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "qtc/quant.h"
+#include "quant_private.h"
 
 const float qtc_nf4_code[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
@@ -94,7 +95,6 @@ static void blockwise(const float *x, int64_t n, int64_t block, const float *cod
     }
 }
 
-qtc_status nf4_quantize(const float *w, qtc_qweight *q);
 qtc_status nf4_quantize(const float *w, qtc_qweight *q)
 {
     int64_t n = q->rows * q->cols;
@@ -119,7 +119,6 @@ qtc_status nf4_quantize(const float *w, qtc_qweight *q)
     return QTC_OK;
 }
 
-void nf4_dequantize(const qtc_qweight *q, float *w);
 void nf4_dequantize(const qtc_qweight *q, float *w)
 {
     int64_t n = q->rows * q->cols;

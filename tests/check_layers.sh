@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 header_layer() {
     case $1 in
     error | tensor | graph | optim | rng | runtime) echo tensor ;;
+    export) echo tensor ;;
     quant | calib) echo quant ;;
     io | convert) echo convert ;;
     model | calibrate | plot) echo model ;;

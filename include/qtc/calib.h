@@ -13,7 +13,10 @@
 #ifndef QTC_CALIB_H
 #define QTC_CALIB_H
 
+#include "qtc/export.h"
 #include "qtc/model.h"
+
+QTC_API_BEGIN
 
 #define QTC_HIST_BINS 2048
 
@@ -200,5 +203,7 @@ qtc_status qtc_awq_search(const float *const *ws, const int64_t *rows, int n, in
  * and at the chosen clamps. */
 qtc_status qtc_awq_clip(const float *w, int64_t rows, int64_t cols, const double *xtx, const float *in_scale,
                         const qtc_qscheme *s, float *clip, double *err_before, double *err_after, qtc_error *qerr);
+
+QTC_API_END
 
 #endif

@@ -20,9 +20,12 @@
 #include <regex.h>
 #include <stdint.h>
 
+#include "qtc/export.h"
 #include "qtc/io.h"
 #include "qtc/quant.h"
 #include "qtc/tensor.h"
+
+QTC_API_BEGIN
 
 typedef enum qtc_format {
     QTC_FMT_UNKNOWN = 0,
@@ -343,5 +346,7 @@ typedef struct qtc_convert_hooks {
 qtc_status qtc_convert(qtc_model_file *m, const char *out, qtc_format fmt, int compress, const qtc_target *to,
                        const qtc_convert_rule *rules, int n_rules, const qtc_convert_hooks *hooks,
                        qtc_convert_summary *summary, qtc_error *err);
+
+QTC_API_END
 
 #endif

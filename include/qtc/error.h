@@ -11,6 +11,10 @@
 
 #include <stdarg.h>
 
+#include "qtc/export.h"
+
+QTC_API_BEGIN
+
 typedef enum qtc_status {
     QTC_OK = 0,
     QTC_ERR_USAGE = 1,   /* bad arguments from the caller (flags, options) */
@@ -47,5 +51,7 @@ int qtc_exit_code(qtc_status code);
 
 /* A short name for a status ("bad input", "I/O error", ...). */
 const char *qtc_status_name(qtc_status code);
+
+QTC_API_END
 
 #endif

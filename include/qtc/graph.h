@@ -23,7 +23,10 @@
 #ifndef QTC_GRAPH_H
 #define QTC_GRAPH_H
 
+#include "qtc/export.h"
 #include "qtc/tensor.h"
+
+QTC_API_BEGIN
 
 typedef struct qtc_graph qtc_graph;
 
@@ -141,5 +144,7 @@ qtc_node *qtc_graph_record(qtc_graph *g, const char *op, qtc_backward_fn backwar
                            qtc_tensor *out, int n_in, qtc_tensor *const *in);
 /* t's gradient buffer (numel floats), allocated zeroed on first use. */
 float *qtc_graph_grad(qtc_graph *g, qtc_tensor *t);
+
+QTC_API_END
 
 #endif

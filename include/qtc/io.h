@@ -20,6 +20,9 @@
 #include <stdint.h>
 
 #include "qtc/error.h"
+#include "qtc/export.h"
+
+QTC_API_BEGIN
 
 typedef struct qtc_in {
     const unsigned char *data; /* the whole input, read-only */
@@ -61,5 +64,7 @@ void qtc_out_abort(qtc_out *o);
 qtc_status qtc_write_file(const char *path, const void *data, size_t n, qtc_error *err);
 /* 1 when a path names compressed output by its extension (.zst). */
 int qtc_path_wants_zstd(const char *path);
+
+QTC_API_END
 
 #endif

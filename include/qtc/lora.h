@@ -24,8 +24,11 @@
 #ifndef QTC_LORA_H
 #define QTC_LORA_H
 
+#include "qtc/export.h"
 #include "qtc/model.h"
 #include "qtc/quant.h"
+
+QTC_API_BEGIN
 
 typedef enum qtc_peft_method { QTC_PEFT_LORA = 0, QTC_PEFT_ADAPTER, QTC_PEFT_PREFIX } qtc_peft_method;
 
@@ -139,5 +142,7 @@ qtc_status qtc_merge_delta(qtc_peft *const *adapters, const float *weights, int 
 qtc_status qtc_merge_model(qtc_model_file *base, qtc_peft *const *adapters, const float *weights, int n,
                            const qtc_merge_opts *o, const char *out, qtc_format fmt, int compress,
                            const qtc_target *to, qtc_convert_summary *summary, qtc_error *err);
+
+QTC_API_END
 
 #endif

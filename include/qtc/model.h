@@ -10,8 +10,11 @@
 #define QTC_MODEL_H
 
 #include "qtc/convert.h"
+#include "qtc/export.h"
 #include "qtc/graph.h"
 #include "qtc/rng.h"
+
+QTC_API_BEGIN
 
 typedef struct qtc_llama_layer {
     qtc_tensor *attn_norm;            /* (dim) */
@@ -191,5 +194,7 @@ typedef struct qtc_eval_result {
 qtc_status qtc_eval(qtc_llama *m, qtc_llama *ref, const qtc_tokens *data, int ctx, int batch, int64_t max_windows,
                     void (*progress)(void *ctx, int64_t done, int64_t total), void *progress_ctx,
                     qtc_eval_result *out, qtc_error *err);
+
+QTC_API_END
 
 #endif

@@ -9,7 +9,10 @@
 #ifndef QTC_OPTIM_H
 #define QTC_OPTIM_H
 
+#include "qtc/export.h"
 #include "qtc/tensor.h"
+
+QTC_API_BEGIN
 
 typedef struct qtc_adamw_config {
     float beta1, beta2, eps, weight_decay;
@@ -55,5 +58,7 @@ typedef struct qtc_lr_schedule {
 /* The learning rate of step s (0-based). After warmup, cosine decays from lr at
  * s = warmup to lr * min_ratio at s = total and stays there. */
 float qtc_lr_at(const qtc_lr_schedule *sched, int64_t step);
+
+QTC_API_END
 
 #endif

@@ -4,6 +4,9 @@
 #define QTC_PLOT_H
 
 #include "qtc/calib.h"
+#include "qtc/export.h"
+
+QTC_API_BEGIN
 
 /* A line chart as an SVG file (written atomically): one polyline per series
  * over a shared x axis, with axis ticks and a legend. */
@@ -19,5 +22,7 @@ qtc_status qtc_plot_svg(const char *path, const char *title, const char *xlabel,
  * range method m chose, the observed extremes) and DIR/index.html showing them
  * all. */
 qtc_status qtc_calib_plot(const qtc_calib *cb, const char *dir, qtc_range_method m, double p, int bits, qtc_error *err);
+
+QTC_API_END
 
 #endif

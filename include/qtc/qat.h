@@ -15,8 +15,11 @@
 #ifndef QTC_QAT_H
 #define QTC_QAT_H
 
+#include "qtc/export.h"
 #include "qtc/graph.h"
 #include "qtc/quant.h"
+
+QTC_API_BEGIN
 
 /* Integer fake quantization of x (..., cols) under scheme s (QTC_QK_INT):
  * groups run along the last dimension (per channel: one per row; per tensor:
@@ -42,5 +45,7 @@ qtc_tensor *qtc_fake_quant_nf4(qtc_graph *g, qtc_tensor *x, const qtc_qscheme *s
 /* The min-max scales and zero points of x under s into scale (and zero),
  * shaped as qtc_fake_quant takes them: the start of LSQ training. */
 void qtc_fake_quant_init_params(const qtc_tensor *x, const qtc_qscheme *s, qtc_tensor *scale, qtc_tensor *zero);
+
+QTC_API_END
 
 #endif

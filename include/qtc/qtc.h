@@ -5,6 +5,7 @@
 #include "qtc/calib.h"
 #include "qtc/convert.h"
 #include "qtc/error.h"
+#include "qtc/export.h"
 #include "qtc/graph.h"
 #include "qtc/io.h"
 #include "qtc/lora.h"

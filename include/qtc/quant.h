@@ -11,7 +11,10 @@
 
 #include <stdint.h>
 
+#include "qtc/export.h"
 #include "qtc/tensor.h"
+
+QTC_API_BEGIN
 
 /* ggml's type id of a dtype (GGML_TYPE_*), or -1 when ggml has none. */
 int qtc_dtype_to_ggml(qtc_dtype t);
@@ -182,5 +185,7 @@ void qtc_qmatrix_rows(const qtc_qmatrix *q, int64_t r0, int64_t n, float *out);
 /* Bytes the matrix holds. */
 size_t qtc_qmatrix_bytes(const qtc_qmatrix *q);
 void qtc_qmatrix_free(qtc_qmatrix *q);
+
+QTC_API_END
 
 #endif

@@ -10,7 +10,10 @@
 
 #include <stdint.h>
 
+#include "qtc/export.h"
 #include "qtc/tensor.h"
+
+QTC_API_BEGIN
 
 typedef struct qtc_rng {
     uint64_t s[4];
@@ -32,5 +35,7 @@ void qtc_rng_fill_normal(qtc_rng *r, qtc_tensor *t, float mean, float std);
  * in +-sqrt(6 / ((1 + a^2) fan_in)). With a = sqrt(5), as nn.Linear and LoRA's
  * A use, the bound is 1/sqrt(fan_in). */
 void qtc_rng_kaiming_uniform(qtc_rng *r, qtc_tensor *t, double a);
+
+QTC_API_END
 
 #endif

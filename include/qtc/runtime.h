@@ -7,11 +7,17 @@
 #ifndef QTC_RUNTIME_H
 #define QTC_RUNTIME_H
 
+#include "qtc/export.h"
+
+QTC_API_BEGIN
+
 #define QTC_VERSION "0.1.0"
 
 /* Sets the threads used by qtc's loops and by OpenBLAS; n <= 0 means all cores. */
 void qtc_set_threads(int n);
 int qtc_get_threads(void);
 const char *qtc_version(void);
+
+QTC_API_END
 
 #endif

@@ -21,6 +21,9 @@
 #include <stdint.h>
 
 #include "qtc/error.h"
+#include "qtc/export.h"
+
+QTC_API_BEGIN
 
 #define QTC_MAX_DIMS 4
 #define QTC_NAME_MAX 128
@@ -168,5 +171,7 @@ double qtc_tensor_get(const qtc_tensor *t, int64_t i);
 
 /* Index of the first NaN or Inf in a contiguous f32 tensor, or -1. */
 int64_t qtc_tensor_find_nonfinite(const qtc_tensor *t);
+
+QTC_API_END
 
 #endif

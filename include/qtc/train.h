@@ -11,8 +11,11 @@
 #ifndef QTC_TRAIN_H
 #define QTC_TRAIN_H
 
+#include "qtc/export.h"
 #include "qtc/model.h"
 #include "qtc/optim.h"
+
+QTC_API_BEGIN
 
 typedef struct qtc_train_opts {
     int64_t steps;       /* optimizer steps */
@@ -75,5 +78,7 @@ qtc_status qtc_checkpoint_save_params(const char *path, const qtc_model_file *sr
                                       const char *const *names, int n, qtc_adamw *opt, int64_t step, qtc_error *err);
 qtc_status qtc_checkpoint_load_params(const char *path, qtc_tensor *const *params, const char *const *names, int n,
                                       qtc_adamw *opt, int64_t *step, qtc_error *err);
+
+QTC_API_END
 
 #endif
