@@ -78,6 +78,8 @@ lib: $(BUILD)/libqtc.a $(BUILD)/libqtc.so
 # libqtc.so exports only what the public headers declare (qtc/export.h); the
 # tools and tests link libqtc.a and still reach everything.
 $(LIB_OBJ): VISIBILITY := -fvisibility=hidden
+# a change of flags here rebuilds what they compile
+$(LIB_OBJ) $(TEST_OBJ) $(CLI_OBJ) $(TOOL_MAINS:%.c=$(BUILD)/%.o): Makefile
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
