@@ -32,10 +32,30 @@ const char *safetensors_dtype_name(qtc_dtype t);
  * that is not whole blocks. */
 size_t entry_nbytes(qtc_dtype t, int ndim, const int64_t *ne);
 
-/* qlayout.c */
+/* qlayout.c: quantized layouts in safetensors */
 /* Folds the stored parts of each quantized weight among m's entries into one
  * entry under the weight's own name. */
 qtc_status qlayout_fold(qtc_model_file *m, qtc_error *err);
+/* What the layouts share: a weight's module path (its name without
+ * ".weight"), codes per 32-bit word, groups per row, a + b into a
+ * QTC_NAME_MAX name (0 when it does not fit), an entry named module + suffix
+ * (0 when the name does not fit), a tensor shaped as an entry, and whether an
+ * entry has a type and shape. */
+void qlayout_module_of(const char *weight_name, char *out, size_t cap);
+int qlayout_per_word(int bits);
+int64_t qlayout_groups_of(const qtc_qscheme *s, int64_t cols);
+int qlayout_join(char *out, const char *a, const char *b);
+int qlayout_entry(qtc_out_entry *e, const char *module, const char *suffix, qtc_dtype t, int ndim, int64_t a, int64_t b);
+qtc_tensor *qlayout_new_like(const qtc_out_entry *e, qtc_error *err);
+int qlayout_is_shape(const qtc_tensor_entry *e, qtc_dtype t, int ndim, int64_t a, int64_t b);
+
+/* qlayout_gptq.c: GPTQ's layout */
+/* The bits and group of a GPTQ quantization_config; 0 when it is not one. */
+int qlayout_gptq_scheme(const char *config_json, qtc_qscheme *s);
+/* Folds one GPTQ weight (qi: its qweight entry); its other parts are marked in hide. */
+qtc_status qlayout_fold_gptq(qtc_model_file *m, int qi, const qtc_qscheme *cfg, char *hide, qtc_error *err);
+/* A folded GPTQ weight's codes, scales and zero points into q. */
+void qlayout_gptq_unpack(const qtc_qparts *p, qtc_qweight *q);
 
 /* carry.c: metadata carried along by conversions */
 /* An HF config.json for a llama configuration (malloc'd). */

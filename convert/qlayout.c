@@ -1,8 +1,11 @@
-/* qlayout.c: quantized weights in safetensors. Integer schemes in
- * compressed-tensors' layout, NF4 in bitsandbytes' (see qtc/convert.h), both
- * written and read back. On reading, the stored parts of each weight are
- * folded into one entry under the weight's own name, so every tool sees a
- * model of plain weights whose quantized ones dequantize on load. */
+/* qlayout.c: quantized weights in safetensors (see qtc/convert.h): integer
+ * schemes in compressed-tensors' layout and NF4 in bitsandbytes', each
+ * described (entries), packed and given its quantization_config; the static
+ * input scales of a W8A8 model read back; and, on reading any model, the
+ * stored parts of each weight folded into one entry under the weight's own
+ * name (GPTQ's layout through qlayout_gptq.c), so every tool sees plain
+ * weights whose quantized ones dequantize on load, or hand their codes over
+ * as stored (qtc_model_qweight). */
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,7 +15,7 @@
 #include "convert_private.h"
 
 /* the module path: the weight name without ".weight" */
-static void module_of(const char *weight_name, char *out, size_t cap)
+void qlayout_module_of(const char *weight_name, char *out, size_t cap)
 {
     size_t n = strlen(weight_name);
     if (n > 7 && strcmp(weight_name + n - 7, ".weight") == 0)
@@ -20,18 +23,18 @@ static void module_of(const char *weight_name, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)n, weight_name);
 }
 
-static int per_word(int bits)
+int qlayout_per_word(int bits)
 {
     return 32 / bits;
 }
 
-static int64_t groups_of(const qtc_qscheme *s, int64_t cols)
+int64_t qlayout_groups_of(const qtc_qscheme *s, int64_t cols)
 {
     return s->group > 0 ? (cols + s->group - 1) / s->group : 1;
 }
 
 /* a + b into out (QTC_NAME_MAX bytes); 0 when it does not fit */
-static int join(char *out, const char *a, const char *b)
+int qlayout_join(char *out, const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
     if (la + lb >= QTC_NAME_MAX)
@@ -42,9 +45,9 @@ static int join(char *out, const char *a, const char *b)
 }
 
 /* Fills an entry; 0 when its name is too long. */
-static int entry(qtc_out_entry *e, const char *module, const char *suffix, qtc_dtype t, int ndim, int64_t a, int64_t b)
+int qlayout_entry(qtc_out_entry *e, const char *module, const char *suffix, qtc_dtype t, int ndim, int64_t a, int64_t b)
 {
-    int fits = join(e->name, module, suffix);
+    int fits = qlayout_join(e->name, module, suffix);
     e->dtype = t;
     e->ndim = ndim;
     e->ne[0] = a;
@@ -77,46 +80,46 @@ int qtc_qlayout_entries(const qtc_qscheme *s, const char *weight_name, int64_t r
 {
     int ok = 1;
     char m[QTC_NAME_MAX];
-    module_of(weight_name, m, sizeof m);
+    qlayout_module_of(weight_name, m, sizeof m);
     if (s->kind == QTC_QK_NF4) {
         int64_t n = rows * cols, nb = (n + s->group - 1) / s->group;
         char json[512];
         int len = nf4_state_json(s, rows, cols, 0, json, sizeof json);
-        ok &= entry(&out[0], m, ".weight", QTC_U8, 2, (n + 1) / 2, 1);
-        ok &= entry(&out[1], m, ".weight.absmax", s->double_quant ? QTC_U8 : QTC_F32, 1, nb, 0);
-        ok &= entry(&out[2], m, ".weight.quant_map", QTC_F32, 1, 16, 0);
+        ok &= qlayout_entry(&out[0], m, ".weight", QTC_U8, 2, (n + 1) / 2, 1);
+        ok &= qlayout_entry(&out[1], m, ".weight.absmax", s->double_quant ? QTC_U8 : QTC_F32, 1, nb, 0);
+        ok &= qlayout_entry(&out[2], m, ".weight.quant_map", QTC_F32, 1, 16, 0);
         int k = 3;
         if (s->double_quant) {
-            ok &= entry(&out[k++], m, ".weight.nested_absmax", QTC_F32, 1, (nb + 255) / 256, 0);
-            ok &= entry(&out[k++], m, ".weight.nested_quant_map", QTC_F32, 1, 256, 0);
+            ok &= qlayout_entry(&out[k++], m, ".weight.nested_absmax", QTC_F32, 1, (nb + 255) / 256, 0);
+            ok &= qlayout_entry(&out[k++], m, ".weight.nested_quant_map", QTC_F32, 1, 256, 0);
         }
-        ok &= entry(&out[k], m, ".weight.quant_state.bitsandbytes__nf4", QTC_U8, 1, len, 0);
+        ok &= qlayout_entry(&out[k], m, ".weight.quant_state.bitsandbytes__nf4", QTC_U8, 1, len, 0);
         return ok ? 0 : -1;
     }
-    int64_t g = groups_of(s, cols), srows = s->group < 0 ? 1 : rows;
+    int64_t g = qlayout_groups_of(s, cols), srows = s->group < 0 ? 1 : rows;
     int k = 0;
     if (s->bits == 8)
-        ok &= entry(&out[k++], m, ".weight", QTC_I8, 2, rows, cols);
+        ok &= qlayout_entry(&out[k++], m, ".weight", QTC_I8, 2, rows, cols);
     else
-        ok &= entry(&out[k++], m, ".weight_packed", QTC_I32, 2, rows, (cols + per_word(s->bits) - 1) / per_word(s->bits));
+        ok &= qlayout_entry(&out[k++], m, ".weight_packed", QTC_I32, 2, rows, (cols + qlayout_per_word(s->bits) - 1) / qlayout_per_word(s->bits));
     if (s->group < 0)
-        ok &= entry(&out[k++], m, ".weight_scale", QTC_F32, 1, 1, 0);
+        ok &= qlayout_entry(&out[k++], m, ".weight_scale", QTC_F32, 1, 1, 0);
     else
-        ok &= entry(&out[k++], m, ".weight_scale", QTC_F32, 2, rows, g);
+        ok &= qlayout_entry(&out[k++], m, ".weight_scale", QTC_F32, 2, rows, g);
     if (s->bits != 8)
-        ok &= entry(&out[k++], m, ".weight_shape", QTC_I32, 1, 2, 0);
+        ok &= qlayout_entry(&out[k++], m, ".weight_shape", QTC_I32, 1, 2, 0);
     if (!s->symmetric) {
         if (s->bits == 8)
-            ok &= entry(&out[k++], m, ".weight_zero_point", QTC_I8, out[1].ndim, out[1].ne[0], out[1].ne[1]);
+            ok &= qlayout_entry(&out[k++], m, ".weight_zero_point", QTC_I8, out[1].ndim, out[1].ne[0], out[1].ne[1]);
         else if (s->group < 0)
-            ok &= entry(&out[k++], m, ".weight_zero_point", QTC_I32, 1, 1, 0);
+            ok &= qlayout_entry(&out[k++], m, ".weight_zero_point", QTC_I32, 1, 1, 0);
         else
-            ok &= entry(&out[k++], m, ".weight_zero_point", QTC_I32, 2, (srows + per_word(s->bits) - 1) / per_word(s->bits), g);
+            ok &= qlayout_entry(&out[k++], m, ".weight_zero_point", QTC_I32, 2, (srows + qlayout_per_word(s->bits) - 1) / qlayout_per_word(s->bits), g);
     }
     return ok ? 0 : -1;
 }
 
-static qtc_tensor *new_like(const qtc_out_entry *e, qtc_error *err)
+qtc_tensor *qlayout_new_like(const qtc_out_entry *e, qtc_error *err)
 {
     qtc_tensor *t = qtc_tensor_new(e->dtype, e->ndim, e->ne, err);
     if (t)
@@ -134,7 +137,7 @@ qtc_status qtc_qlayout_pack(const qtc_qweight *q, const char *weight_name, qtc_t
     for (int i = 0; i < n_out; i++)
         out[i] = NULL;
     for (int i = 0; i < n_out; i++)
-        if (!(out[i] = new_like(&e[i], err)))
+        if (!(out[i] = qlayout_new_like(&e[i], err)))
             goto fail;
     int64_t n = q->rows * q->cols;
     if (s->kind == QTC_QK_NF4) {
@@ -160,7 +163,7 @@ qtc_status qtc_qlayout_pack(const qtc_qweight *q, const char *weight_name, qtc_t
         memcpy(out[k]->data, json, (size_t)len);
         return QTC_OK;
     }
-    const int bias = 1 << (s->bits - 1), per = per_word(s->bits);
+    const int bias = 1 << (s->bits - 1), per = qlayout_per_word(s->bits);
     int k = 0;
     if (s->bits == 8) {
         memcpy(out[k++]->data, q->q, (size_t)n);
@@ -253,199 +256,9 @@ char *qtc_qlayout_hf_config(const qtc_qscheme *s, int input_bits)
     return s2;
 }
 
-static int find(const qtc_model_file *m, const char *name)
-{
-    return qtc_model_find(m, name);
-}
-
-static int is_shape(const qtc_tensor_entry *e, qtc_dtype t, int ndim, int64_t a, int64_t b)
+int qlayout_is_shape(const qtc_tensor_entry *e, qtc_dtype t, int ndim, int64_t a, int64_t b)
 {
     return e->dtype == t && e->ndim == ndim && e->ne[0] == a && (ndim < 2 || e->ne[1] == b);
-}
-
-/* --- GPTQ's layout ------------------------------------------------------------------- */
-
-int qtc_gptq_layout_entries(const qtc_qscheme *s, const char *weight_name, int64_t rows, int64_t cols, qtc_out_entry *out,
-                            char *why, size_t cap)
-{
-    if (s->kind != QTC_QK_INT || (s->bits != 2 && s->bits != 4 && s->bits != 8) || s->group < 0)
-        return snprintf(why, cap, "GPTQ's layout holds 2, 4 or 8-bit integers per group or channel"), -1;
-    const int per = per_word(s->bits);
-    if (cols % per || rows % per)
-        return snprintf(why, cap, "GPTQ's layout needs both dimensions (%lld x %lld) a multiple of %d at %d bits; the compressed-tensors layout takes any shape", (long long)rows, (long long)cols, per, s->bits), -1;
-    char m[QTC_NAME_MAX];
-    module_of(weight_name, m, sizeof m);
-    int64_t g = groups_of(s, cols);
-    int ok = entry(&out[0], m, ".qweight", QTC_I32, 2, cols / per, rows) &&
-             entry(&out[1], m, ".qzeros", QTC_I32, 2, g, rows / per) && entry(&out[2], m, ".scales", QTC_F16, 2, g, rows) &&
-             entry(&out[3], m, ".g_idx", QTC_I32, 1, cols, 0);
-    if (!ok)
-        return snprintf(why, cap, "the names of its parts are too long"), -1;
-    return 0;
-}
-
-qtc_status qtc_gptq_layout_pack(const qtc_qweight *q, const char *weight_name, qtc_tensor **out, qtc_error *err)
-{
-    const qtc_qscheme *s = &q->s;
-    qtc_out_entry e[QTC_GPTQ_PARTS];
-    char why[192];
-    if (qtc_gptq_layout_entries(s, weight_name, q->rows, q->cols, e, why, sizeof why) != 0)
-        return qtc_error_set(err, QTC_ERR_USAGE, "tensor '%s': %s", weight_name, why);
-    for (int i = 0; i < QTC_GPTQ_PARTS; i++)
-        out[i] = NULL;
-    const int bits = s->bits, per = per_word(bits), bias = 1 << (bits - 1);
-    const uint32_t mask = (1u << bits) - 1;
-    const int64_t g = q->n_groups, group = s->group > 0 ? s->group : q->cols;
-    for (int64_t j = 0; j < q->rows * g; j++) /* v1 stores zero - 1, which cannot be negative */
-        if ((s->symmetric ? bias : q->zero[j] + bias) == 0)
-            return qtc_error_set(err, QTC_ERR_USAGE,
-                                 "tensor '%s': a zero point at the bottom of the range, which GPTQ's v1 layout cannot store "
-                                 "(use the compressed-tensors layout)", weight_name);
-    for (int i = 0; i < QTC_GPTQ_PARTS; i++)
-        if (!(out[i] = new_like(&e[i], err)))
-            goto fail;
-    uint32_t *qw = out[0]->data, *qz = out[1]->data;
-    uint16_t *sc = out[2]->data;
-    int32_t *gi = out[3]->data;
-    for (int64_t r = 0; r < q->rows; r++) /* r: output, c: input */
-        for (int64_t c = 0; c < q->cols; c++)
-            qw[(c / per) * q->rows + r] |= ((uint32_t)(q->q[r * q->cols + c] + bias) & mask) << (bits * (int)(c % per));
-    for (int64_t k = 0; k < g; k++)
-        for (int64_t r = 0; r < q->rows; r++) {
-            int z = s->symmetric ? bias : q->zero[r * g + k] + bias;
-            qz[k * (q->rows / per) + r / per] |= ((uint32_t)(z - 1) & mask) << (bits * (int)(r % per));
-            sc[k * q->rows + r] = qtc_f32_to_f16(q->scale[r * g + k]);
-        }
-    for (int64_t c = 0; c < q->cols; c++)
-        gi[c] = (int32_t)(c / group);
-    return QTC_OK;
-fail:
-    for (int i = 0; i < QTC_GPTQ_PARTS; i++)
-        qtc_tensor_free(out[i]);
-    return err->code;
-}
-
-char *qtc_gptq_layout_config(const qtc_qscheme *s, int desc_act, double damp, int true_sequential)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "quant_method", "gptq");
-    cJSON_AddNumberToObject(o, "bits", s->bits);
-    cJSON_AddNumberToObject(o, "group_size", s->group > 0 ? s->group : -1);
-    cJSON_AddBoolToObject(o, "desc_act", desc_act);
-    cJSON_AddBoolToObject(o, "sym", s->symmetric);
-    cJSON_AddNumberToObject(o, "damp_percent", damp);
-    cJSON_AddBoolToObject(o, "static_groups", desc_act); /* act-order here keeps the plain groups */
-    cJSON_AddBoolToObject(o, "true_sequential", true_sequential);
-    cJSON_AddStringToObject(o, "checkpoint_format", "gptq");
-    char *j = cJSON_PrintUnformatted(o), *s2 = j ? strdup(j) : NULL;
-    cJSON_free(j);
-    cJSON_Delete(o);
-    return s2;
-}
-
-/* The bits and group of a GPTQ quantization_config; 0 when it is not one. */
-static int gptq_from_config(const char *config_json, qtc_qscheme *s)
-{
-    cJSON *o = config_json ? cJSON_Parse(config_json) : NULL;
-    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(o, "quantization_config");
-    const char *method = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(qc, "quant_method"));
-    int ok = method && strcmp(method, "gptq") == 0;
-    if (ok) {
-        memset(s, 0, sizeof *s);
-        s->kind = QTC_QK_INT;
-        s->bits = (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(qc, "bits"));
-        int g = (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(qc, "group_size"));
-        s->group = g > 0 ? g : 0;
-        s->symmetric = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(qc, "sym"));
-        ok = s->bits == 2 || s->bits == 4 || s->bits == 8;
-    }
-    cJSON_Delete(o);
-    return ok;
-}
-
-/* Folds one GPTQ weight; qi is its qweight entry. */
-static qtc_status fold_gptq(qtc_model_file *m, int qi, const qtc_qscheme *cfg, char *hide, qtc_error *err)
-{
-    char mod[QTC_NAME_MAX], part[QTC_NAME_MAX + 32];
-    const qtc_tensor_entry *qe = &m->tensors[qi];
-    const char *file = m->inputs[qe->input].name;
-    snprintf(mod, sizeof mod, "%.*s", (int)(strlen(qe->name) - strlen(".qweight")), qe->name);
-    snprintf(part, sizeof part, "%s.qzeros", mod);
-    int zi = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.scales", mod);
-    int si = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.g_idx", mod);
-    int gi = qtc_model_find(m, part);
-    qtc_qscheme s = *cfg;
-    const int per = per_word(s.bits), bias = 1 << (s.bits - 1);
-    int64_t cols = qe->ndim == 2 ? qe->ne[0] * per : 0, rows = qe->ndim == 2 ? qe->ne[1] : 0;
-    int64_t g = groups_of(&s, cols);
-    int ok = qe->dtype == QTC_I32 && rows > 0 && cols > 0 && rows % per == 0 && rows <= QTC_MAX_NUMEL / cols && zi >= 0 &&
-             si >= 0 && is_shape(&m->tensors[zi], QTC_I32, 2, g, rows / per) && is_shape(&m->tensors[si], QTC_F16, 2, g, rows) &&
-             (gi < 0 || is_shape(&m->tensors[gi], QTC_I32, 1, cols, 0));
-    if (!ok)
-        return qtc_error_set(err, QTC_ERR_INPUT, "%s: '%s': GPTQ parts (qweight, qzeros, scales, g_idx) missing or with inconsistent shapes",
-                             file, mod);
-    const int32_t *gix = gi >= 0 ? (const int32_t *)m->tensors[gi].data : NULL;
-    const int64_t group = s.group > 0 ? s.group : cols;
-    for (int64_t c = 0; gix && c < cols; c++) {
-        int32_t v;
-        memcpy(&v, gix + c, 4);
-        if (v != c / group)
-            return qtc_error_set(err, QTC_ERR_INPUT, "%s: '%s': g_idx[%lld] is %d, not %lld: act-order groups are not supported",
-                                 file, mod, (long long)c, v, (long long)(c / group));
-    }
-    const unsigned char *zb = m->tensors[zi].data;
-    const uint32_t mask = (1u << s.bits) - 1;
-    s.symmetric = 1; /* symmetric when every zero point is the middle of the range */
-    for (int64_t k = 0; k < g * rows && s.symmetric; k++) {
-        uint32_t w;
-        memcpy(&w, zb + 4 * (size_t)(k / per), 4);
-        s.symmetric = (int)(((w >> (s.bits * (int)(k % per))) & mask) + 1) == bias;
-    }
-    qtc_tensor_entry *e = &m->tensors[qi];
-    memset(&e->qparts, 0, sizeof e->qparts);
-    e->qparts.scheme_set = 1;
-    e->qparts.gptq = 1;
-    e->qparts.packed = e->data;
-    e->qparts.zero = zb;
-    e->qparts.scale = m->tensors[si].data;
-    e->qparts.g_idx = gix ? m->tensors[gi].data : NULL;
-    e->scheme = s;
-    join(e->name, mod, ".weight");
-    e->dtype = QTC_F32;
-    e->ndim = 2;
-    e->ne[0] = rows;
-    e->ne[1] = cols;
-    hide[zi] = hide[si] = 1;
-    if (gi >= 0)
-        hide[gi] = 1;
-    return QTC_OK;
-}
-
-/* A GPTQ weight's codes, scales and zero points. */
-static void gptq_unpack(const qtc_qparts *p, qtc_qweight *q)
-{
-    const int bits = q->s.bits, per = per_word(bits), bias = 1 << (bits - 1);
-    const uint32_t mask = (1u << bits) - 1;
-    const int64_t g = q->n_groups;
-    for (int64_t r = 0; r < q->rows; r++)
-        for (int64_t c = 0; c < q->cols; c++) {
-            uint32_t w;
-            memcpy(&w, p->packed + 4 * (size_t)((c / per) * q->rows + r), 4);
-            q->q[r * q->cols + c] = (int8_t)((int)((w >> (bits * (int)(c % per))) & mask) - bias);
-        }
-    for (int64_t k = 0; k < g; k++)
-        for (int64_t r = 0; r < q->rows; r++) {
-            uint16_t h;
-            memcpy(&h, p->scale + 2 * (size_t)(k * q->rows + r), 2);
-            q->scale[r * g + k] = qtc_f16_to_f32(h);
-            if (q->zero) {
-                uint32_t w;
-                memcpy(&w, p->zero + 4 * (size_t)(k * (q->rows / per) + r / per), 4);
-                q->zero[r * g + k] = (int8_t)((int)(((w >> (bits * (int)(r % per))) & mask) + 1) - bias);
-            }
-        }
 }
 
 /* --- reading ------------------------------------------------------------------------ */
@@ -572,20 +385,20 @@ static qtc_status fold_nf4(qtc_model_file *m, int i, char *hide, qtc_error *err)
         return qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s': a bitsandbytes quant state qtc cannot read (NF4, 2-D, nested blocks of 256)",
                              file, st->name);
     int64_t n = rows * cols, nb = (n + blocksize - 1) / blocksize;
-    int w = find(m, base);
+    int w = qtc_model_find(m, base);
     snprintf(part, sizeof part, "%s.absmax", base);
-    int a = find(m, part);
+    int a = qtc_model_find(m, part);
     snprintf(part, sizeof part, "%s.quant_map", base);
-    int qm = find(m, part);
+    int qm = qtc_model_find(m, part);
     snprintf(part, sizeof part, "%s.nested_absmax", base);
-    int na = find(m, part);
+    int na = qtc_model_find(m, part);
     snprintf(part, sizeof part, "%s.nested_quant_map", base);
-    int nm = find(m, part);
-    if (w < 0 || a < 0 || qm < 0 || !is_shape(&m->tensors[w], QTC_U8, 2, (n + 1) / 2, 1) ||
-        !is_shape(&m->tensors[qm], QTC_F32, 1, 16, 0) ||
-        !is_shape(&m->tensors[a], nested ? QTC_U8 : QTC_F32, 1, nb, 0) ||
-        (nested && (na < 0 || nm < 0 || !is_shape(&m->tensors[na], QTC_F32, 1, (nb + 255) / 256, 0) ||
-                    !is_shape(&m->tensors[nm], QTC_F32, 1, 256, 0))))
+    int nm = qtc_model_find(m, part);
+    if (w < 0 || a < 0 || qm < 0 || !qlayout_is_shape(&m->tensors[w], QTC_U8, 2, (n + 1) / 2, 1) ||
+        !qlayout_is_shape(&m->tensors[qm], QTC_F32, 1, 16, 0) ||
+        !qlayout_is_shape(&m->tensors[a], nested ? QTC_U8 : QTC_F32, 1, nb, 0) ||
+        (nested && (na < 0 || nm < 0 || !qlayout_is_shape(&m->tensors[na], QTC_F32, 1, (nb + 255) / 256, 0) ||
+                    !qlayout_is_shape(&m->tensors[nm], QTC_F32, 1, 256, 0))))
         return qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s': its bitsandbytes parts are missing or have the wrong shapes",
                              file, base);
     qtc_tensor_entry *e = &m->tensors[w];
@@ -620,18 +433,18 @@ static qtc_status fold_int(qtc_model_file *m, int sc, const qtc_qscheme *cfg, in
     const char *file = m->inputs[se->input].name;
     snprintf(mod, sizeof mod, "%.*s", (int)(strlen(se->name) - strlen(".weight_scale")), se->name);
     snprintf(part, sizeof part, "%s.weight_packed", mod);
-    int packed = find(m, part);
+    int packed = qtc_model_find(m, part);
     snprintf(part, sizeof part, "%s.weight", mod);
-    int w8 = find(m, part);
+    int w8 = qtc_model_find(m, part);
     snprintf(part, sizeof part, "%s.weight_zero_point", mod);
-    int zp = find(m, part);
+    int zp = qtc_model_find(m, part);
     snprintf(part, sizeof part, "%s.weight_shape", mod);
-    int shp = find(m, part);
+    int shp = qtc_model_find(m, part);
     qtc_qscheme s = have_cfg ? *cfg : (qtc_qscheme){QTC_QK_INT, packed >= 0 ? 4 : 8, 0, 1, 0};
     s.symmetric = zp < 0;
     int64_t rows, cols;
     if (packed >= 0) {
-        if (shp < 0 || !is_shape(&m->tensors[shp], QTC_I32, 1, 2, 0))
+        if (shp < 0 || !qlayout_is_shape(&m->tensors[shp], QTC_I32, 1, 2, 0))
             return qtc_error_set(err, QTC_ERR_INPUT, "%s: '%s': packed weights without a weight_shape", file, mod);
         int32_t sh[2];
         memcpy(sh, m->tensors[shp].data, 8);
@@ -651,13 +464,13 @@ static qtc_status fold_int(qtc_model_file *m, int sc, const qtc_qscheme *cfg, in
     int per = 32 / s.bits;
     int64_t g = s.group > 0 ? (cols + s.group - 1) / s.group : 1;
     int ok = rows > 0 && cols > 0 && rows <= QTC_MAX_NUMEL / cols &&
-             (s.group < 0 ? is_shape(se, QTC_F32, 1, 1, 0) : is_shape(se, QTC_F32, 2, rows, g)) &&
-             (packed < 0 || is_shape(&m->tensors[packed], QTC_I32, 2, rows, (cols + per - 1) / per));
+             (s.group < 0 ? qlayout_is_shape(se, QTC_F32, 1, 1, 0) : qlayout_is_shape(se, QTC_F32, 2, rows, g)) &&
+             (packed < 0 || qlayout_is_shape(&m->tensors[packed], QTC_I32, 2, rows, (cols + per - 1) / per));
     if (ok && zp >= 0) {
         const qtc_tensor_entry *z = &m->tensors[zp];
         int64_t srows = s.group < 0 ? 1 : rows;
         ok = s.bits == 8 ? z->dtype == QTC_I8 && z->nbytes == (size_t)(s.group < 0 ? 1 : rows * g)
-                         : (s.group < 0 ? is_shape(z, QTC_I32, 1, 1, 0) : is_shape(z, QTC_I32, 2, (srows + per - 1) / per, g));
+                         : (s.group < 0 ? qlayout_is_shape(z, QTC_I32, 1, 1, 0) : qlayout_is_shape(z, QTC_I32, 2, (srows + per - 1) / per, g));
     }
     if (!ok)
         return qtc_error_set(err, QTC_ERR_INPUT, "%s: '%s': compressed-tensors parts with inconsistent shapes", file, mod);
@@ -669,7 +482,7 @@ static qtc_status fold_int(qtc_model_file *m, int sc, const qtc_qscheme *cfg, in
     e->qparts.scale = se->data;
     e->qparts.zero = zp >= 0 ? m->tensors[zp].data : NULL;
     e->scheme = s;
-    join(e->name, mod, ".weight"); /* fits: mod came from a longer name */
+    qlayout_join(e->name, mod, ".weight"); /* fits: mod came from a longer name */
     e->dtype = QTC_F32;
     e->ndim = 2;
     e->ne[0] = rows;
@@ -689,7 +502,7 @@ qtc_status qlayout_fold(qtc_model_file *m, qtc_error *err)
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
     qtc_qscheme cfg, gptq;
     const char *cj = m->config_json ? m->config_json : qtc_kvs_str(&m->meta, "qtc.config");
-    int have_cfg = scheme_from_config(cj, &cfg), have_gptq = gptq_from_config(cj, &gptq);
+    int have_cfg = scheme_from_config(cj, &cfg), have_gptq = qlayout_gptq_scheme(cj, &gptq);
     qtc_status rc = QTC_OK;
     int n = m->n_tensors;
     for (int i = 0; i < n && rc == QTC_OK; i++) {
@@ -700,7 +513,7 @@ qtc_status qlayout_fold(qtc_model_file *m, qtc_error *err)
         else if (len > 13 && strcmp(name + len - 13, ".weight_scale") == 0)
             rc = fold_int(m, i, &cfg, have_cfg, hide, err);
         else if (have_gptq && len > 8 && strcmp(name + len - 8, ".qweight") == 0)
-            rc = fold_gptq(m, i, &gptq, hide, err);
+            rc = qlayout_fold_gptq(m, i, &gptq, hide, err);
     }
     if (rc == QTC_OK) { /* drop the parts now held by their weights */
         int k = 0;
@@ -749,7 +562,7 @@ qtc_status qtc_model_qweight(const qtc_model_file *m, int i, qtc_qweight *q, qtc
         return QTC_OK;
     }
     if (p->gptq) {
-        gptq_unpack(p, q);
+        qlayout_gptq_unpack(p, q);
         return QTC_OK;
     }
     const int bias = 1 << (q->s.bits - 1), per = 32 / q->s.bits;

@@ -1,6 +1,6 @@
-/* export.c: converting a whole model: per tensor a storage type (or scheme),
- * the fallback of block types, one fused quantization pass, the writer. qconv,
- * qat-train and merge write their outputs through it. */
+/* convert.c: qtc_convert, converting a whole model: per tensor a storage
+ * type (or scheme), the fallback of block types, one fused quantization pass,
+ * the writer. Every tool that writes a model writes it through here. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
