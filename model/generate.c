@@ -77,3 +77,25 @@ done:
     qtc_graph_free(g);
     return rc;
 }
+
+qtc_status qtc_generate_corpus(qtc_llama *m, int64_t n_tokens, int ctx, uint64_t seed, qtc_tokens *out,
+                               int64_t *sequences, qtc_error *err)
+{
+    int len = ctx + 1 > m->c.ctx ? m->c.ctx : ctx + 1;
+    int64_t seqs = (n_tokens + len - 1) / len;
+    memset(out, 0, sizeof *out);
+    if (!(out->ids = malloc((size_t)(seqs * len) * sizeof *out->ids)))
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
+    out->n = seqs * len;
+    qtc_rng r;
+    qtc_rng_seed(&r, seed ^ 0x51ed27a1u);
+    int bos = m->c.bos_id >= 0 ? m->c.bos_id : 1;
+    for (int64_t k = 0; k < seqs; k++)
+        if (qtc_generate(m, bos, len, 1.0f, 1.0f, &r, out->ids + k * len, err) != QTC_OK) {
+            qtc_tokens_free(out);
+            return err->code;
+        }
+    if (sequences)
+        *sequences = seqs;
+    return QTC_OK;
+}

@@ -1,7 +1,8 @@
 /* test_model.c: the llama model against the README's greedy text (from the
  * llama2.c checkpoint, the HF folder and a GGUF written by qtc), against an
  * independent double-precision forward, the KV-cache path against the full
- * forward, gradients against finite differences, and the llama2.c tokenizer. */
+ * forward, gradients against finite differences, the llama2.c tokenizer,
+ * data-free corpora and the export of a llama through qtc_convert. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -386,4 +387,88 @@ TEST(tokenizer_files_are_recognised_by_their_bytes)
         qtc_tokenizer_free(t);
     }
     CHECK(!qtc_tokenizer_load(shared_path("data/README.md"), 512, &err) && err.code == QTC_ERR_INPUT);
+}
+
+TEST(generated_corpus_is_whole_sequences_the_model_samples_from_bos)
+{
+    qtc_llama_config c = {.dim = 16, .hidden = 24, .n_layers = 1, .n_heads = 2, .n_kv_heads = 1, .vocab = 20, .ctx = 16,
+                          .head_dim = 8, .n_rot = 8, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1, .bos_id = 3,
+                          .eos_id = 2};
+    qtc_error err;
+    qtc_llama *m = qtc_llama_new_random(&c, 5, 0.5f, &err);
+    CHECK(m);
+    qtc_tokens d;
+    int64_t seqs = 0;
+    CHECK(qtc_generate_corpus(m, 50, 7, 4, &d, &seqs, &err) == QTC_OK);
+    CHECK(seqs == 7 && d.n == 56 && !d.loss_mask); /* sequences of ctx + 1 = 8, enough for 50 */
+    qtc_rng r;
+    qtc_rng_seed(&r, 4 ^ 0x51ed27a1u);
+    int32_t want[8];
+    int differ = 0;
+    for (int k = 0; k < 7; k++) {
+        CHECK(qtc_generate(m, 3, 8, 1.0f, 1.0f, &r, want, &err) == QTC_OK);
+        CHECK_MSG(memcmp(d.ids + k * 8, want, sizeof want) == 0, "sequence %d is not the model's sample", k);
+        differ += k > 0 && memcmp(d.ids + k * 8, d.ids, sizeof want) != 0;
+    }
+    CHECK(d.ids[0] == 3 && differ > 0);
+    qtc_tokens_free(&d);
+    m->c.bos_id = -1; /* no BOS known: 1; sequences no longer than the model's context */
+    CHECK(qtc_generate_corpus(m, 20, 40, 4, &d, &seqs, &err) == QTC_OK);
+    CHECK(seqs == 2 && d.n == 32 && d.ids[0] == 1 && d.ids[16] == 1);
+    qtc_tokens_free(&d);
+    qtc_llama_free(m);
+}
+
+TEST(llama_export_writes_the_llamas_weights_through_qtc_convert)
+{
+    qtc_error err;
+    qtc_model_file *src = qtc_model_open(shared_path("models/stories260K/stories260K.bin"), &err);
+    CHECK_MSG(src, "%s", err.msg);
+    qtc_llama *m = qtc_llama_from_model(src, &err);
+    CHECK(m);
+    qtc_tensor *w = qtc_llama_linear_weight(m, 1, QTC_LIN_UP); /* "trained" */
+    for (int64_t i = 0; i < qtc_tensor_numel(w); i++)
+        ((float *)w->data)[i] += 0.01f * (float)(i % 5);
+    ((float *)m->norm->data)[3] = 1.5f;
+    char out[] = "/tmp/qtc-export-XXXXXX.safetensors";
+    int fd = mkstemps(out, 12);
+    CHECK(fd >= 0);
+    close(fd);
+    qtc_target to = {.is_scheme = 0, .dtype = QTC_F32};
+    qtc_convert_summary s;
+    CHECK_MSG(qtc_llama_export(m, src, out, QTC_FMT_SAFETENSORS, 0, &to, NULL, &s, &err) == QTC_OK, "%s", err.msg);
+    CHECK(s.bits_per_weight == 32 && s.rel_rms_err == 0);
+    qtc_model_file *f = qtc_model_open(out, &err);
+    CHECK_MSG(f, "%s", err.msg);
+    qtc_tokenizer *tok = qtc_tokenizer_for_model(f, &err); /* the llama2.c tokenizer beside the source, carried */
+    CHECK_MSG(tok && qtc_tokenizer_vocab(tok) == 512, "%s", err.msg);
+    qtc_tokenizer_free(tok);
+    qtc_llama *back = qtc_llama_from_model(f, &err);
+    qtc_model_close(f);
+    CHECK(back);
+    qtc_tensor *a[64], *b[64];
+    int n = qtc_llama_params(m, a, 64);
+    CHECK(qtc_llama_params(back, b, 64) == n);
+    for (int i = 0; i < n; i++)
+        CHECK_MSG(memcmp(a[i]->data, b[i]->data, (size_t)qtc_tensor_numel(a[i]) * sizeof(float)) == 0, "tensor %d differs", i);
+    qtc_llama_free(back);
+    /* in a scheme: the projections as qtc_qweight_quantize stores them */
+    to.is_scheme = 1;
+    qtc_qscheme_parse("int4-g32", &to.scheme);
+    CHECK_MSG(qtc_llama_export(m, src, out, QTC_FMT_SAFETENSORS, 0, &to, NULL, &s, &err) == QTC_OK, "%s", err.msg);
+    CHECK(s.bits_per_weight < 32 && s.rel_rms_err > 0);
+    back = qtc_llama_load(out, &err);
+    unlink(out);
+    CHECK_MSG(back, "%s", err.msg);
+    qtc_qweight q;
+    CHECK(qtc_qweight_quantize(w->data, w->ne[0], w->ne[1], &to.scheme, &q, &err) == QTC_OK);
+    float *want = malloc((size_t)qtc_tensor_numel(w) * sizeof *want);
+    qtc_qweight_dequantize(&q, want);
+    qtc_qweight_free(&q);
+    CHECK(memcmp(want, qtc_llama_linear_weight(back, 1, QTC_LIN_UP)->data, (size_t)qtc_tensor_numel(w) * sizeof *want) == 0);
+    CHECK(((float *)back->norm->data)[3] == 1.5f);
+    free(want);
+    qtc_llama_free(back);
+    qtc_llama_free(m);
+    qtc_model_close(src);
 }

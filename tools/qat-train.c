@@ -12,13 +12,10 @@
  * through qtc_convert in the trained scheme (or --to), so its dequantized
  * weights equal the fake-quantized weights of the trained model bit for bit. */
 #include <getopt.h>
-#include <math.h>
 #include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "qtc/calib.h"
 #include "qtc/qat.h"
@@ -63,23 +60,13 @@ static const char *usage_text =
     "\n"
     "Exit status: 0 done, 1 usage, 2 bad input, 3 I/O, 4 numerical failure (NaN or divergence).\n";
 
-/* The running range of one linear layer's input (PyTorch's moving-average
- * min/max observer), and the scale and zero point it gives. */
-typedef struct act_observer {
-    float min, max;
-    int seen;
-    qtc_tensor *scale, *zero; /* one value each, not trained */
-} act_observer;
-
 typedef struct qat {
     int quantize;
-    int lsq;                  /* learnable scales (and zero points) per linear weight */
-    qtc_tensor **lsq_scale, **lsq_zero; /* n_layers * 7 */
+    int lsq;
     int abits, act_per_token;
-    int64_t observer_steps, step;
-    int observing;            /* set while the training forward runs */
+    int64_t observer_steps;
     int calibrated;           /* the ranges came from a calibration file and stay */
-    act_observer *obs;        /* n_layers * 7 */
+    qtc_qat *fq;              /* the student's fake quantization */
     const qtc_model_file *src;
     qtc_adamw *opt;
     qtc_qscheme scheme;
@@ -88,78 +75,12 @@ typedef struct qat {
     qtc_graph *tg;         /* the teacher's graph */
 } qat;
 
-/* The QAT linear layer: y = x fq(W)^T for the layers' projections; the output
- * head stays in float (as compressed-tensors ignores lm_head). */
-/* Fake-quantizes a linear layer's input x to int8 (see --abits). */
-static qtc_tensor *fq_input(qat *q, qtc_graph *g, qtc_tensor *x, int layer, qtc_linear_kind kind)
-{
-    qtc_qscheme a = {QTC_QK_INT, q->abits, q->act_per_token ? 0 : -1, 0, 0};
-    if (q->act_per_token) /* dynamic: each token's own range */
-        return qtc_fake_quant(g, x, &a, NULL, NULL, 0);
-    act_observer *o = &q->obs[layer * 7 + (int)kind];
-    if (q->observing && !q->calibrated && (q->observer_steps <= 0 || q->step < q->observer_steps)) {
-        const float *v = x->data;
-        float lo = v[0], hi = v[0];
-        for (int64_t i = 1; i < qtc_tensor_numel(x); i++) {
-            lo = fminf(lo, v[i]);
-            hi = fmaxf(hi, v[i]);
-        }
-        o->min = o->seen ? o->min + 0.01f * (lo - o->min) : lo;
-        o->max = o->seen ? o->max + 0.01f * (hi - o->max) : hi;
-        o->seen = 1;
-    }
-    float range[2] = {o->min, o->max};
-    int z;
-    qtc_int_qparams(range, 2, q->abits, 0, (float *)o->scale->data, &z);
-    ((float *)o->zero->data)[0] = (float)z;
-    return qtc_fake_quant(g, x, &a, o->scale, o->zero, 0);
-}
-
-static qtc_tensor *fq_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
-{
-    qat *q = ctx;
-    if (kind == QTC_LIN_OUTPUT || !q->quantize)
-        return qtc_matmul(g, x, w, 0, 1);
-    if (q->abits && x)
-        x = fq_input(q, g, x, layer, kind);
-    if (q->lsq) {
-        int k = layer * 7 + (int)kind;
-        return qtc_matmul(g, x, qtc_fake_quant(g, w, &q->scheme, q->lsq_scale[k], q->lsq_zero[k], 0), 0, 1);
-    }
-    qtc_tensor *wq = q->scheme.kind == QTC_QK_NF4 ? qtc_fake_quant_nf4(g, w, &q->scheme) : qtc_fake_quant(g, w, &q->scheme, NULL, NULL, 0);
-    return qtc_matmul(g, x, wq, 0, 1);
-}
-
-/* The learned scales of a weight, for the export (see qtc_convert_hooks). */
-static int lsq_qweight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *out, qtc_error *err)
-{
-    qat *q = ctx;
-    static const char *kinds[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
-    for (int l = 0; l < q->student->c.n_layers; l++)
-        for (int k = 0; k < 7; k++) {
-            char want[QTC_NAME_MAX];
-            snprintf(want, sizeof want, "model.layers.%d.%s.weight", l, kinds[k]);
-            if (strcmp(want, name) != 0)
-                continue;
-            if (memcmp(s, &q->scheme, sizeof *s) != 0)
-                return 0; /* exported in another scheme: quantized afresh */
-            const qtc_llama_layer *L = &q->student->layers[l];
-            qtc_tensor *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-            qtc_tensor *sc = q->lsq_scale[l * 7 + k], *zp = q->lsq_zero[l * 7 + k];
-            return qtc_qweight_quantize_with(ws[k]->data, ws[k]->ne[0], ws[k]->ne[1], s, sc->data, zp ? zp->data : NULL, out, err) == QTC_OK
-                       ? 1
-                       : -1;
-        }
-    return 0;
-}
-
 static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
 {
     qat *q = ctx;
-    q->observing = 1;
+    qtc_qat_set_training(q->fq, 1);
     qtc_tensor *logits = qtc_llama_forward(q->student, g, tokens, 0);
-    q->observing = 0;
+    qtc_qat_set_training(q->fq, 0);
     if (!q->distill)
         return qtc_cross_entropy(g, logits, targets);
     qtc_graph_reset(q->tg);
@@ -170,7 +91,7 @@ static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, co
 
 static void stepped(void *ctx, int64_t step)
 {
-    ((qat *)ctx)->step = step;
+    qtc_qat_set_step(((qat *)ctx)->fq, step);
 }
 
 static qtc_status save_checkpoint(void *ctx, const char *path, int64_t step, qtc_error *err)
@@ -183,63 +104,6 @@ static qtc_status load_checkpoint(void *ctx, const char *path, int64_t *step, qt
 {
     qat *q = ctx;
     return qtc_checkpoint_load(path, q->student, q->opt, step, err);
-}
-
-/* Writes the trained weights as the source model's twin (f32), then converts. */
-static int save(const qtc_model_file *src, qtc_llama *m, const char *out, qtc_format fmt, int compress,
-                const qtc_target *to, const qtc_convert_hooks *hooks, qtc_error *err)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s/qat-trained-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        qtc_error_set(err, QTC_ERR_IO, "%s: cannot create a temporary file", tmp);
-        return cli_fail(err);
-    }
-    close(fd);
-    int n = qtc_llama_params(m, NULL, 0);
-    qtc_tensor **ps = malloc((size_t)n * sizeof *ps);
-    qtc_out_entry *e = calloc((size_t)n, sizeof *e);
-    if (!ps || !e) {
-        free(ps);
-        free(e);
-        unlink(tmp);
-        qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-        return cli_fail(err);
-    }
-    qtc_llama_params(m, ps, n);
-    for (int i = 0; i < n; i++) {
-        qtc_llama_param_name(m, i, e[i].name, sizeof e[i].name);
-        e[i].dtype = QTC_F32;
-        e[i].ndim = ps[i]->ndim;
-        memcpy(e[i].ne, ps[i]->ne, sizeof e[i].ne);
-    }
-    int rc = 0;
-    qtc_model_writer *w = qtc_writer_open(tmp, QTC_FMT_SAFETENSORS, 0, src, e, n, NULL, err);
-    for (int i = 0; w && i < n && !rc; i++)
-        if (qtc_writer_put(w, i, ps[i], err) != QTC_OK)
-            rc = 1;
-    if (!w || rc || qtc_writer_commit(w, err) != QTC_OK) {
-        if (w && rc)
-            qtc_writer_abort(w);
-        free(e);
-        free(ps);
-        unlink(tmp);
-        return cli_fail(err);
-    }
-    free(e);
-    free(ps);
-    qtc_model_file *t = qtc_model_open(tmp, err);
-    if (t && src->tokenizer_bin && !t->tokenizer_bin)
-        t->tokenizer_bin = strdup(src->tokenizer_bin);
-    qtc_convert_summary s;
-    rc = t && qtc_convert(t, out, fmt, compress, to, NULL, 0, hooks, &s, err) == QTC_OK ? 0 : cli_fail(err);
-    if (!rc)
-        fprintf(stderr, "qat-train: wrote %s: %.3f bits per weight, weights' rel rms err %.3e against the trained floats\n",
-                out, s.bits_per_weight, s.rel_rms_err);
-    qtc_model_close(t);
-    unlink(tmp);
-    return rc;
 }
 
 int main(int argc, char **argv)
@@ -266,6 +130,7 @@ int main(int argc, char **argv)
     regex_t freeze[32], train[32];
     cli_train_flags tf = cli_train_flags_defaults(5e-4f);
     qtc_tensor **params = NULL;
+    qtc_act_qparams *ranges = NULL; /* --calib */
     qat q;
     memset(&q, 0, sizeof q);
     int c;
@@ -361,21 +226,9 @@ int main(int argc, char **argv)
         goto done;
     }
     if (data_free) { /* the teacher writes the training text: sequences of ctx + 1 from BOS */
-        int len = o.ctx + 1 > src->config.ctx ? src->config.ctx : o.ctx + 1;
-        int64_t seqs = (data_free + len - 1) / len;
-        data.n = seqs * len;
-        data.ids = malloc((size_t)data.n * sizeof *data.ids);
-        qtc_rng gen;
-        qtc_rng_seed(&gen, o.seed ^ 0x51ed27a1u);
-        int bos = src->config.bos_id >= 0 ? src->config.bos_id : 1;
-        for (int64_t k = 0; data.ids && k < seqs; k++)
-            if (qtc_generate(q.teacher, bos, len, 1.0f, 1.0f, &gen, data.ids + k * len, &err) != QTC_OK) {
-                rc = cli_fail(&err);
-                goto done;
-            }
-        if (!data.ids) {
-            fprintf(stderr, "qat-train: error: out of memory\n");
-            rc = 3;
+        int64_t seqs;
+        if (qtc_generate_corpus(q.teacher, data_free, o.ctx, o.seed, &data, &seqs, &err) != QTC_OK) {
+            rc = cli_fail(&err);
             goto done;
         }
         fprintf(stderr, "qat-train: the float model wrote %lld tokens of training data (%lld sequences)\n",
@@ -388,54 +241,35 @@ int main(int argc, char **argv)
     }
     if ((rc = cli_trainer_open_log(&tr, tf.log_json)))
         goto done;
-    q.student->linear = fq_linear;
-    q.student->linear_ctx = &q;
     if (q.abits && !q.quantize) {
         fprintf(stderr, "qat-train: error: --abits needs fake-quantized weights (--wbits 2..8)\n");
         rc = 1;
         goto done;
     }
-    if (q.abits && !(q.obs = calloc((size_t)src->config.n_layers * 7, sizeof *q.obs))) {
-        rc = 3;
-        goto done;
-    }
-    for (int k = 0; q.obs && k < src->config.n_layers * 7; k++)
-        if (!(q.obs[k].scale = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), &err)) ||
-            !(q.obs[k].zero = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), &err))) {
-            rc = cli_fail(&err);
-            goto done;
-        }
+    const int n_lin = src->config.n_layers * QTC_N_LINEAR;
     if (calib) { /* static input ranges from qcalib, used as they are */
-        qtc_act_qparams *ap = calloc((size_t)src->config.n_layers * 7, sizeof *ap);
-        int bits = 0;
         if (!q.abits || q.act_per_token) {
             fprintf(stderr, "qat-train: error: --calib gives per-tensor input ranges: it needs --abits 8 (not --act-per-token)\n");
-            free(ap);
             rc = 1;
             goto done;
         }
-        if (!ap || qtc_calib_load_json(calib, src->config.n_layers, ap, &bits, &err) != QTC_OK || bits != q.abits) {
-            if (ap && bits && bits != q.abits)
+        if (!(ranges = calloc((size_t)n_lin, sizeof *ranges))) {
+            rc = cli_error(3, "out of memory");
+            goto done;
+        }
+        int bits = 0;
+        if (qtc_calib_load_json(calib, src->config.n_layers, ranges, &bits, &err) != QTC_OK || bits != q.abits) {
+            if (bits && bits != q.abits)
                 qtc_error_set(&err, QTC_ERR_INPUT, "%s: ranges for %d-bit inputs, --abits is %d", calib, bits, q.abits);
-            if (ap)
-                qtc_act_qparams_free(ap, src->config.n_layers * 7);
-            free(ap);
             rc = cli_fail(&err);
             goto done;
         }
-        for (int k = 0; k < src->config.n_layers * 7; k++) {
-            q.obs[k].min = ap[k].min;
-            q.obs[k].max = ap[k].max;
-            q.obs[k].seen = 1;
-        }
-        qtc_act_qparams_free(ap, src->config.n_layers * 7); /* per-tensor ranges only: channels unused */
         q.calibrated = 1;
-        free(ap);
     }
     q.tg = qtc_graph_new(&err);
     int np = qtc_llama_params(q.student, NULL, 0), n_trainable = 0;
     /* the model's tensors, then (--lsq) a scale and a zero point per linear weight */
-    if (!(params = malloc((size_t)(np + 2 * src->config.n_layers * QTC_N_LINEAR) * sizeof *params))) {
+    if (!(params = malloc((size_t)np * sizeof *params))) {
         rc = cli_error(3, "out of memory");
         goto done;
     }
@@ -461,38 +295,30 @@ int main(int argc, char **argv)
         goto done;
     }
     int n_model = np;
-    if (q.lsq) { /* the scales (and zero points) of every linear weight join the parameters */
-        if (!q.quantize || q.scheme.kind != QTC_QK_INT || tf.save_every || tf.stop_after || tf.resume) {
-            fprintf(stderr, "qat-train: error: --lsq needs integer weights (--wbits 2..8) and no checkpoints yet\n");
-            rc = 1;
-            goto done;
-        }
-        int n_lin = src->config.n_layers * 7;
-        q.lsq_scale = calloc((size_t)n_lin, sizeof *q.lsq_scale);
-        q.lsq_zero = calloc((size_t)n_lin, sizeof *q.lsq_zero);
-        for (int l = 0; l < src->config.n_layers; l++) {
-            const qtc_llama_layer *L = &q.student->layers[l];
-            qtc_tensor *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-            for (int k = 0; k < 7; k++) {
-                int64_t cols = ws[k]->ne[1], rows = ws[k]->ne[0];
-                int64_t g = q.scheme.group > 0 ? q.scheme.group : cols;
-                int64_t n = q.scheme.group < 0 ? 1 : rows * ((cols + g - 1) / g);
-                qtc_tensor **sc = &q.lsq_scale[l * 7 + k], **zp = &q.lsq_zero[l * 7 + k];
-                if (!(*sc = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(n), &err)) ||
-                    (!q.scheme.symmetric && !(*zp = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(n), &err)))) {
-                    rc = cli_fail(&err);
-                    goto done;
-                }
-                qtc_fake_quant_init_params(ws[k], &q.scheme, *sc, *zp);
-                qtc_tensor_require_grad(*sc, &err);
-                params[np++] = *sc;
-                if (*zp) {
-                    qtc_tensor_require_grad(*zp, &err);
-                    params[np++] = *zp;
-                }
-            }
-        }
+    if (q.lsq && (!q.quantize || q.scheme.kind != QTC_QK_INT || tf.save_every || tf.stop_after || tf.resume)) {
+        fprintf(stderr, "qat-train: error: --lsq needs integer weights (--wbits 2..8) and no checkpoints yet\n");
+        rc = 1;
+        goto done;
     }
+    /* the student's linear layers fake-quantized; with --lsq, the scales (and zero points) of
+     * every linear weight join the parameters */
+    qtc_qat_options fo = {.weights = q.quantize, .scheme = q.scheme, .lsq = q.lsq, .abits = q.abits,
+                          .observer_steps = q.observer_steps, .calib = ranges};
+    fo.inputs = !q.abits ? QTC_QAT_INPUTS_FLOAT
+                : q.act_per_token ? QTC_QAT_INPUTS_PER_TOKEN
+                : q.calibrated ? QTC_QAT_INPUTS_RANGES : QTC_QAT_INPUTS_OBSERVED;
+    if (!(q.fq = qtc_qat_attach(q.student, &fo, &err))) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    int n_qat = qtc_qat_params(q.fq, NULL, 0);
+    qtc_tensor **grown = realloc(params, (size_t)(np + n_qat) * sizeof *params);
+    if (!grown) {
+        rc = cli_error(3, "out of memory");
+        goto done;
+    }
+    params = grown;
+    np += qtc_qat_params(q.fq, params + np, n_qat);
     qtc_adamw_config cfg = qtc_adamw_defaults();
     cfg.weight_decay = tf.weight_decay;
     opt = qtc_adamw_new(params, np, cfg, &err);
@@ -521,26 +347,10 @@ int main(int argc, char **argv)
     fprintf(stderr, "qat-train: %s, fake quantization %s, loss %s, %d of %d tensors trained, %lld training tokens\n",
             argv[optind], sname, q.distill ? "KL divergence from the float model" : "cross-entropy", n_trainable, n_model,
             (long long)data.n);
-    if (q.abits && !q.act_per_token && !q.calibrated) { /* the observers see one training batch before anything is scored */
-        int32_t *tk = malloc((size_t)o.batch * o.ctx * sizeof *tk), *tg = malloc((size_t)o.batch * o.ctx * sizeof *tg);
-        qtc_graph *cg = qtc_graph_new(&err);
-        if (!tk || !tg || !cg) {
-            free(tk);
-            free(tg);
-            qtc_graph_free(cg);
-            rc = 3;
-            goto done;
-        }
-        qtc_train_batch(&data, o.batch, o.ctx, o.seed, first_step, tk, tg);
-        qtc_tensor *ids = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(o.batch, o.ctx), tk, NULL, &err);
-        qtc_graph_set_recording(cg, 0);
-        q.observing = 1;
-        qtc_llama_forward(q.student, cg, ids, 0);
-        q.observing = 0;
-        qtc_tensor_free(ids);
-        qtc_graph_free(cg);
-        free(tk);
-        free(tg);
+    /* the observers see one training batch before anything is scored */
+    if (qtc_qat_warm_up(q.fq, &data, o.batch, o.ctx, o.seed, first_step, &err) != QTC_OK) {
+        rc = cli_fail(&err);
+        goto done;
     }
     tr.model = q.student;
     tr.ref = q.teacher;
@@ -571,21 +381,19 @@ int main(int argc, char **argv)
         rc = cli_fail(&err);
         goto done;
     }
-    qtc_convert_hooks hooks = {.qweight = q.lsq ? lsq_qweight : NULL, .ctx = &q};
-    rc = save(src, q.student, out, fmt, qtc_path_wants_zstd(out), &to, &hooks, &err);
+    qtc_convert_hooks hooks = qtc_qat_convert_hooks(q.fq); /* LSQ: the learned scales */
+    qtc_convert_summary s;
+    if (qtc_llama_export(q.student, src, out, fmt, qtc_path_wants_zstd(out), &to, &hooks, &s, &err) != QTC_OK)
+        rc = cli_fail(&err);
+    else
+        fprintf(stderr, "qat-train: wrote %s: %.3f bits per weight, weights' rel rms err %.3e against the trained floats\n",
+                out, s.bits_per_weight, s.rel_rms_err);
 done:
     free(params);
-    for (int k = 0; q.obs && k < src->config.n_layers * 7; k++) {
-        qtc_tensor_free(q.obs[k].scale);
-        qtc_tensor_free(q.obs[k].zero);
-    }
-    for (int k = 0; q.lsq_scale && k < src->config.n_layers * 7; k++) {
-        qtc_tensor_free(q.lsq_scale[k]);
-        qtc_tensor_free(q.lsq_zero[k]);
-    }
-    free(q.lsq_scale);
-    free(q.lsq_zero);
-    free(q.obs);
+    qtc_qat_free(q.fq);
+    if (ranges)
+        qtc_act_qparams_free(ranges, src->config.n_layers * QTC_N_LINEAR);
+    free(ranges);
     cli_trainer_free(&tr);
     qtc_adamw_free(opt);
     qtc_tokens_free(&data);

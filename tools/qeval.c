@@ -153,112 +153,6 @@ done:
     return rc;
 }
 
-/* --act-calib: every linear input fake-quantized with the file's static parameters. */
-typedef struct act_quant {
-    int bits, n;
-    qtc_tensor **scale, **zero; /* one value each, per layer * QTC_N_LINEAR + kind */
-    float **ch_scale, **ch_zero; /* per input channel instead (a per-channel calibration file), or NULL */
-} act_quant;
-
-static void act_quant_free(act_quant *a)
-{
-    for (int i = 0; a->scale && i < a->n; i++) {
-        qtc_tensor_free(a->scale[i]);
-        qtc_tensor_free(a->zero[i]);
-    }
-    for (int i = 0; a->ch_scale && i < a->n; i++) {
-        free(a->ch_scale[i]);
-        free(a->ch_zero[i]);
-    }
-    free(a->scale);
-    free(a->zero);
-    free(a->ch_scale);
-    free(a->ch_zero);
-}
-
-/* Linear input i quantized per tensor with scale and zero point. */
-static qtc_status set_tensor_params(act_quant *a, int i, float scale, int zero, qtc_error *err)
-{
-    if (!(a->scale[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)) ||
-        !(a->zero[i] = qtc_tensor_new(QTC_F32, 1, QTC_SHAPE(1), err)))
-        return err->code;
-    ((float *)a->scale[i]->data)[0] = scale;
-    ((float *)a->zero[i]->data)[0] = (float)zero;
-    return QTC_OK;
-}
-
-/* --act-calib FILE: the file's per-tensor parameters, or its per-channel ones where it has them. */
-static qtc_status act_quant_from_calib(act_quant *a, const char *path, const qtc_llama *m, qtc_error *err)
-{
-    const int n = m->c.n_layers * QTC_N_LINEAR;
-    const int64_t in[QTC_N_LINEAR] = {m->c.dim, m->c.dim, m->c.dim, (int64_t)m->c.n_heads * m->c.head_dim,
-                                      m->c.dim, m->c.dim, m->c.hidden};
-    qtc_act_qparams *p = calloc((size_t)n, sizeof *p);
-    a->n = n;
-    a->scale = calloc((size_t)n, sizeof *a->scale);
-    a->zero = calloc((size_t)n, sizeof *a->zero);
-    a->ch_scale = calloc((size_t)n, sizeof *a->ch_scale);
-    a->ch_zero = calloc((size_t)n, sizeof *a->ch_zero);
-    qtc_status rc = p && a->scale && a->zero && a->ch_scale && a->ch_zero ? qtc_calib_load_json(path, m->c.n_layers, p, &a->bits, err)
-                                                                           : qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-    for (int i = 0; rc == QTC_OK && i < n; i++) {
-        if (p[i].channels) {
-            if (p[i].channels != in[i % QTC_N_LINEAR]) {
-                rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: layer %d %s: %lld channels, the input has %lld", path, i / QTC_N_LINEAR,
-                                   qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)), (long long)p[i].channels,
-                                   (long long)in[i % QTC_N_LINEAR]);
-                break;
-            }
-            a->ch_scale[i] = p[i].ch_scale; /* taken over */
-            p[i].ch_scale = NULL;
-            if (!(a->ch_zero[i] = malloc((size_t)p[i].channels * sizeof(float)))) {
-                rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-                break;
-            }
-            for (int64_t k = 0; k < p[i].channels; k++)
-                a->ch_zero[i][k] = (float)p[i].ch_zero[k];
-            continue;
-        }
-        rc = set_tensor_params(a, i, p[i].scale, p[i].zero, err);
-    }
-    if (p)
-        qtc_act_qparams_free(p, n);
-    free(p);
-    return rc;
-}
-
-/* The linear inputs iq names, as fake-quantization parameters (a linear it does not name stays float). */
-static qtc_status act_quant_from(act_quant *a, const qtc_input_quant *iq, const qtc_llama *m, qtc_error *err)
-{
-    a->bits = iq->bits;
-    a->n = m->c.n_layers * QTC_N_LINEAR;
-    a->scale = calloc((size_t)a->n, sizeof *a->scale);
-    a->zero = calloc((size_t)a->n, sizeof *a->zero);
-    if (!a->scale || !a->zero)
-        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < a->n; i++) {
-        char name[QTC_NAME_MAX];
-        snprintf(name, sizeof name, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
-        for (int k = 0; k < iq->n; k++)
-            if (strcmp(iq->weights[k], name) == 0 && set_tensor_params(a, i, iq->scale[k], iq->zero[k], err) != QTC_OK)
-                return err->code;
-    }
-    return QTC_OK;
-}
-
-static qtc_tensor *act_quant_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
-{
-    act_quant *a = ctx;
-    int i = layer * QTC_N_LINEAR + (int)kind;
-    if (layer >= 0 && a->ch_scale && a->ch_scale[i])
-        x = qtc_fake_quant_columns(g, x, a->bits, a->ch_scale[i], a->ch_zero[i]);
-    else if (layer >= 0 && a->scale[i]) {
-        qtc_qscheme s = {QTC_QK_INT, a->bits, -1, 0, 0};
-        x = qtc_fake_quant(g, x, &s, a->scale[i], a->zero[i], 0);
-    }
-    return qtc_matmul(g, x, w, 0, 1);
-}
-
 int main(int argc, char **argv)
 {
     cli_init("qeval", usage_text, argv);
@@ -325,7 +219,6 @@ int main(int argc, char **argv)
     }
     if (peft)
         qtc_peft_attach(peft, m);
-    act_quant aq = {0};
     if (act_calib) {
         if (peft) {
             qtc_peft_free(peft);
@@ -334,20 +227,34 @@ int main(int argc, char **argv)
             cli_usage("--act-calib and --adapter do not combine yet");
         }
     }
+    qtc_qat *aq = NULL;
     if (act_calib || iq.n) { /* every linear input the file or the model's scales name fake-quantized with them */
-        qtc_status st = act_calib ? act_quant_from_calib(&aq, act_calib, m, &err) : act_quant_from(&aq, &iq, m, &err);
+        const int n_lin = m->c.n_layers * QTC_N_LINEAR;
+        qtc_act_qparams *ap = act_calib ? calloc((size_t)n_lin, sizeof *ap) : NULL;
+        qtc_qat_options o = {.inputs = act_calib ? QTC_QAT_INPUTS_STATIC : QTC_QAT_INPUTS_MODEL, .abits = iq.bits,
+                             .calib = ap, .input_quant = &iq};
+        qtc_status st = QTC_OK;
+        if (act_calib && !ap)
+            st = qtc_error_set(&err, QTC_ERR_NOMEM, "out of memory");
+        else if (act_calib)
+            st = qtc_calib_load_json(act_calib, m->c.n_layers, ap, &o.abits, &err);
+        if (st == QTC_OK && !(aq = qtc_qat_attach(m, &o, &err))) {
+            st = err.code;
+            if (act_calib && st == QTC_ERR_INPUT) /* per-channel parameters that do not fit */
+                qtc_error_prefix(&err, "%s", act_calib);
+        }
         if (!act_calib)
             fprintf(stderr, "qeval: %s: %d linear inputs quantized to int%d with the model's static scales\n", argv[optind],
                     iq.n, iq.bits);
         qtc_input_quant_free(&iq);
+        if (ap)
+            qtc_act_qparams_free(ap, n_lin);
+        free(ap);
         if (st != QTC_OK) {
-            act_quant_free(&aq);
             qtc_llama_free(m);
             qtc_tokenizer_free(tok);
             return cli_fail(&err);
         }
-        m->linear = act_quant_linear;
-        m->linear_ctx = &aq;
     }
     int rc = 0;
     if (prompt) {
@@ -406,8 +313,8 @@ int main(int argc, char **argv)
             }
         }
     }
+    qtc_qat_free(aq);
     qtc_llama_free(m);
-    act_quant_free(&aq);
     qtc_peft_free(peft);
     qtc_llama_free(ref);
     qtc_tokenizer_free(tok);

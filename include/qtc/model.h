@@ -91,6 +91,13 @@ qtc_tensor **qtc_llama_linear_slot(qtc_llama *m, int layer, qtc_linear_kind kind
  * counts them. */
 int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap);
 const char *qtc_llama_param_name(const qtc_llama *m, int i, char *buf, size_t cap);
+/* Writes m's weights (f32, under their HF names) as a twin of src (a temporary
+ * safetensors file in $TMPDIR or /tmp carrying src's configuration and
+ * tokenizer), then qtc_convert's that to out in fmt as `to` and hooks say
+ * (a trained model exported; in llama_export.c). The summary is qtc_convert's. */
+qtc_status qtc_llama_export(qtc_llama *m, const qtc_model_file *src, const char *out, qtc_format fmt, int compress,
+                            const qtc_target *to, const qtc_convert_hooks *hooks, qtc_convert_summary *summary,
+                            qtc_error *err);
 
 /* Logits (B, T, vocab) of token windows (B, T) (i32), token t of every window
  * at position pos0 + t. */
@@ -176,6 +183,15 @@ qtc_status qtc_tokens_from_jsonl(const qtc_tokenizer *t, const char *path, qtc_t
  * the ids against a vocabulary size. */
 qtc_status qtc_tokens_load(const qtc_tokenizer *t, const char *path, int vocab, qtc_tokens *out, qtc_error *err);
 qtc_status qtc_tokens_save(const qtc_tokens *d, const char *path, qtc_error *err);
+
+/* Training text the model writes itself (LLM-QAT's data-free QAT; in
+ * generate.c): sequences of len = min(ctx + 1, the model's context) tokens,
+ * each from BOS (the configuration's, else 1) sampled at temperature 1 with
+ * top-p 1, enough of them for n_tokens (out->n is a whole number of
+ * sequences, *sequences of them). The generator is seeded with seed ^
+ * 0x51ed27a1, so a run may pass the seed its training batches use. */
+qtc_status qtc_generate_corpus(qtc_llama *m, int64_t n_tokens, int ctx, uint64_t seed, qtc_tokens *out,
+                               int64_t *sequences, qtc_error *err);
 
 typedef struct qtc_eval_result {
     int64_t windows, predictions;
