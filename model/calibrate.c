@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/io.h"
 #include "qtc/runtime.h"
 

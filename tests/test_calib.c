@@ -12,6 +12,7 @@
 
 #include "harness.h"
 #include "qtc/calib.h"
+#include "qtc/calibrate.h"
 
 static double normal(qtc_rng *r)
 {

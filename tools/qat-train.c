@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/qat.h"
 #include "qtc/plot.h"
 #include "qtc/runtime.h"
