@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/rng.h"
 #include "qtc/runtime.h"
 #include "cli.h"

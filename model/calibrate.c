@@ -1,6 +1,7 @@
 /* calibrate.c: running calibration text through a llama to collect the
  * statistics of qtc/calib.h, and the files they are written to: the
- * calibration JSON and llama.cpp's imatrix GGUF. */
+ * calibration JSON and llama.cpp's imatrix GGUF. Folding scales into the
+ * llama is fold.c. */
 #include <cJSON.h>
 #include <math.h>
 #include <stdint.h>
@@ -8,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/io.h"
 #include "qtc/runtime.h"
 

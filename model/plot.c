@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "qtc/io.h"
+#include "qtc/model.h"
 #include "qtc/plot.h"
 
 typedef struct text {

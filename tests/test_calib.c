@@ -1,8 +1,10 @@
 /* test_calib.c: calibration statistics and what is computed from them,
  * against references written here: a histogram built directly at the final
  * range, quantiles and clipping errors over the raw samples in double, known
- * distributions, round-to-nearest for GPTQ, FIPS 180-4's test vectors, and
- * an independent capture of a model's linear inputs for the imatrix. */
+ * distributions, round-to-nearest for GPTQ, FIPS 180-4's test vectors, an
+ * independent capture of a model's linear inputs for the imatrix, and, for
+ * scales folded into a llama, every weight scaled in double and the logits of
+ * the double-precision llama of llama_ref.c. */
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,7 +13,9 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "llama_ref.h"
 #include "qtc/calib.h"
+#include "qtc/calibrate.h"
 
 static double normal(qtc_rng *r)
 {
@@ -786,4 +790,295 @@ TEST(group_by_group_calibration_records_each_group_after_the_earlier_groups_chan
     qtc_tokenizer_free(t);
     qtc_llama_free(m);
     qtc_llama_free(halved);
+}
+
+/* --- scales folded into a llama (model/fold.c) ------------------------------------------ */
+
+/* q, k, v and o of one width unless n_kv_heads < 4 (grouped-query attention) */
+static qtc_llama_config fold_config(int n_kv_heads)
+{
+    return (qtc_llama_config){.dim = 16, .hidden = 24, .n_layers = 2, .n_heads = 4, .n_kv_heads = n_kv_heads,
+                              .vocab = 48, .ctx = 16, .head_dim = 4, .n_rot = 4, .norm_eps = 1e-5f,
+                              .rope_theta = 10000.0f, .tied = 1, .bos_id = 1, .eos_id = 2};
+}
+
+/* layer l's tensor j in qtc_llama_params order: 0 attn_norm, 1-4 q k v o, 5 ffn_norm, 6-8 gate up down */
+#define LP(l, j) (1 + 9 * (l) + (j))
+
+/* the columns (input width) of layer tensor j; a norm's length */
+static int64_t fold_cols(const qtc_llama_config *c, int j)
+{
+    return j == 0 || j == 5 ? c->dim : j == 4 ? (int64_t)c->n_heads * c->head_dim : j == 8 ? c->hidden : c->dim;
+}
+
+static qtc_tokens fold_tokens(int64_t n, int vocab, uint64_t seed)
+{
+    qtc_tokens d = {malloc((size_t)n * sizeof(int32_t)), n, NULL};
+    qtc_rng r;
+    qtc_rng_seed(&r, seed);
+    for (int64_t i = 0; i < n; i++)
+        d.ids[i] = (int32_t)qtc_rng_below(&r, (uint64_t)vocab);
+    return d;
+}
+
+/* A few input channels five times larger than the rest (what AWQ and SmoothQuant are for):
+ * the RMSNorm weights of channels 0, 5, 10 and 15. */
+static void fold_outliers(qtc_llama *m)
+{
+    for (int l = 0; l < m->c.n_layers; l++)
+        for (int ch = 0; ch < m->c.dim; ch += 5) {
+            ((float *)m->layers[l].attn_norm->data)[ch] *= 5;
+            ((float *)m->layers[l].ffn_norm->data)[ch] *= 5;
+        }
+}
+
+static double max_abs(const double *x, int64_t n)
+{
+    double v = 0;
+    for (int64_t i = 0; i < n; i++)
+        v = fmax(v, fabs(x[i]));
+    return v;
+}
+
+/* Checks layer l of `now` against `was` with scales sq (q/k/v input), so (o's), sg (gate/up's)
+ * and sd (down's): consumers' columns times s, producers (norms, v and up rows) over s; in double. */
+static int folded_as(const ref_llama *now, const ref_llama *was, int l, const double *sq, const double *so,
+                     const double *sg, const double *sd, double rtol)
+{
+    for (int j = 0; j < 9; j++) {
+        const int p = LP(l, j);
+        const int64_t n = was->len[p], cols = fold_cols(&was->c, j);
+        double *e = malloc((size_t)n * sizeof *e);
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t r = i / cols, col = i % cols;
+            const double w = was->p[p][i];
+            switch (j) {
+            case 0: e[i] = w / sq[i]; break;
+            case 1: case 2: e[i] = w * sq[col]; break;
+            case 3: e[i] = so ? w * sq[col] / so[r] : w * sq[col]; break;
+            case 4: e[i] = so ? w * so[col] : w; break;
+            case 5: e[i] = w / sg[i]; break;
+            case 6: e[i] = w * sg[col]; break;
+            case 7: e[i] = w * sg[col] / sd[r]; break;
+            default: e[i] = w * sd[col]; break;
+            }
+        }
+        char what[64];
+        snprintf(what, sizeof what, "layer %d tensor %d", l, j);
+        int ok = check_close_d(what, now->p[p], e, n, rtol, 0);
+        free(e);
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+TEST(fold_scales_keep_the_logits_and_scale_each_weight_as_a_double_loop_does)
+{
+    qtc_error err;
+    const qtc_llama_config c = fold_config(4);
+    qtc_llama *m = test_random_llama(c, 11);
+    CHECK(m);
+    int32_t tok[16];
+    for (int t = 0; t < 16; t++)
+        tok[t] = (t * 7 + 3) % c.vocab;
+    ref_llama r0, r1;
+    ref_from_llama(&r0, m);
+    double *want = ref_forward(&r0, tok, 16);
+    const qtc_linear_kind inputs[4] = {QTC_LIN_Q, QTC_LIN_O, QTC_LIN_GATE, QTC_LIN_DOWN};
+    const int64_t width[4] = {c.dim, (int64_t)c.n_heads * c.head_dim, c.dim, c.hidden};
+    qtc_rng rng;
+    qtc_rng_seed(&rng, 5);
+    float s[2][4][32];
+    double sd[2][4][32];
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < 4; k++) {
+            for (int64_t i = 0; i < width[k]; i++) {
+                s[l][k][i] = expf(2.8f * qtc_rng_uniform(&rng) - 1.4f); /* 1/4 .. 4 */
+                sd[l][k][i] = s[l][k][i];
+            }
+            CHECK_MSG(qtc_fold_scales(m, l, inputs[k], s[l][k], &err) == QTC_OK, "%s", err.msg);
+        }
+    ref_from_llama(&r1, m);
+    for (int l = 0; l < 2; l++)
+        CHECK(folded_as(&r1, &r0, l, sd[l][0], sd[l][1], sd[l][2], sd[l][3], 3e-7));
+    CHECK(memcmp(r1.p[0], r0.p[0], (size_t)r0.len[0] * sizeof(double)) == 0);          /* the embedding */
+    CHECK(memcmp(r1.p[LP(2, 0)], r0.p[LP(2, 0)], (size_t)c.dim * sizeof(double)) == 0); /* the final norm */
+    double *got = ref_forward(&r1, tok, 16);
+    CHECK_CLOSE("logits after folding", got, want, 16 * c.vocab, 0, 1e-5 * max_abs(want, 16 * c.vocab));
+    /* not an input group's first projection, a layer the model lacks, o under grouped-query attention */
+    CHECK(qtc_fold_scales(m, 0, QTC_LIN_K, s[0][0], &err) == QTC_ERR_USAGE);
+    CHECK(qtc_fold_scales(m, 2, QTC_LIN_Q, s[0][0], &err) == QTC_ERR_USAGE);
+    qtc_llama *g = test_random_llama(fold_config(2), 11);
+    ref_llama g0, g1;
+    ref_from_llama(&g0, g);
+    CHECK(qtc_fold_scales(g, 0, QTC_LIN_O, s[0][1], &err) == QTC_ERR_USAGE && strstr(err.msg, "grouped-query"));
+    ref_from_llama(&g1, g);
+    for (int i = 0; i < g0.n; i++)
+        CHECK(memcmp(g0.p[i], g1.p[i], (size_t)g0.len[i] * sizeof(double)) == 0);
+    ref_free(&g0);
+    ref_free(&g1);
+    qtc_llama_free(g);
+    free(got);
+    free(want);
+    ref_free(&r0);
+    ref_free(&r1);
+    qtc_llama_free(m);
+}
+
+TEST(awq_fold_keeps_the_float_logits_and_clips_only_what_it_chose_to)
+{
+    qtc_error err;
+    const qtc_llama_config c = fold_config(4);
+    qtc_llama *m = test_random_llama(c, 21);
+    CHECK(m);
+    fold_outliers(m);
+    qtc_tokens d = fold_tokens(8 * 16, c.vocab, 3);
+    const int64_t nl = 16 * c.vocab;
+    ref_llama r0, r1, r2;
+    ref_from_llama(&r0, m);
+    double *want = ref_forward(&r0, d.ids, 16), scale = max_abs(want, nl);
+    float *before = qtc_fold_logits(m, &d, 16, &err);
+    CHECK_MSG(before, "%s", err.msg);
+    CHECK_CLOSE("the first window's logits", before, want, nl, 0, 1e-4 * scale);
+    qtc_calib *cb = qtc_calib_new(&m->c, 1, &err);
+    CHECK(cb);
+    const qtc_qscheme sch = {QTC_QK_INT, 4, 8, 1, 0};
+    qtc_awq_fold a;
+    CHECK(qtc_awq_fold_init(&a, c.n_layers, &sch, 1, &err) == QTC_OK && a.clip && a.clips);
+    qtc_calib_hooks h = {NULL, qtc_awq_fold_layer, 0, 0, &a};
+    CHECK_MSG(qtc_calib_run(cb, m, &d, 16, 3, 0, &h, &err) == QTC_OK, "%s", err.msg);
+    CHECK_MSG(a.err_rtn > 0 && a.err_awq < a.err_rtn, "AWQ's output error %g, round to nearest's %g", a.err_awq, a.err_rtn);
+    CHECK_MSG(a.err_clip_before > 0 && a.err_clip_after <= a.err_clip_before, "clipping: %g -> %g", a.err_clip_before,
+              a.err_clip_after);
+    double moved = -1;
+    CHECK(qtc_fold_moved(m, &d, 16, before, &moved, &err) == QTC_OK);
+    CHECK_MSG(moved >= 0 && moved <= 1e-5 * scale, "folding moved the logits by %g (largest %g)", moved, scale);
+    ref_from_llama(&r1, m);
+    double *got = ref_forward(&r1, d.ids, 16);
+    CHECK_CLOSE("the folded model's logits in double", got, want, nl, 0, 1e-5 * scale);
+    /* each group's scales, read off one producer (a norm) or one consumer row (o, down), explain every other
+     * weight of the layer; those of q/k/v and gate/up differ from 1 (the large channels scaled up) */
+    for (int l = 0; l < c.n_layers; l++) {
+        double sq[16], sg[16], so[16], sdn[24], far_q = 0, far_g = 0;
+        for (int i = 0; i < c.dim; i++) {
+            sq[i] = r0.p[LP(l, 0)][i] / r1.p[LP(l, 0)][i];
+            sg[i] = r0.p[LP(l, 5)][i] / r1.p[LP(l, 5)][i];
+            so[i] = r1.p[LP(l, 4)][i] / r0.p[LP(l, 4)][i];
+            far_q = fmax(far_q, fabs(sq[i] - 1));
+            far_g = fmax(far_g, fabs(sg[i] - 1));
+        }
+        for (int i = 0; i < c.hidden; i++)
+            sdn[i] = r1.p[LP(l, 8)][i] / r0.p[LP(l, 8)][i];
+        CHECK_MSG(far_q > 0.05 && far_g > 0.05, "layer %d: scales within %g (q/k/v) and %g (gate/up) of 1", l, far_q, far_g);
+        CHECK(folded_as(&r1, &r0, l, sq, so, sg, sdn, 1e-6));
+    }
+    /* clamps for every weight but q and k, applied only now: each group clamped to its own */
+    static const int param_of[QTC_N_LINEAR] = {1, 2, 3, 4, 6, 7, 8};
+    int64_t clipped = 0;
+    qtc_awq_apply_clips(&a, m);
+    ref_from_llama(&r2, m);
+    for (int l = 0; l < c.n_layers; l++)
+        for (int k = 0; k < QTC_N_LINEAR; k++) {
+            const float *clip = a.clips[l * QTC_N_LINEAR + k];
+            CHECK_MSG((clip != NULL) == (k != QTC_LIN_Q && k != QTC_LIN_K), "layer %d kind %d: clamps %p", l, k, (void *)clip);
+            const int p = LP(l, param_of[k]);
+            const int64_t cols = fold_cols(&c, param_of[k]), ng = (cols + 7) / 8;
+            for (int64_t i = 0; i < r1.len[p]; i++) {
+                const int64_t r = i / cols, col = i % cols;
+                double w = r1.p[p][i], e = w;
+                if (clip) {
+                    double gmax = 0, mm = clip[r * ng + col / 8];
+                    for (int64_t j = col / 8 * 8; j < col / 8 * 8 + 8 && j < cols; j++)
+                        gmax = fmax(gmax, fabs(r1.p[p][r * cols + j]));
+                    CHECK_MSG(mm <= gmax * (1 + 1e-6) && mm >= 0.55 * gmax * (1 - 1e-6), "clamp %g of a group up to %g", mm, gmax);
+                    e = fmin(fmax(w, -mm), mm);
+                }
+                CHECK_MSG(r2.p[p][i] == e, "layer %d kind %d [%lld]: %.9g after clipping, want %.9g", l, k, (long long)i,
+                          r2.p[p][i], e);
+                clipped += e != w;
+            }
+        }
+    CHECK(a.err_clip_after == a.err_clip_before || clipped > 0);
+    /* written out: layer tensors as the llama holds them, the rest as the file has them */
+    qtc_tensor *like = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(c.hidden, c.dim), &err), *out = NULL;
+    CHECK(qtc_folded_weight(m, "model.layers.1.mlp.up_proj.weight", like, &out, &err) == 1);
+    CHECK(out && memcmp(out->data, m->layers[1].w_up->data, qtc_tensor_nbytes(out)) == 0);
+    qtc_tensor_free(out);
+    out = NULL;
+    CHECK(qtc_folded_weight(m, "model.embed_tokens.weight", like, &out, &err) == 0 && !out);
+    CHECK(qtc_folded_weight(m, "model.layers.0.input_layernorm.weight", like, &out, &err) == -1);
+    CHECK_MSG(strstr(err.msg, "model.layers.0.input_layernorm.weight"), "%s", err.msg);
+    qtc_tensor_free(like);
+    qtc_awq_fold_free(&a);
+    qtc_calib_free(cb);
+    free(before);
+    free(got);
+    free(want);
+    ref_free(&r0);
+    ref_free(&r1);
+    ref_free(&r2);
+    qtc_tokens_free(&d);
+    qtc_llama_free(m);
+}
+
+TEST(smoothquant_fold_divides_the_norms_by_max_x_over_max_w_and_keeps_the_logits)
+{
+    qtc_error err;
+    const qtc_llama_config c = fold_config(2); /* grouped-query attention: v and o are not touched anyway */
+    qtc_llama *m = test_random_llama(c, 31);
+    CHECK(m);
+    fold_outliers(m);
+    qtc_tokens d = fold_tokens(6 * 16, c.vocab, 4);
+    const int64_t nl = 16 * c.vocab;
+    qtc_calib *cb = qtc_calib_new(&m->c, 0, &err);
+    CHECK(cb && qtc_calib_run(cb, m, &d, 16, 4, 0, NULL, &err) == QTC_OK);
+    ref_llama r0, r1;
+    ref_from_llama(&r0, m);
+    double *want = ref_forward(&r0, d.ids, 16), scale = max_abs(want, nl), moved = -1;
+    float *before = qtc_fold_logits(m, &d, 16, &err);
+    CHECK(before && qtc_fold_moved(m, &d, 16, before, &moved, &err) == QTC_OK && moved == 0);
+    const double alpha = 0.75;
+    CHECK_MSG(qtc_smoothquant_fold(cb, m, alpha, &err) == QTC_OK, "%s", err.msg);
+    ref_from_llama(&r1, m);
+    for (int l = 0; l < c.n_layers; l++) {
+        /* s = max|x|^alpha / max|W|^(1 - alpha) per input channel, over q/k/v and over gate/up */
+        double sq[16], sg[16], far = 0;
+        for (int i = 0; i < c.dim; i++) {
+            double wq = 0, wg = 0;
+            for (int j = 1; j <= 3; j++)
+                for (int64_t r = 0; r < r0.len[LP(l, j)] / c.dim; r++)
+                    wq = fmax(wq, fabs(r0.p[LP(l, j)][r * c.dim + i]));
+            for (int j = 6; j <= 7; j++)
+                for (int64_t r = 0; r < c.hidden; r++)
+                    wg = fmax(wg, fabs(r0.p[LP(l, j)][r * c.dim + i]));
+            const double xq = cb->s[l * QTC_N_LINEAR + QTC_LIN_Q].amax[i], xg = cb->s[l * QTC_N_LINEAR + QTC_LIN_GATE].amax[i];
+            CHECK(xq > 0 && xg > 0);
+            sq[i] = fmax(pow(xq, alpha) / pow(wq, 1 - alpha), 1e-5);
+            sg[i] = fmax(pow(xg, alpha) / pow(wg, 1 - alpha), 1e-5);
+            far = fmax(far, fmax(fabs(sq[i] - 1), fabs(sg[i] - 1)));
+        }
+        CHECK(far > 0.05);
+        double ones[24];
+        for (int i = 0; i < 24; i++)
+            ones[i] = 1;
+        CHECK(folded_as(&r1, &r0, l, sq, NULL, sg, ones, 3e-7)); /* o, down and up's rows as they were */
+        CHECK(memcmp(r1.p[LP(l, 4)], r0.p[LP(l, 4)], (size_t)r0.len[LP(l, 4)] * sizeof(double)) == 0);
+        CHECK(memcmp(r1.p[LP(l, 8)], r0.p[LP(l, 8)], (size_t)r0.len[LP(l, 8)] * sizeof(double)) == 0);
+    }
+    double *got = ref_forward(&r1, d.ids, 16);
+    CHECK_CLOSE("the smoothed model's logits in double", got, want, nl, 0, 1e-5 * scale);
+    CHECK(qtc_fold_moved(m, &d, 16, before, &moved, &err) == QTC_OK);
+    CHECK_MSG(moved > 0 && moved <= 1e-5 * scale, "smoothing moved the logits by %g (largest %g)", moved, scale);
+    /* fewer tokens than one window: an error, as calibration gives */
+    qtc_tokens few = {d.ids, 15, NULL};
+    CHECK(!qtc_fold_logits(m, &few, 16, &err) && err.code == QTC_ERR_INPUT && strstr(err.msg, "not one window of 16"));
+    free(before);
+    free(got);
+    free(want);
+    ref_free(&r0);
+    ref_free(&r1);
+    qtc_calib_free(cb);
+    qtc_tokens_free(&d);
+    qtc_llama_free(m);
 }

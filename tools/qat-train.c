@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/qat.h"
 #include "qtc/runtime.h"
 #include "qtc/train.h"

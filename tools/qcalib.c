@@ -8,7 +8,6 @@
  *          [-o CALIB.json|MODEL] [--plot DIR] [--json]
  */
 #include <getopt.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +15,7 @@
 
 #include <cJSON.h>
 
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/plot.h"
 #include "qtc/runtime.h"
 
@@ -29,7 +28,7 @@ static const char *usage_text =
     "  --tokens N         calibrate on the first N tokens (default 65536; 0: all)\n"
     "  --ctx T            tokens per window (default 128); --batch B windows per pass (default 8)\n"
     "  --method M         activation ranges: minmax (default), percentile, mse or kl\n"
-    "  --percentile P     for --method percentile (default 99.99: 0.01%% clipped on each side)\n"
+    "  --percentile P     for --method percentile (default 99.99: 0.01% clipped on each side)\n"
     "  --abits B          activation bits the ranges are for (default 8)\n"
     "  --per-channel      also each input channel's observed range and parameters (--method minmax),\n"
     "                     for qeval --act-calib\n"
@@ -48,7 +47,7 @@ static const char *usage_text =
     "                     grid per input group for the least output error), folded into the RMSNorm\n"
     "                     weights (q/k/v, gate/up), v_proj (o_proj, without GQA) and up_proj\n"
     "                     (down_proj); then each group of every weight but q/k clipped to the range\n"
-    "                     (max|w| shrunk 0-45%%) with the least output error (--no-clip: not), and\n"
+    "                     (max|w| shrunk 0-45%) with the least output error (--no-clip: not), and\n"
     "                     --wbits/--group round to nearest, written to -o MODEL\n"
     "  --smoothquant      SmoothQuant for W8A8: per-channel s = max|x|^A / max|W|^(1-A) (--alpha A,\n"
     "                     default 0.5) folded into the RMSNorm weights before q/k/v and gate/up;\n"
@@ -120,182 +119,6 @@ static int gptq_weight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qw
             g->done++;
             return 1;
         }
-    return 0;
-}
-
-/* Scales columns of w (rows x cols) by s, or rows by 1/s (rows == len(s)). */
-static void scale_cols(qtc_tensor *w, const float *s)
-{
-    float *v = w->data;
-    for (int64_t r = 0; r < w->ne[0]; r++)
-        for (int64_t c = 0; c < w->ne[1]; c++)
-            v[r * w->ne[1] + c] *= s[c];
-}
-
-static void unscale_rows(qtc_tensor *w, const float *s)
-{
-    float *v = w->data;
-    for (int64_t i = 0; i < qtc_tensor_numel(w); i++)
-        v[i] /= s[w->ndim == 1 ? i : i / w->ne[1]];
-}
-
-/* Logits of one window, for checking that folding leaves the float model's function alone. */
-static float *window_logits(qtc_llama *m, const qtc_tokens *data, int ctx)
-{
-    qtc_error err;
-    qtc_graph *g = qtc_graph_new(&err);
-    if (!g)
-        return NULL;
-    qtc_graph_set_recording(g, 0);
-    qtc_tensor ids = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(1, ctx), data->ids);
-    qtc_tensor *y = qtc_llama_forward(m, g, &ids, 0);
-    float *out = y ? malloc((size_t)qtc_tensor_nbytes(y)) : NULL;
-    if (out)
-        memcpy(out, y->data, qtc_tensor_nbytes(y));
-    qtc_graph_free(g);
-    return out;
-}
-
-typedef struct awq_run {
-    qtc_qscheme s;
-    int clip;                /* AWQ's weight clipping after the scales */
-    float **clips;           /* per layer * QTC_N_LINEAR + kind: the clamp of each row's group, or NULL */
-    double err_awq, err_rtn; /* output errors summed over the weights */
-    double err_clip_before, err_clip_after;
-} awq_run;
-
-/* Clamps every group of w (rows x cols, scheme s) to its [-clip, clip]. */
-static void apply_clip(qtc_tensor *w, const float *clip, const qtc_qscheme *s)
-{
-    const int64_t rows = w->ne[0], cols = w->ne[1], g = s->group > 0 ? s->group : cols, ng = (cols + g - 1) / g;
-    float *v = w->data;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) {
-            float m = clip[r * ng + c / g];
-            v[r * cols + c] = fminf(fmaxf(v[r * cols + c], -m), m);
-        }
-}
-
-/* qtc_calib_run's layer_done: AWQ's scales for each of the layer's input groups, folded into
- * the layer's f32 weights (the float function stays the same), then AWQ's clipping of every
- * weight but q and k (as AutoAWQ: their errors are magnified by the attention scores). */
-static qtc_status awq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsigned kinds, qtc_error *err)
-{
-    (void)kinds; /* called once per layer, with all of them */
-    awq_run *r = ctx;
-    qtc_llama_layer *L = &m->layers[l];
-    struct {
-        int stats;          /* the input's statistics */
-        qtc_tensor *w[3];
-        int n;
-        qtc_tensor *prev;   /* what produced the input: a norm weight, or v/up rows */
-        int clip[2];        /* the kinds of the weights clipped afterwards (-1: none) */
-        float *sc;          /* the scales folded in (NULL: none) */
-    } groups[4] = {{QTC_LIN_Q, {L->wq, L->wk, L->wv}, 3, L->attn_norm, {QTC_LIN_V, -1}, NULL},
-                   {QTC_LIN_O, {L->wo}, 1, m->c.n_kv_heads == m->c.n_heads ? L->wv : NULL, {QTC_LIN_O, -1}, NULL},
-                   {QTC_LIN_GATE, {L->w_gate, L->w_up}, 2, L->ffn_norm, {QTC_LIN_GATE, QTC_LIN_UP}, NULL},
-                   {QTC_LIN_DOWN, {L->w_down}, 1, L->w_up, {QTC_LIN_DOWN, -1}, NULL}};
-    qtc_tensor *ws_all[QTC_N_LINEAR];
-    layer_weights(L, ws_all);
-    qtc_status rc = QTC_OK;
-    for (int k = 0; k < 4 && rc == QTC_OK; k++) {
-        if (!groups[k].prev) /* grouped-query attention: o_proj's input has no per-channel producer to fold into */
-            continue;
-        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
-        const int64_t cols = a->in;
-        const float *ws[3];
-        int64_t rows[3];
-        for (int i = 0; i < groups[k].n; i++) {
-            ws[i] = groups[k].w[i]->data;
-            rows[i] = groups[k].w[i]->ne[0];
-        }
-        double *mean_abs = malloc((size_t)cols * sizeof *mean_abs), alpha = 0, e = 0, e0 = 0;
-        float *sc = groups[k].sc = malloc((size_t)cols * sizeof *sc);
-        if (!mean_abs || !sc) {
-            free(mean_abs);
-            rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-            break;
-        }
-        for (int64_t c = 0; c < cols; c++)
-            mean_abs[c] = a->sum_abs[c] / (double)a->rows;
-        rc = qtc_awq_search(ws, rows, groups[k].n, cols, a->xtx, mean_abs, &r->s, 20, sc, &alpha, &e, &e0, err);
-        if (rc == QTC_OK) {
-            r->err_awq += e;
-            r->err_rtn += e0;
-            for (int i = 0; i < groups[k].n; i++)
-                scale_cols(groups[k].w[i], sc);
-            unscale_rows(groups[k].prev, sc);
-        }
-        free(mean_abs);
-    }
-    for (int k = 0; k < 4 && rc == QTC_OK && r->clip; k++) {
-        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
-        for (int i = 0; i < 2 && groups[k].clip[i] >= 0 && rc == QTC_OK; i++) {
-            const qtc_tensor *w = ws_all[groups[k].clip[i]];
-            const int64_t g = r->s.group > 0 ? r->s.group : w->ne[1];
-            float *clip = malloc((size_t)(w->ne[0] * ((w->ne[1] + g - 1) / g)) * sizeof *clip);
-            double before = 0, after = 0;
-            rc = clip ? qtc_awq_clip(w->data, w->ne[0], w->ne[1], a->xtx, groups[k].sc, &r->s, clip, &before, &after, err)
-                      : qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
-            r->clips[l * QTC_N_LINEAR + groups[k].clip[i]] = clip;
-            r->err_clip_before += before;
-            r->err_clip_after += after;
-        }
-    }
-    for (int k = 0; k < 4; k++)
-        free(groups[k].sc);
-    return rc;
-}
-
-/* SmoothQuant: per input channel s = max|x|^alpha / max|W|^(1 - alpha) over the weights reading
- * it, the weights' columns times s and the RMSNorm weight before them divided by s. */
-static void smooth_fold(const qtc_calib *cb, qtc_llama *m, double alpha)
-{
-    for (int l = 0; l < m->c.n_layers; l++) {
-        qtc_llama_layer *L = &m->layers[l];
-        struct {
-            int stats;
-            qtc_tensor *w[3];
-            int n;
-            qtc_tensor *norm;
-        } groups[2] = {{QTC_LIN_Q, {L->wq, L->wk, L->wv}, 3, L->attn_norm}, {QTC_LIN_GATE, {L->w_gate, L->w_up}, 2, L->ffn_norm}};
-        for (int k = 0; k < 2; k++) {
-            const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
-            float *sc = malloc((size_t)a->in * sizeof *sc);
-            if (!sc)
-                return;
-            for (int64_t c = 0; c < a->in; c++) {
-                double wmax = 0;
-                for (int i = 0; i < groups[k].n; i++) {
-                    const qtc_tensor *w = groups[k].w[i];
-                    for (int64_t r = 0; r < w->ne[0]; r++)
-                        wmax = fmax(wmax, fabs(((const float *)w->data)[r * w->ne[1] + c]));
-                }
-                double v = a->amax[c] > 0 && wmax > 0 ? pow(a->amax[c], alpha) / pow(wmax, 1 - alpha) : 1;
-                sc[c] = (float)fmax(v, 1e-5);
-            }
-            for (int i = 0; i < groups[k].n; i++)
-                scale_cols(groups[k].w[i], sc);
-            unscale_rows(groups[k].norm, sc);
-            free(sc);
-        }
-    }
-}
-
-/* qtc_convert's transform hook: every layer tensor as AWQ left it in the llama. */
-static int folded_weight(void *ctx, const char *name, const qtc_tensor *w, qtc_tensor **out, qtc_error *err)
-{
-    qtc_llama *m = ctx;
-    qtc_tensor *ps[1024];
-    int n = qtc_llama_params(m, ps, 1024);
-    for (int i = 0; i < n; i++) {
-        char pn[QTC_NAME_MAX];
-        if (strcmp(qtc_llama_param_name(m, i, pn, sizeof pn), name) != 0 || strncmp(name, "model.layers.", 13) != 0)
-            continue;
-        if (qtc_tensor_numel(ps[i]) != qtc_tensor_numel(w))
-            return qtc_error_set(err, QTC_ERR_INPUT, "tensor '%s' changed shape", name), -1;
-        return (*out = qtc_tensor_to_f32(ps[i], err)) ? 1 : -1;
-    }
     return 0;
 }
 
@@ -412,7 +235,7 @@ int main(int argc, char **argv)
     qtc_calib *cb = NULL;
     qtc_calib_source prov = {data_path, "", 0, ctx, seed};
     gptq_run gr = {to.scheme, go, sequential, 0, NULL, NULL, 0};
-    awq_run ar = {to.scheme, clip, NULL, 0, 0, 0, 0};
+    qtc_awq_fold ar = {0};
     float *before = NULL; /* one window's logits before folding, to check that folding keeps the function */
     if (!src || !(m = qtc_llama_from_model(src, &err)) ||
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
@@ -437,15 +260,16 @@ int main(int argc, char **argv)
         }
         ch = (qtc_calib_hooks){show_progress, gptq_layer, sequential, sequential, &gr};
     } else if (awq) {
-        if (clip && !(ar.clips = calloc((size_t)gr.n, sizeof *ar.clips))) {
-            rc = cli_fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
+        if (qtc_awq_fold_init(&ar, m->c.n_layers, &to.scheme, clip, &err) != QTC_OK) {
+            rc = cli_fail(&err);
             goto done;
         }
-        ar.clip = clip && to.scheme.group >= 0; /* a per-tensor range has no groups to clip */
-        ch = (qtc_calib_hooks){show_progress, awq_layer, 0, 0, &ar};
+        ch = (qtc_calib_hooks){show_progress, qtc_awq_fold_layer, 0, 0, &ar};
     }
-    if (awq || smooth)
-        before = window_logits(m, &data, ctx);
+    if ((awq || smooth) && !(before = qtc_fold_logits(m, &data, ctx, &err))) {
+        rc = cli_fail(&err);
+        goto done;
+    }
     if (qtc_calib_run(cb, m, &data, ctx, batch, tokens, &ch, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
@@ -492,13 +316,12 @@ int main(int argc, char **argv)
                 layout == 1 ? " in GPTQ's layout" : "", s.bits_per_weight, s.rel_rms_err);
     }
     if (awq || smooth) { /* scales folded into the f32 model, which is then written in the scheme */
-        if (smooth)
-            smooth_fold(cb, m, alpha);
-        float *after = window_logits(m, &data, ctx);
         double moved = 0;
-        for (int64_t i = 0; before && after && i < (int64_t)ctx * m->c.vocab; i++)
-            moved = fmax(moved, fabs((double)before[i] - after[i]));
-        free(after);
+        if ((smooth && qtc_smoothquant_fold(cb, m, alpha, &err) != QTC_OK) ||
+            qtc_fold_moved(m, &data, ctx, before, &moved, &err) != QTC_OK) {
+            rc = cli_fail(&err);
+            goto done;
+        }
         if (awq) {
             fprintf(stderr, "qcalib: AWQ: output error %.4g -> %.4g (%.1f%% of round-to-nearest's)\n", ar.err_rtn,
                     ar.err_awq, ar.err_rtn > 0 ? 100 * ar.err_awq / ar.err_rtn : 0);
@@ -509,12 +332,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "qcalib: SmoothQuant: alpha %.2f folded into the RMSNorm weights before q/k/v and gate/up\n", alpha);
         }
         fprintf(stderr, "qcalib: folding moved the float model's logits by at most %.2e\n", moved);
-        for (int i = 0; ar.clips && i < gr.n; i++) /* AWQ's clipping: after the check, as it changes the function */
-            if (ar.clips[i]) {
-                qtc_tensor *ws[QTC_N_LINEAR];
-                layer_weights(&m->layers[i / QTC_N_LINEAR], ws);
-                apply_clip(ws[i % QTC_N_LINEAR], ar.clips[i], &to.scheme);
-            }
+        qtc_awq_apply_clips(&ar, m); /* AWQ's clipping: after the check, as it changes the function */
         if (ranges) { /* the inputs of the model as written: a second pass over the same windows */
             qtc_calib *cb2 = qtc_calib_new(&src->config, 0, &err);
             if (!cb2 || qtc_calib_run(cb2, m, &data, ctx, batch, tokens, NULL, &err) != QTC_OK ||
@@ -526,7 +344,7 @@ int main(int argc, char **argv)
             qtc_calib_free(cb2);
             fprintf(stderr, "qcalib: wrote %s (%s ranges of the written model's inputs)\n", ranges, qtc_range_method_name(method));
         }
-        qtc_convert_hooks hooks = {.transform = folded_weight, .ctx = m};
+        qtc_convert_hooks hooks = {.transform = qtc_folded_weight, .ctx = m};
         qtc_convert_summary s;
         if (qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err) != QTC_OK) {
             rc = cli_fail(&err);
@@ -565,9 +383,7 @@ int main(int argc, char **argv)
     }
 done:
     free(before);
-    for (int i = 0; ar.clips && i < gr.n; i++)
-        free(ar.clips[i]);
-    free(ar.clips);
+    qtc_awq_fold_free(&ar);
     for (int i = 0; gr.q && i < gr.n; i++)
         qtc_qweight_free(&gr.q[i]);
     free(gr.q);

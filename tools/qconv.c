@@ -16,7 +16,7 @@
 
 #include <cJSON.h>
 
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/convert.h"
 #include "qtc/quant.h"
 #include "qtc/runtime.h"

@@ -14,7 +14,7 @@
 
 #include <cJSON.h>
 
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/lora.h"
 #include "qtc/qat.h"
 #include "qtc/model.h"

@@ -21,7 +21,7 @@
 #ifndef QTC_QAT_H
 #define QTC_QAT_H
 
-#include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/export.h"
 #include "qtc/graph.h"
 #include "qtc/model.h"

@@ -3,6 +3,7 @@
 #define QTC_QTC_H
 
 #include "qtc/calib.h"
+#include "qtc/calibrate.h"
 #include "qtc/convert.h"
 #include "qtc/error.h"
 #include "qtc/export.h"
