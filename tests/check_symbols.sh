@@ -50,6 +50,19 @@ else
     pass=$((pass + 1))
 fi
 
+# every function a public header declares is exported: a header without
+# QTC_API_BEGIN/END would leave its functions hidden in the .so
+sed -n 's/^[A-Za-z_][A-Za-z0-9_ ]*[ *]\(qtc_[a-z0-9_]*\)(.*/\1/p' include/qtc/*.h | sort -u >"$T/declared"
+missing=$(comm -23 "$T/declared" "$T/defined")
+if [ -s "$T/declared" ] && [ -z "$missing" ]; then
+    pass=$((pass + 1))
+else
+    for s in $missing; do
+        bad "$s is declared in a public header but not exported by $so (its header lacks QTC_API_BEGIN/END?)"
+    done
+    [ -s "$T/declared" ] || bad "no function declarations found in include/qtc/*.h"
+fi
+
 # a program using only the public headers, linked against the .so
 cat >"$T/use.c" <<'EOF'
 #include <stdio.h>

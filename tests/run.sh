@@ -34,6 +34,7 @@ tally() { # suite name, then the command that runs it
 
 tally unit "$build/qtc-tests"
 tally symbols sh tests/check_symbols.sh "$build/libqtc.so"
+tally layers sh tests/check_layers.sh
 for suite in tests/cli/*.sh; do
     [ -e "$suite" ] || continue
     case "$suite" in */lib.sh) continue ;; esac
