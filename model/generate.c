@@ -51,9 +51,18 @@ int32_t qtc_sample(const float *logits, int V, float temp, float top_p, qtc_rng 
     return order[keep - 1];
 }
 
-qtc_status qtc_generate(qtc_llama *m, int32_t first, int n, float temp, float top_p, qtc_rng *r, int32_t *out,
-                        qtc_error *err)
+qtc_status qtc_generate_from(qtc_llama *m, const int32_t *prompt, int64_t n_prompt, int n_new, float temp, float top_p,
+                             qtc_rng *r, const int32_t *stop, int n_stop,
+                             void (*on_token)(void *ctx, int32_t prev, int32_t next), void *ctx, int *generated,
+                             qtc_error *err)
 {
+    if (generated)
+        *generated = 0;
+    if (n_prompt < 1)
+        return qtc_error_set(err, QTC_ERR_USAGE, "an empty prompt");
+    if (n_prompt + n_new > m->c.ctx)
+        return qtc_error_set(err, QTC_ERR_USAGE, "%lld prompt tokens and %d more exceed the model's context of %d",
+                             (long long)n_prompt, n_new, m->c.ctx);
     float *prob = malloc((size_t)m->c.vocab * sizeof *prob);
     int32_t *order = malloc((size_t)m->c.vocab * sizeof *order);
     qtc_graph *g = qtc_graph_new(err);
@@ -62,20 +71,53 @@ qtc_status qtc_generate(qtc_llama *m, int32_t first, int n, float temp, float to
         rc = qtc_error_set(err, QTC_ERR_NOMEM, "out of memory");
         goto done;
     }
-    out[0] = first;
-    for (int pos = 0; pos + 1 < n; pos++) {
-        const float *logits = qtc_llama_step(m, g, out[pos], pos, err);
+    int32_t token = prompt[0];
+    for (int64_t pos = 0; pos < n_prompt + n_new - 1; pos++) {
+        const float *logits = qtc_llama_step(m, g, token, pos, err);
         if (!logits) {
             rc = err->code;
             goto done;
         }
-        out[pos + 1] = qtc_sample(logits, m->c.vocab, temp, top_p, r, prob, order);
+        if (pos + 1 < n_prompt) { /* still reading the prompt */
+            token = prompt[pos + 1];
+            continue;
+        }
+        int32_t next = qtc_sample(logits, m->c.vocab, temp, top_p, r, prob, order);
+        int stopped = 0;
+        for (int k = 0; k < n_stop; k++)
+            stopped |= next == stop[k];
+        if (stopped)
+            break;
+        on_token(ctx, token, next);
+        token = next;
+        if (generated)
+            ++*generated;
     }
 done:
     free(prob);
     free(order);
     qtc_graph_free(g);
     return rc;
+}
+
+typedef struct sequence {
+    int32_t *out;
+    int n;
+} sequence;
+
+static void append(void *ctx, int32_t prev, int32_t next)
+{
+    (void)prev;
+    sequence *s = ctx;
+    s->out[s->n++] = next;
+}
+
+qtc_status qtc_generate(qtc_llama *m, int32_t first, int n, float temp, float top_p, qtc_rng *r, int32_t *out,
+                        qtc_error *err)
+{
+    sequence s = {out, 1};
+    out[0] = first;
+    return qtc_generate_from(m, &first, 1, n - 1, temp, top_p, r, NULL, 0, append, &s, NULL, err);
 }
 
 qtc_status qtc_generate_corpus(qtc_llama *m, int64_t n_tokens, int ctx, uint64_t seed, qtc_tokens *out,

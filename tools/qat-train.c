@@ -234,11 +234,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "qat-train: the float model wrote %lld tokens of training data (%lld sequences)\n",
                 (long long)data.n, (long long)seqs);
     }
-    if (o.ctx > src->config.ctx) {
-        fprintf(stderr, "qat-train: error: --ctx %d is larger than the model's context of %d\n", o.ctx, src->config.ctx);
-        rc = 1;
+    if ((rc = cli_check_ctx(o.ctx, &src->config)))
         goto done;
-    }
     if ((rc = cli_trainer_open_log(&tr, tf.log_json)))
         goto done;
     if (q.abits && !q.quantize) {
@@ -360,27 +357,13 @@ int main(int argc, char **argv)
     tr.save_ctx = &q;
     tr.stepped = stepped;
     tr.stepped_ctx = &q;
-    if (cli_trainer_evaluate(&tr, first_step, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    cli_trainer_want_plot(&tr, tf.plot);
-    if (qtc_train(&o, opt, params, np, &data, first_step, loss_fn, &q, cli_trainer_on_step, &tr, &err) != QTC_OK) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    if (cli_trainer_stopped(&tr))
-        goto done;
-    if (cli_trainer_evaluate(&tr, o.steps, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
     char title[256];
     snprintf(title, sizeof title, "qat-train %s: %s", sname, q.distill ? "KL divergence from the float model" : "cross-entropy");
-    if (cli_trainer_plot(&tr, tf.plot, title, q.distill ? "eval KLD" : "eval loss", &err) != QTC_OK) {
-        rc = cli_fail(&err);
+    int stopped;
+    if ((rc = cli_trainer_run(&tr, &o, opt, params, np, &data, first_step, loss_fn, &q, tf.plot, title,
+                              q.distill ? "eval KLD" : "eval loss", &stopped)) ||
+        stopped)
         goto done;
-    }
     qtc_convert_hooks hooks = qtc_qat_convert_hooks(q.fq); /* LSQ: the learned scales */
     qtc_convert_summary s;
     if (qtc_llama_export(q.student, src, out, fmt, qtc_path_wants_zstd(out), &to, &hooks, &s, &err) != QTC_OK)

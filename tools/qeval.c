@@ -93,64 +93,48 @@ static qtc_llama *load(const char *path, const char *tokenizer, qtc_tokenizer **
     return m;
 }
 
+typedef struct printer {
+    qtc_tokenizer *tok;
+} printer;
+
+/* each generated token's text as it comes */
+static void print_piece(void *ctx, int32_t prev, int32_t next)
+{
+    printer *p = ctx;
+    fputs(qtc_tokenizer_piece(p->tok, prev, next), stdout);
+    fflush(stdout);
+}
+
 static int generate(qtc_llama *m, qtc_tokenizer *tok, const char *prompt, int n, float temp, float top_p, uint64_t seed)
 {
     qtc_error err;
     int32_t *ids = malloc((strlen(prompt) + 3) * sizeof *ids);
-    float *prob = malloc((size_t)m->c.vocab * sizeof *prob);
-    int32_t *order = malloc((size_t)m->c.vocab * sizeof *order);
-    qtc_graph *g = qtc_graph_new(&err);
-    int rc = 0;
-    if (!ids || !prob || !order || !g) {
-        fprintf(stderr, "qeval: error: out of memory\n");
-        rc = 3;
-        goto done;
-    }
+    if (!ids)
+        return cli_error(3, "out of memory");
     int64_t np = qtc_tokenizer_encode(tok, prompt, 1, 0, ids, (int64_t)strlen(prompt) + 3, &err);
-    if (np < 0) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    if (np + n > m->c.ctx) {
-        fprintf(stderr, "qeval: error: %lld prompt tokens and %d more exceed the model's context of %d\n", (long long)np, n,
-                m->c.ctx);
-        rc = 1;
-        goto done;
+    if (np < 0 || np + n > m->c.ctx) { /* refused before anything is printed */
+        if (np >= 0)
+            qtc_error_set(&err, QTC_ERR_USAGE, "%lld prompt tokens and %d more exceed the model's context of %d",
+                          (long long)np, n, m->c.ctx);
+        free(ids);
+        return cli_fail(&err);
     }
     qtc_rng rng;
     qtc_rng_seed(&rng, seed);
     fputs(prompt, stdout);
     double t0 = now();
-    int32_t token = ids[0];
+    const int32_t stop[2] = {qtc_tokenizer_bos(tok), qtc_tokenizer_eos(tok)};
+    printer p = {tok};
     int generated = 0;
-    for (int64_t pos = 0; pos < np + n - 1; pos++) {
-        const float *logits = qtc_llama_step(m, g, token, pos, &err);
-        if (!logits) {
-            rc = cli_fail(&err);
-            goto done;
-        }
-        if (pos + 1 < np) { /* still reading the prompt */
-            token = ids[pos + 1];
-            continue;
-        }
-        int32_t next = qtc_sample(logits, m->c.vocab, temp, top_p, &rng, prob, order);
-        if (next == qtc_tokenizer_bos(tok) || next == qtc_tokenizer_eos(tok))
-            break;
-        fputs(qtc_tokenizer_piece(tok, token, next), stdout);
-        fflush(stdout);
-        token = next;
-        generated++;
-    }
+    qtc_status st = qtc_generate_from(m, ids, np, n, temp, top_p, &rng, stop, 2, print_piece, &p, &generated, &err);
+    free(ids);
+    if (st != QTC_OK)
+        return cli_fail(&err);
     double dt = now() - t0;
     fputc('\n', stdout);
     fprintf(stderr, "qeval: %lld prompt tokens, %d generated in %.3f s (%.1f tokens/s)\n", (long long)np, generated, dt,
             dt > 0 ? (np + generated) / dt : 0);
-done:
-    free(ids);
-    free(prob);
-    free(order);
-    qtc_graph_free(g);
-    return rc;
+    return 0;
 }
 
 int main(int argc, char **argv)

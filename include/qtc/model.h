@@ -118,6 +118,15 @@ const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t p
  * are scratch arrays of vocab entries. */
 int32_t qtc_sample(const float *logits, int vocab, float temp, float top_p, qtc_rng *r, float *prob, int32_t *order);
 
+/* Continues a prompt (n_prompt >= 1 tokens, from position 0): after reading
+ * it, up to n_new tokens sampled as qtc_sample does, each handed to on_token
+ * (with the token before it) as it comes; a sampled stop token (stop[0..n_stop))
+ * ends the run unhanded. *generated counts the tokens handed over. A prompt
+ * and n_new that exceed the model's context are refused (QTC_ERR_USAGE). */
+qtc_status qtc_generate_from(qtc_llama *m, const int32_t *prompt, int64_t n_prompt, int n_new, float temp, float top_p,
+                             qtc_rng *r, const int32_t *stop, int n_stop,
+                             void (*on_token)(void *ctx, int32_t prev, int32_t next), void *ctx, int *generated,
+                             qtc_error *err);
 /* Fills out[0..n) with a sequence the model generates from BOS-like token
  * `first` (out[0] = first): each next token sampled as qtc_sample does. */
 qtc_status qtc_generate(qtc_llama *m, int32_t first, int n, float temp, float top_p, qtc_rng *r, int32_t *out,
