@@ -8,8 +8,9 @@
 # layer and of the layers to its left, and private headers of its own folder
 # only; qat and lora are side by side and include neither each other nor
 # qtc/qtc.h. A public header keeps the same rule for its own layer. No library
-# file includes a tool header (tools/*.h). Prints each violation and ends with
-# the suite's line "layers: N passed, N failed".
+# file includes a tool header (tools/*.h). Also: docs/ARCHITECTURE.md's folder
+# table names exactly the project's folders. Prints each violation and ends
+# with the suite's line "layers: N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
 
@@ -106,6 +107,19 @@ for f in include/qtc/*.h; do
     [ "$h" = qtc.h ] && continue
     if grep -q "#include \"qtc/$h\"" include/qtc/qtc.h; then pass=$((pass + 1)); else bad "qtc/qtc.h does not include qtc/$h"; fi
 done
+
+# docs/ARCHITECTURE.md's folder table lists exactly the project's folders
+T=$(mktemp)
+trap 'rm -f "$T" "$T.doc"' EXIT
+if git ls-files >/dev/null 2>&1; then
+    git ls-files | sed -n 's|^\([^./][^/]*\)/.*|\1|p' | sort -u >"$T"
+else
+    ls -d */ | sed 's|/$||' | grep -v -x -e bin -e build | sort -u >"$T"
+fi
+sed -n '/^## Folders/,/^## /s/^| `\([^`/]*\)\/.*/\1/p' docs/ARCHITECTURE.md | sort -u >"$T.doc"
+for f in $(comm -23 "$T" "$T.doc"); do bad "folder $f/ is not in docs/ARCHITECTURE.md's folder table"; done
+for f in $(comm -13 "$T" "$T.doc"); do bad "docs/ARCHITECTURE.md's folder table lists $f/, which is not a folder here"; done
+[ -s "$T.doc" ] && [ -z "$(comm -3 "$T" "$T.doc")" ] && pass=$((pass + 1))
 
 echo "layers: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
