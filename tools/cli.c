@@ -124,15 +124,11 @@ int cli_train_flag(cli_train_flags *f, int c, const char *arg)
     return 1;
 }
 
-void cli_train_flags_done(cli_train_flags *f)
+void cli_trainer_init(cli_trainer *t, cli_train_flags *f)
 {
     if (f->o.lr.warmup < 0)
         f->o.lr.warmup = f->o.steps / 10;
     f->o.lr.total = f->o.steps;
-}
-
-void cli_trainer_init(cli_trainer *t, const cli_train_flags *f)
-{
     memset(t, 0, sizeof *t);
     t->steps = f->o.steps;
     t->eval_every = f->eval_every;
@@ -175,10 +171,10 @@ int cli_trainer_resume(cli_trainer *t, const char *dir,
 
 int cli_trainer_evaluate(cli_trainer *t, int64_t step, qtc_error *err)
 {
-    if (!t->eval || !t->eval->n)
+    if (!t->eval.n)
         return 0;
     qtc_eval_result r;
-    if (qtc_eval(t->model, t->ref, t->eval, t->ctx, 8, t->eval_windows, NULL, NULL, &r, err) != QTC_OK)
+    if (qtc_eval(t->model, t->ref, &t->eval, t->ctx, 8, t->eval_windows, NULL, NULL, &r, err) != QTC_OK)
         return 1;
     if (t->n_evals == t->cap_evals) {
         int cap = t->cap_evals ? 2 * t->cap_evals : 64;
@@ -299,6 +295,7 @@ void cli_trainer_free(cli_trainer *t)
     free(t->step_loss);
     free(t->eval_x);
     free(t->eval_y);
+    qtc_tokens_free(&t->eval);
     if (t->log)
         fclose(t->log);
     t->log = NULL;

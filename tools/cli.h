@@ -40,7 +40,7 @@ void cli_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * tool puts CLI_TRAIN_OPTIONS in its getopt_long table and hands each option
  * to cli_train_flag first. */
 typedef struct cli_train_flags {
-    qtc_train_opts o;           /* o.lr.warmup < 0 until cli_train_flags_done: steps / 10 */
+    qtc_train_opts o;           /* o.lr.warmup < 0 until cli_trainer_init: steps / 10 */
     float weight_decay;
     int64_t eval_every;         /* 0: evaluate at the start and the end only */
     int eval_windows;
@@ -70,8 +70,6 @@ cli_train_flags cli_train_flags_defaults(float lr);
 /* Takes option c with its argument if it is a training flag: returns 1 then
  * (a bad value exits through cli_usage), 0 for any other option. */
 int cli_train_flag(cli_train_flags *f, int c, const char *arg);
-/* After parsing: the warmup default and the schedule's length. */
-void cli_train_flags_done(cli_train_flags *f);
 
 /* --threads N: a positive number (exits through cli_usage otherwise). */
 int cli_threads(const char *arg);
@@ -88,7 +86,7 @@ typedef struct cli_trainer {
     /* what an evaluation scores: model on eval (ctx, windows), against ref
      * when not NULL (KLD, top-1); the curve shows the KLD when judge_kld */
     qtc_llama *model, *ref;
-    const qtc_tokens *eval;
+    qtc_tokens eval;            /* the evaluation text, owned (none: n == 0) */
     int ctx, eval_windows, judge_kld;
     /* writes a checkpoint of the run to path after step */
     qtc_status (*save)(void *ctx, const char *path, int64_t step, qtc_error *err);
@@ -101,8 +99,9 @@ typedef struct cli_trainer {
     int n_evals, cap_evals;
 } cli_trainer;
 
-/* Sets t up from the flags: steps, cadences, ctx, evaluation windows. */
-void cli_trainer_init(cli_trainer *t, const cli_train_flags *f);
+/* After parsing: finishes the flags (the warmup default, the schedule's
+ * length) and sets t up from them (steps, cadences, ctx, evaluation windows). */
+void cli_trainer_init(cli_trainer *t, cli_train_flags *f);
 /* Opens --log-json; returns an exit code (0: fine), having printed why. */
 int cli_trainer_open_log(cli_trainer *t, const char *path);
 /* The checkpoint file of the run when it saves one (--save-every,

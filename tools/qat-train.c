@@ -197,11 +197,9 @@ int main(int argc, char **argv)
     }
     if (to.is_scheme && fmt == QTC_FMT_GGUF)
         cli_usage("GGUF cannot hold integer or NF4 schemes: write safetensors or an HF folder, or give --to q4_0, q8_0, ...");
-    cli_train_flags_done(&tf);
-    const qtc_train_opts o = tf.o;
     cli_trainer tr;
     cli_trainer_init(&tr, &tf);
-    qtc_tokens eval = {0};
+    const qtc_train_opts o = tf.o;
     qtc_set_threads(threads);
     qtc_error err;
     int rc = 0;
@@ -221,7 +219,7 @@ int main(int argc, char **argv)
         goto done;
     }
     if ((data_path && qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK) ||
-        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &eval, &err) != QTC_OK)) {
+        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &tr.eval, &err) != QTC_OK)) {
         rc = cli_fail(&err);
         goto done;
     }
@@ -351,7 +349,6 @@ int main(int argc, char **argv)
     }
     tr.model = q.student;
     tr.ref = q.teacher;
-    tr.eval = &eval;
     tr.judge_kld = q.distill;
     tr.save = save_checkpoint;
     tr.save_ctx = &q;
@@ -380,7 +377,6 @@ done:
     cli_trainer_free(&tr);
     qtc_adamw_free(opt);
     qtc_tokens_free(&data);
-    qtc_tokens_free(&eval);
     qtc_tokenizer_free(tok);
     qtc_graph_free(q.tg);
     qtc_llama_free(q.student);

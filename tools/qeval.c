@@ -243,10 +243,7 @@ int main(int argc, char **argv)
     int rc = 0;
     if (prompt) {
         rc = generate(m, tok, prompt, n, temp, top_p, seed);
-    } else if (ctx > m->c.ctx) {
-        fprintf(stderr, "qeval: error: --ctx %d is larger than the model's context of %d\n", ctx, m->c.ctx);
-        rc = 1;
-    } else {
+    } else if (!(rc = cli_check_ctx(ctx, &m->c))) {
         qtc_tokens data;
         qtc_eval_result r;
         if (ref_path && !(ref = load(ref_path, NULL, NULL, NULL, &err)))

@@ -168,11 +168,9 @@ int main(int argc, char **argv)
         cli_usage("unknown --base-type");
     if (qlora && !base.is_scheme && base.dtype == QTC_F32)
         cli_usage("--method qlora needs a quantized --base-type (nf4 by default)");
-    cli_train_flags_done(&tf);
-    const qtc_train_opts o = tf.o;
     cli_trainer tr;
     cli_trainer_init(&tr, &tf);
-    qtc_tokens eval = {0};
+    const qtc_train_opts o = tf.o;
     qtc_set_threads(threads);
 
     qtc_error err;
@@ -189,7 +187,7 @@ int main(int argc, char **argv)
                           : qtc_llama_from_model(src, &err)) ||
         !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
         qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
-        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &eval, &err) != QTC_OK)) {
+        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &tr.eval, &err) != QTC_OK)) {
         rc = cli_fail(&err);
         goto done;
     }
@@ -244,7 +242,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "qlora-train: LoRA rank %d, alpha %g (scale %g%s), targets %s, dropout %g\n", pc.r, pc.alpha,
                 r.p->scaling, pc.rslora ? ", rsLoRA" : "", pc.target, pc.dropout);
     tr.model = r.m;
-    tr.eval = &eval;
     tr.save = save_checkpoint;
     tr.save_ctx = &r;
     char title[256];
@@ -263,7 +260,6 @@ done:
     cli_trainer_free(&tr);
     qtc_adamw_free(r.opt);
     qtc_tokens_free(&data);
-    qtc_tokens_free(&eval);
     qtc_tokenizer_free(tok);
     qtc_llama_free(r.m);
     qtc_peft_free(r.p);
