@@ -119,6 +119,10 @@ int cli_train_flag(cli_train_flags *f, int c, const char *arg)
     case CLI_OPT_STOP_AFTER: f->stop_after = positive(arg, "--stop-after"); break;
     case CLI_OPT_LOG_JSON: f->log_json = arg; break;
     case CLI_OPT_PLOT: f->plot = arg; break;
+    case CLI_OPT_DATA: f->data = arg; break;
+    case CLI_OPT_EVAL: f->eval = arg; break;
+    case CLI_OPT_TOKENIZER: f->tokenizer = arg; break;
+    case CLI_OPT_THREADS: f->threads = cli_threads(arg); break;
     default: return 0;
     }
     return 1;
@@ -136,6 +140,21 @@ void cli_trainer_init(cli_trainer *t, cli_train_flags *f)
     t->stop_after = f->stop_after;
     t->ctx = f->o.ctx;
     t->eval_windows = f->eval_windows;
+}
+
+qtc_status cli_trainer_load_text(cli_trainer *t, const cli_train_flags *f, const qtc_model_file *src, qtc_tokenizer **tok,
+                                 qtc_tokens *data, qtc_error *err)
+{
+    *tok = NULL;
+    if (!f->data && !f->eval)
+        return QTC_OK;
+    const int vocab = src->config.vocab;
+    if (!(*tok = f->tokenizer ? qtc_tokenizer_load(f->tokenizer, vocab, err) : qtc_tokenizer_for_model(src, err)))
+        return err->code;
+    if ((f->data && qtc_tokens_load(*tok, f->data, vocab, data, err) != QTC_OK) ||
+        (f->eval && qtc_tokens_load(*tok, f->eval, vocab, &t->eval, err) != QTC_OK))
+        return err->code;
+    return QTC_OK;
 }
 
 int cli_trainer_open_log(cli_trainer *t, const char *path)

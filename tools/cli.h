@@ -34,9 +34,10 @@ int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3
 /* "tool: FMT..." on standard error (a newline is added). */
 void cli_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* The flags every trainer takes: --steps --batch --ctx --lr --warmup --clip
- * --weight-decay --grad-accum --seed, --eval-every --eval-windows,
- * --save-every --checkpoint --resume --stop-after, --log-json, --plot. A
+/* The flags every trainer takes: --data --eval --tokenizer --threads, --steps
+ * --batch --ctx --lr --warmup --clip --weight-decay --grad-accum --seed,
+ * --eval-every --eval-windows, --save-every --checkpoint --resume
+ * --stop-after, --log-json, --plot. A
  * tool puts CLI_TRAIN_OPTIONS in its getopt_long table and hands each option
  * to cli_train_flag first. */
 typedef struct cli_train_flags {
@@ -46,12 +47,15 @@ typedef struct cli_train_flags {
     int eval_windows;
     int64_t save_every, stop_after;
     const char *checkpoint, *resume, *log_json, *plot;
+    const char *data, *eval, *tokenizer; /* training and evaluation text, their tokenizer */
+    int threads;                         /* 0: all cores */
 } cli_train_flags;
 
 enum {
     CLI_OPT_STEPS = 0x100, CLI_OPT_BATCH, CLI_OPT_CTX, CLI_OPT_LR, CLI_OPT_WARMUP, CLI_OPT_CLIP, CLI_OPT_WEIGHT_DECAY,
     CLI_OPT_GRAD_ACCUM, CLI_OPT_SEED, CLI_OPT_EVAL_EVERY, CLI_OPT_EVAL_WINDOWS, CLI_OPT_SAVE_EVERY, CLI_OPT_CHECKPOINT,
-    CLI_OPT_RESUME, CLI_OPT_STOP_AFTER, CLI_OPT_LOG_JSON, CLI_OPT_PLOT
+    CLI_OPT_RESUME, CLI_OPT_STOP_AFTER, CLI_OPT_LOG_JSON, CLI_OPT_PLOT, CLI_OPT_DATA, CLI_OPT_EVAL, CLI_OPT_TOKENIZER,
+    CLI_OPT_THREADS
 };
 #define CLI_TRAIN_OPTIONS                                                                                             \
     {"steps", required_argument, 0, CLI_OPT_STEPS}, {"batch", required_argument, 0, CLI_OPT_BATCH},                   \
@@ -63,7 +67,9 @@ enum {
     {"eval-windows", required_argument, 0, CLI_OPT_EVAL_WINDOWS},                                                     \
     {"save-every", required_argument, 0, CLI_OPT_SAVE_EVERY}, {"checkpoint", required_argument, 0, CLI_OPT_CHECKPOINT}, \
     {"resume", required_argument, 0, CLI_OPT_RESUME}, {"stop-after", required_argument, 0, CLI_OPT_STOP_AFTER},       \
-    {"log-json", required_argument, 0, CLI_OPT_LOG_JSON}, {"plot", required_argument, 0, CLI_OPT_PLOT}
+    {"log-json", required_argument, 0, CLI_OPT_LOG_JSON}, {"plot", required_argument, 0, CLI_OPT_PLOT},             \
+    {"data", required_argument, 0, CLI_OPT_DATA}, {"eval", required_argument, 0, CLI_OPT_EVAL},                       \
+    {"tokenizer", required_argument, 0, CLI_OPT_TOKENIZER}, {"threads", required_argument, 0, CLI_OPT_THREADS}
 
 /* The defaults (qtc_train_defaults(200), learning rate lr, 64 evaluation windows). */
 cli_train_flags cli_train_flags_defaults(float lr);
@@ -102,6 +108,11 @@ typedef struct cli_trainer {
 /* After parsing: finishes the flags (the warmup default, the schedule's
  * length) and sets t up from them (steps, cadences, ctx, evaluation windows). */
 void cli_trainer_init(cli_trainer *t, cli_train_flags *f);
+/* The tokenizer (--tokenizer, else the model's own) when there is text to
+ * read, --data into data and --eval into t->eval; *tok stays NULL without
+ * text. */
+qtc_status cli_trainer_load_text(cli_trainer *t, const cli_train_flags *f, const qtc_model_file *src, qtc_tokenizer **tok,
+                                 qtc_tokens *data, qtc_error *err);
 /* Opens --log-json; returns an exit code (0: fine), having printed why. */
 int cli_trainer_open_log(cli_trainer *t, const char *path);
 /* The checkpoint file of the run when it saves one (--save-every,

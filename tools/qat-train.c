@@ -110,21 +110,19 @@ int main(int argc, char **argv)
 {
     cli_init("qat-train", usage_text, argv);
     static const struct option opts[] = {
-        {"data", required_argument, 0, 'd'},     {"eval", required_argument, 0, 'e'},
         {"wbits", required_argument, 0, 'b'},    {"group", required_argument, 0, 'g'},
         {"sym", no_argument, 0, 'S'},            {"asym", no_argument, 0, 'A'},
         {"distill", no_argument, 0, 'D'},        {"ce", no_argument, 0, 'C'},
         {"freeze", required_argument, 0, 'F'},   {"train", required_argument, 0, 'R'},
         {"to", required_argument, 0, 't'},       {"format", required_argument, 0, 'f'},
-        {"tokenizer", required_argument, 0, 'k'}, {"threads", required_argument, 0, 'j'},
         {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
         {"data-free", required_argument, 0, 'G'}, {"abits", required_argument, 0, 'x'},
         {"act-per-token", no_argument, 0, 'X'},  {"observer-steps", required_argument, 0, 'O'},
         {"lsq", no_argument, 0, 'Q'},            {"calib", required_argument, 0, 'y'},
         CLI_TRAIN_OPTIONS,
         {0, 0, 0, 0}};
-    const char *data_path = NULL, *eval_path = NULL, *out = NULL, *to_name = NULL, *tokenizer = NULL, *calib = NULL;
-    int wbits = 4, group = 32, sym = 1, loss_kind = -1, threads = 0, n_freeze = 0, n_train = 0;
+    const char *out = NULL, *to_name = NULL, *calib = NULL;
+    int wbits = 4, group = 32, sym = 1, loss_kind = -1, n_freeze = 0, n_train = 0;
     int64_t data_free = 0;
     qtc_format fmt = QTC_FMT_UNKNOWN;
     regex_t freeze[32], train[32];
@@ -139,8 +137,6 @@ int main(int argc, char **argv)
         if (cli_train_flag(&tf, c, optarg))
             continue;
         switch (c) {
-        case 'd': data_path = optarg; break;
-        case 'e': eval_path = optarg; break;
         case 'b': wbits = (int)strtol(optarg, &end, 10); if (*end || !((wbits >= 2 && wbits <= 8) || wbits == 32)) cli_usage("--wbits is 2..8 or 32"); break;
         case 'g': group = (int)strtol(optarg, &end, 10); if (*end || group < -1) cli_usage("--group takes a size, 0 or -1"); break;
         case 'S': sym = 1; break;
@@ -160,8 +156,6 @@ int main(int argc, char **argv)
         }
         case 't': to_name = optarg; break;
         case 'f': fmt = qtc_format_from_name(optarg); if (fmt == QTC_FMT_UNKNOWN) cli_usage("--format is safetensors, gguf or hf"); break;
-        case 'k': tokenizer = optarg; break;
-        case 'j': threads = cli_threads(optarg); break;
         case 'o': out = optarg; break;
         case 'x': q.abits = (int)strtol(optarg, &end, 10); if (*end || q.abits != 8) cli_usage("--abits is 8"); break;
         case 'X': q.act_per_token = 1; break;
@@ -175,7 +169,7 @@ int main(int argc, char **argv)
     }
     if (optind != argc - 1)
         cli_usage(optind < argc ? "one model only" : "no model");
-    if ((!data_path && !data_free) || (data_path && data_free) || !out)
+    if ((!tf.data && !data_free) || (tf.data && data_free) || !out)
         cli_usage("give --data FILE or --data-free N, and -o OUT");
     if (fmt == QTC_FMT_UNKNOWN)
         fmt = strcmp(out, "-") == 0 ? QTC_FMT_SAFETENSORS : qtc_format_from_path(out);
@@ -200,7 +194,7 @@ int main(int argc, char **argv)
     cli_trainer tr;
     cli_trainer_init(&tr, &tf);
     const qtc_train_opts o = tf.o;
-    qtc_set_threads(threads);
+    qtc_set_threads(tf.threads);
     qtc_error err;
     int rc = 0;
     qtc_model_file *src = qtc_model_open(argv[optind], &err);
@@ -208,18 +202,11 @@ int main(int argc, char **argv)
     qtc_tokens data = {0};
     qtc_adamw *opt = NULL;
     if (!src || !(q.student = qtc_llama_from_model(src, &err)) ||
-        ((q.distill || eval_path || data_free) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
+        ((q.distill || tf.eval || data_free) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (data_path || eval_path)
-        tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err);
-    if ((data_path || eval_path) && !tok) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    if ((data_path && qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK) ||
-        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &tr.eval, &err) != QTC_OK)) {
+    if (cli_trainer_load_text(&tr, &tf, src, &tok, &data, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }

@@ -93,16 +93,14 @@ int main(int argc, char **argv)
 {
     cli_init("qlora-train", usage_text, argv);
     static const struct option opts[] = {
-        {"data", required_argument, 0, 'd'},     {"eval", required_argument, 0, 'e'},
         {"method", required_argument, 0, 'M'},   {"rank", required_argument, 0, 'r'},
         {"alpha", required_argument, 0, 'A'},    {"target", required_argument, 0, 'T'},
         {"rslora", no_argument, 0, 'S'},         {"dropout", required_argument, 0, 'D'},
         {"prefix-len", required_argument, 0, 'P'}, {"base-type", required_argument, 0, 'b'},
-        {"format", required_argument, 0, 'f'},   {"tokenizer", required_argument, 0, 'k'},
-        {"threads", required_argument, 0, 'j'},  {"output", required_argument, 0, 'o'},
+        {"format", required_argument, 0, 'f'},   {"output", required_argument, 0, 'o'},
         {"help", no_argument, 0, 'h'},           CLI_TRAIN_OPTIONS,
         {0, 0, 0, 0}};
-    const char *data_path = NULL, *eval_path = NULL, *out = NULL, *tokenizer = NULL, *base_type = NULL;
+    const char *out = NULL, *base_type = NULL;
     const char *method = "lora", *format = NULL;
     qtc_peft_config pc;
     memset(&pc, 0, sizeof pc);
@@ -110,7 +108,6 @@ int main(int argc, char **argv)
     pc.alpha = -1;
     pc.prefix_len = 8;
     snprintf(pc.target, sizeof pc.target, "q_proj,v_proj");
-    int threads = 0;
     cli_train_flags tf = cli_train_flags_defaults(qtc_train_defaults(200).lr.lr);
     run r;
     memset(&r, 0, sizeof r);
@@ -120,8 +117,6 @@ int main(int argc, char **argv)
         if (cli_train_flag(&tf, c, optarg))
             continue;
         switch (c) {
-        case 'd': data_path = optarg; break;
-        case 'e': eval_path = optarg; break;
         case 'M': method = optarg; break;
         case 'r': pc.r = (int)strtol(optarg, &end, 10); if (*end || pc.r < 1 || pc.r > 4096) cli_usage("--rank takes 1..4096"); break;
         case 'A': pc.alpha = strtof(optarg, &end); if (*end || !(pc.alpha > 0)) cli_usage("--alpha takes a positive number"); break;
@@ -131,8 +126,6 @@ int main(int argc, char **argv)
         case 'P': pc.prefix_len = (int)strtol(optarg, &end, 10); if (*end || pc.prefix_len < 1) cli_usage("--prefix-len takes a positive number"); break;
         case 'b': base_type = optarg; break;
         case 'f': format = optarg; if (strcmp(format, "peft") != 0 && strcmp(format, "gguf") != 0) cli_usage("--format is peft or gguf"); break;
-        case 'k': tokenizer = optarg; break;
-        case 'j': threads = cli_threads(optarg); break;
         case 'o': out = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: cli_usage("bad option");
@@ -140,7 +133,7 @@ int main(int argc, char **argv)
     }
     if (optind != argc - 1)
         cli_usage(optind < argc ? "one model only" : "no model");
-    if (!data_path || !out)
+    if (!tf.data || !out)
         cli_usage("give --data FILE and -o ADAPTER");
     if (strcmp(out, "-") == 0)
         cli_usage("an adapter is a folder or a file: -o - is not supported");
@@ -171,7 +164,7 @@ int main(int argc, char **argv)
     cli_trainer tr;
     cli_trainer_init(&tr, &tf);
     const qtc_train_opts o = tf.o;
-    qtc_set_threads(threads);
+    qtc_set_threads(tf.threads);
 
     qtc_error err;
     int rc = 0;
@@ -185,9 +178,7 @@ int main(int argc, char **argv)
     if (!src || !src->has_config || !(r.p = qtc_peft_new(&src->config, &pc, o.seed ^ 0x10a4u, &err)) ||
         !(r.m = quantized ? qtc_peft_load_base(r.p, src, base.is_scheme ? &base.scheme : NULL, base.dtype, &err)
                           : qtc_llama_from_model(src, &err)) ||
-        !(tok = tokenizer ? qtc_tokenizer_load(tokenizer, src->config.vocab, &err) : qtc_tokenizer_for_model(src, &err)) ||
-        qtc_tokens_load(tok, data_path, src->config.vocab, &data, &err) != QTC_OK ||
-        (eval_path && qtc_tokens_load(tok, eval_path, src->config.vocab, &tr.eval, &err) != QTC_OK)) {
+        cli_trainer_load_text(&tr, &tf, src, &tok, &data, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }
