@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "qtc/plot.h"
+#include "qtc/runtime.h"
 
 static const char *tool_name = "qtc";
 static const char *tool_usage = "";
@@ -140,19 +141,18 @@ void cli_trainer_init(cli_trainer *t, cli_train_flags *f)
     t->stop_after = f->stop_after;
     t->ctx = f->o.ctx;
     t->eval_windows = f->eval_windows;
+    qtc_set_threads(f->threads);
 }
 
-qtc_status cli_trainer_load_text(cli_trainer *t, const cli_train_flags *f, const qtc_model_file *src, qtc_tokenizer **tok,
-                                 qtc_tokens *data, qtc_error *err)
+qtc_status cli_trainer_load_text(cli_trainer *t, const cli_train_flags *f, const qtc_model_file *src, qtc_error *err)
 {
-    *tok = NULL;
     if (!f->data && !f->eval)
         return QTC_OK;
     const int vocab = src->config.vocab;
-    if (!(*tok = f->tokenizer ? qtc_tokenizer_load(f->tokenizer, vocab, err) : qtc_tokenizer_for_model(src, err)))
+    if (!(t->tok = f->tokenizer ? qtc_tokenizer_load(f->tokenizer, vocab, err) : qtc_tokenizer_for_model(src, err)))
         return err->code;
-    if ((f->data && qtc_tokens_load(*tok, f->data, vocab, data, err) != QTC_OK) ||
-        (f->eval && qtc_tokens_load(*tok, f->eval, vocab, &t->eval, err) != QTC_OK))
+    if ((f->data && qtc_tokens_load(t->tok, f->data, vocab, &t->data, err) != QTC_OK) ||
+        (f->eval && qtc_tokens_load(t->tok, f->eval, vocab, &t->eval, err) != QTC_OK))
         return err->code;
     return QTC_OK;
 }
@@ -284,15 +284,15 @@ qtc_status cli_trainer_plot(const cli_trainer *t, const char *path, const char *
 }
 
 int cli_trainer_run(cli_trainer *t, const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const *params, int n_params,
-                    const qtc_tokens *data, int64_t first_step, qtc_loss_fn loss, void *loss_ctx, const char *plot,
-                    const char *title, const char *eval_name, int *stopped)
+                    int64_t first_step, qtc_loss_fn loss, void *loss_ctx, const char *plot, const char *title,
+                    const char *eval_name, int *stopped)
 {
     qtc_error err;
     *stopped = 0;
     if (cli_trainer_evaluate(t, first_step, &err))
         return cli_fail(&err);
     cli_trainer_want_plot(t, plot);
-    if (qtc_train(o, opt, params, n_params, data, first_step, loss, loss_ctx, cli_trainer_on_step, t, &err) != QTC_OK)
+    if (qtc_train(o, opt, params, n_params, &t->data, first_step, loss, loss_ctx, cli_trainer_on_step, t, &err) != QTC_OK)
         return cli_fail(&err);
     if ((*stopped = cli_trainer_stopped(t)))
         return 0;
@@ -315,6 +315,9 @@ void cli_trainer_free(cli_trainer *t)
     free(t->eval_x);
     free(t->eval_y);
     qtc_tokens_free(&t->eval);
+    qtc_tokens_free(&t->data);
+    qtc_tokenizer_free(t->tok);
+    t->tok = NULL;
     if (t->log)
         fclose(t->log);
     t->log = NULL;

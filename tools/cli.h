@@ -92,7 +92,8 @@ typedef struct cli_trainer {
     /* what an evaluation scores: model on eval (ctx, windows), against ref
      * when not NULL (KLD, top-1); the curve shows the KLD when judge_kld */
     qtc_llama *model, *ref;
-    qtc_tokens eval;            /* the evaluation text, owned (none: n == 0) */
+    qtc_tokens data, eval;      /* the training and evaluation text, owned (none: n == 0) */
+    qtc_tokenizer *tok;         /* theirs, owned (NULL without text) */
     int ctx, eval_windows, judge_kld;
     /* writes a checkpoint of the run to path after step */
     qtc_status (*save)(void *ctx, const char *path, int64_t step, qtc_error *err);
@@ -106,13 +107,12 @@ typedef struct cli_trainer {
 } cli_trainer;
 
 /* After parsing: finishes the flags (the warmup default, the schedule's
- * length) and sets t up from them (steps, cadences, ctx, evaluation windows). */
+ * length), sets t up from them (steps, cadences, ctx, evaluation windows)
+ * and the threads. */
 void cli_trainer_init(cli_trainer *t, cli_train_flags *f);
 /* The tokenizer (--tokenizer, else the model's own) when there is text to
- * read, --data into data and --eval into t->eval; *tok stays NULL without
- * text. */
-qtc_status cli_trainer_load_text(cli_trainer *t, const cli_train_flags *f, const qtc_model_file *src, qtc_tokenizer **tok,
-                                 qtc_tokens *data, qtc_error *err);
+ * read, --data into t->data and --eval into t->eval. */
+qtc_status cli_trainer_load_text(cli_trainer *t, const cli_train_flags *f, const qtc_model_file *src, qtc_error *err);
 /* Opens --log-json; returns an exit code (0: fine), having printed why. */
 int cli_trainer_open_log(cli_trainer *t, const char *path);
 /* The checkpoint file of the run when it saves one (--save-every,
@@ -136,13 +136,13 @@ int cli_trainer_stopped(const cli_trainer *t);
 /* The chart of the loss and evaluations into --plot (if given). */
 qtc_status cli_trainer_plot(const cli_trainer *t, const char *path, const char *title, const char *eval_name,
                             qtc_error *err);
-/* The whole run after setup: the evaluation at first_step, qtc_train with
+/* The whole run after setup: the evaluation at first_step, qtc_train on t->data with
  * on_step, the stop at --stop-after (*stopped = 1), the last evaluation and
  * the chart (title, the evaluations' series named eval_name). Returns an exit
  * code, the error printed. */
 int cli_trainer_run(cli_trainer *t, const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const *params, int n_params,
-                    const qtc_tokens *data, int64_t first_step, qtc_loss_fn loss, void *loss_ctx, const char *plot,
-                    const char *title, const char *eval_name, int *stopped);
+                    int64_t first_step, qtc_loss_fn loss, void *loss_ctx, const char *plot, const char *title,
+                    const char *eval_name, int *stopped);
 void cli_trainer_free(cli_trainer *t);
 
 /* 0 when --ctx fits the model's context; else 1, with the error printed. */

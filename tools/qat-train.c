@@ -194,30 +194,27 @@ int main(int argc, char **argv)
     cli_trainer tr;
     cli_trainer_init(&tr, &tf);
     const qtc_train_opts o = tf.o;
-    qtc_set_threads(tf.threads);
     qtc_error err;
     int rc = 0;
     qtc_model_file *src = qtc_model_open(argv[optind], &err);
-    qtc_tokenizer *tok = NULL;
-    qtc_tokens data = {0};
     qtc_adamw *opt = NULL;
     if (!src || !(q.student = qtc_llama_from_model(src, &err)) ||
         ((q.distill || tf.eval || data_free) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
         rc = cli_fail(&err);
         goto done;
     }
-    if (cli_trainer_load_text(&tr, &tf, src, &tok, &data, &err) != QTC_OK) {
+    if (cli_trainer_load_text(&tr, &tf, src, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }
     if (data_free) { /* the teacher writes the training text: sequences of ctx + 1 from BOS */
         int64_t seqs;
-        if (qtc_generate_corpus(q.teacher, data_free, o.ctx, o.seed, &data, &seqs, &err) != QTC_OK) {
+        if (qtc_generate_corpus(q.teacher, data_free, o.ctx, o.seed, &tr.data, &seqs, &err) != QTC_OK) {
             rc = cli_fail(&err);
             goto done;
         }
         fprintf(stderr, "qat-train: the float model wrote %lld tokens of training data (%lld sequences)\n",
-                (long long)data.n, (long long)seqs);
+                (long long)tr.data.n, (long long)seqs);
     }
     if ((rc = cli_check_ctx(o.ctx, &src->config)))
         goto done;
@@ -328,9 +325,9 @@ int main(int argc, char **argv)
         snprintf(sname + strlen(sname), sizeof sname - strlen(sname), ", learned scales");
     fprintf(stderr, "qat-train: %s, fake quantization %s, loss %s, %d of %d tensors trained, %lld training tokens\n",
             argv[optind], sname, q.distill ? "KL divergence from the float model" : "cross-entropy", n_trainable, n_model,
-            (long long)data.n);
+            (long long)tr.data.n);
     /* the observers see one training batch before anything is scored */
-    if (qtc_qat_warm_up(q.fq, &data, o.batch, o.ctx, o.seed, first_step, &err) != QTC_OK) {
+    if (qtc_qat_warm_up(q.fq, &tr.data, o.batch, o.ctx, o.seed, first_step, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }
@@ -344,7 +341,7 @@ int main(int argc, char **argv)
     char title[256];
     snprintf(title, sizeof title, "qat-train %s: %s", sname, q.distill ? "KL divergence from the float model" : "cross-entropy");
     int stopped;
-    if ((rc = cli_trainer_run(&tr, &o, opt, params, np, &data, first_step, loss_fn, &q, tf.plot, title,
+    if ((rc = cli_trainer_run(&tr, &o, opt, params, np, first_step, loss_fn, &q, tf.plot, title,
                               q.distill ? "eval KLD" : "eval loss", &stopped)) ||
         stopped)
         goto done;
@@ -363,8 +360,6 @@ done:
     free(ranges);
     cli_trainer_free(&tr);
     qtc_adamw_free(opt);
-    qtc_tokens_free(&data);
-    qtc_tokenizer_free(tok);
     qtc_graph_free(q.tg);
     qtc_llama_free(q.student);
     qtc_llama_free(q.teacher);

@@ -164,13 +164,10 @@ int main(int argc, char **argv)
     cli_trainer tr;
     cli_trainer_init(&tr, &tf);
     const qtc_train_opts o = tf.o;
-    qtc_set_threads(tf.threads);
 
     qtc_error err;
     int rc = 0;
     qtc_model_file *src = qtc_model_open(argv[optind], &err);
-    qtc_tokenizer *tok = NULL;
-    qtc_tokens data = {0};
     int quantized = base.is_scheme || base.dtype != QTC_F32;
     if (src && !src->has_config)
         qtc_error_set(&err, QTC_ERR_INPUT, "%s: no llama configuration (config.json, GGUF llama.* keys or a llama2.c header)",
@@ -178,7 +175,7 @@ int main(int argc, char **argv)
     if (!src || !src->has_config || !(r.p = qtc_peft_new(&src->config, &pc, o.seed ^ 0x10a4u, &err)) ||
         !(r.m = quantized ? qtc_peft_load_base(r.p, src, base.is_scheme ? &base.scheme : NULL, base.dtype, &err)
                           : qtc_llama_from_model(src, &err)) ||
-        cli_trainer_load_text(&tr, &tf, src, &tok, &data, &err) != QTC_OK) {
+        cli_trainer_load_text(&tr, &tf, src, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
     }
@@ -228,7 +225,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "qlora-train: %s, %s, %lld trainable weights in %d tensors; linear base %s %.2f MB (f32: %.2f MB); "
                     "%lld training tokens%s\n",
             argv[optind], qlora ? "qlora" : method, (long long)n_trainable, r.np, bname, megabytes(base_bytes),
-            megabytes(f32_base), (long long)data.n, data.loss_mask ? " (prompt/response pairs: responses scored)" : "");
+            megabytes(f32_base), (long long)tr.data.n, tr.data.loss_mask ? " (prompt/response pairs: responses scored)" : "");
     if (pc.method == QTC_PEFT_LORA)
         fprintf(stderr, "qlora-train: LoRA rank %d, alpha %g (scale %g%s), targets %s, dropout %g\n", pc.r, pc.alpha,
                 r.p->scaling, pc.rslora ? ", rsLoRA" : "", pc.target, pc.dropout);
@@ -238,7 +235,7 @@ int main(int argc, char **argv)
     char title[256];
     snprintf(title, sizeof title, "qlora-train %s (base %s): cross-entropy", qlora ? "qlora" : method, bname);
     int stopped;
-    if ((rc = cli_trainer_run(&tr, &o, r.opt, r.params, r.np, &data, first_step, loss_fn, &r, tf.plot, title, "eval loss",
+    if ((rc = cli_trainer_run(&tr, &o, r.opt, r.params, r.np, first_step, loss_fn, &r, tf.plot, title, "eval loss",
                               &stopped)) ||
         stopped)
         goto done;
@@ -250,8 +247,6 @@ int main(int argc, char **argv)
 done:
     cli_trainer_free(&tr);
     qtc_adamw_free(r.opt);
-    qtc_tokens_free(&data);
-    qtc_tokenizer_free(tok);
     qtc_llama_free(r.m);
     qtc_peft_free(r.p);
     free(r.params);
