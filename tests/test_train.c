@@ -140,3 +140,95 @@ TEST(training_leaves_frozen_parameters_alone_and_stops_on_nan)
     free(data.ids);
     qtc_llama_free(m);
 }
+
+typedef struct toggles {
+    int on, calls, on_during_forward;
+    qtc_llama *m;
+} toggles;
+
+static void note_training(void *ctx, int on)
+{
+    toggles *t = ctx;
+    t->on = on;
+    t->calls++;
+}
+
+/* The model's linear hook sees whether the forward is a training one. */
+static qtc_tensor *spy_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
+{
+    (void)layer;
+    (void)kind;
+    toggles *t = ctx;
+    t->on_during_forward += t->on;
+    return qtc_matmul(g, x, w, 0, 1);
+}
+
+TEST(lm_loss_is_cross_entropy_or_the_kl_from_a_teacher_as_double_loops_compute_them)
+{
+    enum { B = 2, T = 5, V = 16 };
+    qtc_error err;
+    qtc_llama *m = test_random_llama(tiny, 21), *teacher = test_random_llama(tiny, 22);
+    ref_llama rm, rt;
+    ref_from_llama(&rm, m);
+    ref_from_llama(&rt, teacher);
+    int32_t tok[B * T], tgt[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)((i * 7 + 3) % V);
+        tgt[i] = i == 4 ? -1 : (int32_t)((i * 5 + 1) % V); /* one ignored target */
+    }
+    double ce = 0, kl = 0;
+    int counted = 0;
+    for (int b = 0; b < B; b++) {
+        double *lm = ref_forward(&rm, tok + b * T, T), *lt = ref_forward(&rt, tok + b * T, T);
+        for (int t = 0; t < T; t++) {
+            const double *x = lm + t * V, *y = lt + t * V;
+            double mx = x[0], my = y[0], zx = 0, zy = 0;
+            for (int v = 1; v < V; v++) {
+                mx = fmax(mx, x[v]);
+                my = fmax(my, y[v]);
+            }
+            for (int v = 0; v < V; v++) {
+                zx += exp(x[v] - mx);
+                zy += exp(y[v] - my);
+            }
+            for (int v = 0; v < V; v++) {
+                double lpx = x[v] - mx - log(zx), lpy = y[v] - my - log(zy);
+                kl += exp(lpy) * (lpy - lpx);
+            }
+            int32_t target = tgt[b * T + t];
+            if (target >= 0) {
+                ce -= x[target] - mx - log(zx);
+                counted++;
+            }
+        }
+        free(lm);
+        free(lt);
+    }
+    ce /= counted;
+    kl /= B * T;
+    qtc_tensor *tk = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(B, T), tok, NULL, &err);
+    qtc_tensor *tg = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(B, T), tgt, NULL, &err);
+    qtc_graph *g = qtc_graph_new(&err), *teacher_graph = qtc_graph_new(&err);
+    toggles seen = {0, 0, 0, m};
+    m->linear = spy_linear;
+    m->linear_ctx = &seen;
+    qtc_lm_loss plain = {m, NULL, NULL, note_training, &seen};
+    qtc_tensor *l = qtc_lm_loss_fn(&plain, g, tk, tg);
+    CHECK(l && fabs(((float *)l->data)[0] - ce) < 1e-5 * fmax(1, ce));
+    CHECK(seen.calls == 2 && seen.on == 0);            /* told before and after the forward */
+    CHECK(seen.on_during_forward == QTC_N_LINEAR * tiny.n_layers + 1); /* every projection and the head saw it */
+    qtc_graph_reset(g);
+    qtc_lm_loss distill = {m, teacher, teacher_graph, NULL, NULL};
+    l = qtc_lm_loss_fn(&distill, g, tk, tg);
+    CHECK(l && fabs(((float *)l->data)[0] - kl) < 1e-5 * fmax(1e-3, kl));
+    CHECK(seen.calls == 2); /* no training callback given */
+    m->linear = NULL;
+    qtc_graph_free(g);
+    qtc_graph_free(teacher_graph);
+    qtc_tensor_free(tk);
+    qtc_tensor_free(tg);
+    ref_free(&rm);
+    ref_free(&rt);
+    qtc_llama_free(m);
+    qtc_llama_free(teacher);
+}

@@ -75,18 +75,10 @@ typedef struct qat {
     qtc_graph *tg;         /* the teacher's graph */
 } qat;
 
-static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
+/* the observers see training forwards only */
+static void training(void *ctx, int on)
 {
-    qat *q = ctx;
-    qtc_qat_set_training(q->fq, 1);
-    qtc_tensor *logits = qtc_llama_forward(q->student, g, tokens, 0);
-    qtc_qat_set_training(q->fq, 0);
-    if (!q->distill)
-        return qtc_cross_entropy(g, logits, targets);
-    qtc_graph_reset(q->tg);
-    qtc_graph_set_recording(q->tg, 0);
-    qtc_tensor *ref = qtc_llama_forward(q->teacher, q->tg, tokens, 0);
-    return qtc_kl_div(g, logits, ref);
+    qtc_qat_set_training(((qat *)ctx)->fq, on);
 }
 
 static void stepped(void *ctx, int64_t step)
@@ -341,7 +333,8 @@ int main(int argc, char **argv)
     char title[256];
     snprintf(title, sizeof title, "qat-train %s: %s", sname, q.distill ? "KL divergence from the float model" : "cross-entropy");
     int stopped;
-    if ((rc = cli_trainer_run(&tr, &o, opt, params, np, first_step, loss_fn, &q, tf.plot, title,
+    qtc_lm_loss loss = {q.student, q.distill ? q.teacher : NULL, q.tg, training, &q};
+    if ((rc = cli_trainer_run(&tr, &o, opt, params, np, first_step, qtc_lm_loss_fn, &loss, tf.plot, title,
                               q.distill ? "eval KLD" : "eval loss", &stopped)) ||
         stopped)
         goto done;

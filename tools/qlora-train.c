@@ -63,13 +63,10 @@ typedef struct run {
     int np;
 } run;
 
-static qtc_tensor *loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
+/* dropout acts on training forwards only */
+static void training(void *ctx, int on)
 {
-    run *r = ctx;
-    r->p->training = 1;
-    qtc_tensor *logits = qtc_llama_forward(r->m, g, tokens, 0);
-    r->p->training = 0;
-    return qtc_cross_entropy(g, logits, targets);
+    ((qtc_peft *)ctx)->training = on;
 }
 
 static qtc_status save_checkpoint(void *ctx, const char *path, int64_t step, qtc_error *err)
@@ -235,7 +232,8 @@ int main(int argc, char **argv)
     char title[256];
     snprintf(title, sizeof title, "qlora-train %s (base %s): cross-entropy", qlora ? "qlora" : method, bname);
     int stopped;
-    if ((rc = cli_trainer_run(&tr, &o, r.opt, r.params, r.np, first_step, loss_fn, &r, tf.plot, title, "eval loss",
+    qtc_lm_loss loss = {r.m, NULL, NULL, training, r.p};
+    if ((rc = cli_trainer_run(&tr, &o, r.opt, r.params, r.np, first_step, qtc_lm_loss_fn, &loss, tf.plot, title, "eval loss",
                               &stopped)) ||
         stopped)
         goto done;

@@ -32,6 +32,20 @@ qtc_train_opts qtc_train_defaults(int64_t steps);
 /* Builds the loss (a one-element tensor) for tokens and targets, both (B, T) i32. */
 typedef qtc_tensor *(*qtc_loss_fn)(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets);
 
+/* The language-model loss every trainer uses, as a qtc_loss_fn (ctx: a
+ * qtc_lm_loss): cross-entropy of model's logits on the next token or, with a
+ * teacher, the KL divergence from the teacher's distribution (distillation;
+ * the teacher runs unrecorded in teacher_graph, caller-owned). training, when
+ * not NULL, is told as the model's forward starts (1) and ends (0): what acts
+ * on training forwards only (dropout, activation observers) follows it. */
+typedef struct qtc_lm_loss {
+    qtc_llama *model, *teacher;
+    qtc_graph *teacher_graph;
+    void (*training)(void *ctx, int on);
+    void *training_ctx;
+} qtc_lm_loss;
+qtc_tensor *qtc_lm_loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets);
+
 typedef struct qtc_train_event {
     int64_t step;         /* the step just taken, from 1 */
     float loss, lr;

@@ -1,0 +1,18 @@
+/* loss.c: the language-model loss of the trainers (see qtc/train.h). */
+#include "qtc/train.h"
+
+qtc_tensor *qtc_lm_loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
+{
+    const qtc_lm_loss *l = ctx;
+    if (l->training)
+        l->training(l->training_ctx, 1);
+    qtc_tensor *logits = qtc_llama_forward(l->model, g, tokens, 0);
+    if (l->training)
+        l->training(l->training_ctx, 0);
+    if (!l->teacher)
+        return qtc_cross_entropy(g, logits, targets);
+    qtc_graph_reset(l->teacher_graph);
+    qtc_graph_set_recording(l->teacher_graph, 0);
+    qtc_tensor *ref = qtc_llama_forward(l->teacher, l->teacher_graph, tokens, 0);
+    return qtc_kl_div(g, logits, ref);
+}
