@@ -27,13 +27,13 @@ static qtc_status time_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsi
     (void)kinds;
     layer_work *lw = ctx;
     const qtc_llama_layer *L = &m->layers[l];
-    const qtc_tensor *ws[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
     qtc_gptq_opts o = {0.01, 0};
     double t0 = bench_now();
     for (int k = 0; k < QTC_N_LINEAR; k++) {
         const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + k];
+        const qtc_tensor *w = qtc_llama_linear_weight(m, l, (qtc_linear_kind)k);
         qtc_qweight q;
-        if (qtc_gptq(ws[k]->data, ws[k]->ne[0], ws[k]->ne[1], a->xtx, a->rows, &lw->s, &o, &q, err) != QTC_OK)
+        if (qtc_gptq(w->data, w->ne[0], w->ne[1], a->xtx, a->rows, &lw->s, &o, &q, err) != QTC_OK)
             return err->code;
         qtc_qweight_free(&q);
     }

@@ -33,7 +33,7 @@ qtc_calib *qtc_calib_new(const qtc_llama_config *c, int with_xtx, qtc_error *err
     for (int i = 0; i < c->n_layers * QTC_N_LINEAR; i++) {
         qtc_act_stats *s = &cb->s[i];
         int k = i % QTC_N_LINEAR;
-        snprintf(s->weight, sizeof s->weight, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)k));
+        qtc_linear_weight_name(i / QTC_N_LINEAR, (qtc_linear_kind)k, s->weight, sizeof s->weight);
         s->in = in[k];
         s->sum_sq = calloc((size_t)s->in, sizeof *s->sum_sq);
         s->sum_abs = calloc((size_t)s->in, sizeof *s->sum_abs);
@@ -372,7 +372,7 @@ qtc_status qtc_calib_load_json(const char *path, int n_layers, qtc_act_qparams *
     }
     for (int i = 0; i < n_layers * QTC_N_LINEAR && rc == QTC_OK; i++) {
         char name[QTC_NAME_MAX];
-        snprintf(name, sizeof name, "model.layers.%d.%s.weight", i / QTC_N_LINEAR, qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
+        qtc_linear_weight_name(i / QTC_N_LINEAR, (qtc_linear_kind)(i % QTC_N_LINEAR), name, sizeof name);
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(t, name), "input");
         const cJSON *sc = cJSON_GetObjectItemCaseSensitive(e, "scale"), *zp = cJSON_GetObjectItemCaseSensitive(e, "zero_point");
         const cJSON *mn = cJSON_GetObjectItemCaseSensitive(e, "min"), *mx = cJSON_GetObjectItemCaseSensitive(e, "max");
@@ -428,8 +428,7 @@ qtc_status qtc_calib_input_quant(const char *path, int n_layers, qtc_input_quant
     if (p)
         qtc_act_qparams_free(p, n);
     for (int i = 0; rc == QTC_OK && i < n; i++) {
-        snprintf(out->weights[i], QTC_NAME_MAX, "model.layers.%d.%s.weight", i / QTC_N_LINEAR,
-                 qtc_linear_path((qtc_linear_kind)(i % QTC_N_LINEAR)));
+        qtc_linear_weight_name(i / QTC_N_LINEAR, (qtc_linear_kind)(i % QTC_N_LINEAR), out->weights[i], QTC_NAME_MAX);
         out->scale[i] = p[i].scale;
         out->zero[i] = p[i].zero;
     }

@@ -1,7 +1,8 @@
 /* test_calib.c: calibration statistics and what is computed from them,
  * against references written here: a histogram built directly at the final
  * range, quantiles and clipping errors over the raw samples in double, known
- * distributions, round-to-nearest for GPTQ, FIPS 180-4's test vectors, an
+ * distributions, round-to-nearest for GPTQ and qtc_gptq itself for GPTQ run
+ * over a llama a layer at a time, FIPS 180-4's test vectors, an
  * independent capture of a model's linear inputs for the imatrix, and, for
  * scales folded into a llama, every weight scaled in double and the logits of
  * the double-precision llama of llama_ref.c. */
@@ -1081,4 +1082,174 @@ TEST(smoothquant_fold_divides_the_norms_by_max_x_over_max_w_and_keeps_the_logits
     qtc_calib_free(cb);
     qtc_tokens_free(&d);
     qtc_llama_free(m);
+}
+
+/* --- GPTQ of a llama a layer at a time (model/gptq_run.c) --------------------------------- */
+
+/* Bit for bit: the same codes, scales and zero points. */
+static int same_qweight(const qtc_qweight *a, const qtc_qweight *b)
+{
+    if (memcmp(&a->s, &b->s, sizeof a->s) != 0 || a->rows != b->rows || a->cols != b->cols || a->n_groups != b->n_groups ||
+        !a->q || !b->q || (a->zero == NULL) != (b->zero == NULL))
+        return 0;
+    const int64_t ns = a->s.group < 0 ? 1 : a->rows * a->n_groups;
+    return memcmp(a->q, b->q, (size_t)(a->rows * a->cols)) == 0 && memcmp(a->scale, b->scale, (size_t)ns * sizeof(float)) == 0 &&
+           (!a->zero || memcmp(a->zero, b->zero, (size_t)ns) == 0);
+}
+
+/* layer_done around qtc_gptq_layer: before it, each weight it is given and its
+ * x x^T sums copied; after it, its result against qtc_gptq run here on the
+ * copies, the weight in the llama (dequantized or left alone), and which
+ * results exist so far. */
+typedef struct gptq_check {
+    qtc_gptq_run *g;
+    qtc_qscheme s;
+    qtc_gptq_opts o;
+    int sequential;
+    unsigned seen[8]; /* per layer: kinds given so far */
+    int calls, bad;
+    char what[160];   /* the first failure */
+} gptq_check;
+
+static void gptq_bad(gptq_check *c, int l, int k, const char *why)
+{
+    if (!c->bad++)
+        snprintf(c->what, sizeof c->what, "layer %d kind %d: %s", l, k, why);
+}
+
+static qtc_status check_gptq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsigned kinds, qtc_error *err)
+{
+    gptq_check *c = ctx;
+    c->calls++;
+    float *w0[QTC_N_LINEAR] = {0};
+    double *xtx[QTC_N_LINEAR] = {0};
+    for (int k = 0; k < QTC_N_LINEAR; k++) {
+        if (!(kinds >> k & 1))
+            continue;
+        const qtc_tensor *w = qtc_llama_linear_weight(m, l, (qtc_linear_kind)k);
+        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + k];
+        w0[k] = malloc((size_t)qtc_tensor_nbytes(w));
+        memcpy(w0[k], w->data, (size_t)qtc_tensor_nbytes(w));
+        xtx[k] = malloc((size_t)(a->in * a->in) * sizeof(double));
+        memcpy(xtx[k], a->xtx, (size_t)(a->in * a->in) * sizeof(double));
+    }
+    qtc_status rc = qtc_gptq_layer(c->g, cb, m, l, kinds, err);
+    for (int k = 0; k < QTC_N_LINEAR && rc == QTC_OK; k++) {
+        const int i = l * QTC_N_LINEAR + k;
+        const unsigned want_done = (c->seen[l] | kinds) >> k & 1;
+        if ((c->g->q[i].q != NULL) != want_done)
+            gptq_bad(c, l, k, want_done ? "no result" : "a result before its inputs were given");
+        if (!(kinds >> k & 1))
+            continue;
+        const qtc_tensor *w = qtc_llama_linear_weight(m, l, (qtc_linear_kind)k);
+        const qtc_act_stats *a = &cb->s[i];
+        qtc_qweight want;
+        if (qtc_gptq(w0[k], w->ne[0], w->ne[1], xtx[k], a->rows, &c->s, &c->o, &want, err) != QTC_OK) {
+            rc = err->code;
+            break;
+        }
+        if (!same_qweight(&c->g->q[i], &want))
+            gptq_bad(c, l, k, "differs from qtc_gptq on its recorded x x^T");
+        float *dq = malloc((size_t)qtc_tensor_nbytes(w));
+        qtc_qweight_dequantize(&want, dq);
+        if (memcmp(w->data, c->sequential ? dq : w0[k], (size_t)qtc_tensor_nbytes(w)) != 0)
+            gptq_bad(c, l, k, c->sequential ? "the llama's weight is not the result dequantized" : "the float weight changed");
+        free(dq);
+        qtc_qweight_free(&want);
+    }
+    c->seen[l] |= kinds;
+    for (int k = 0; k < QTC_N_LINEAR; k++) {
+        free(w0[k]);
+        free(xtx[k]);
+    }
+    return rc;
+}
+
+TEST(gptq_hooks_quantize_each_recorded_weight_as_qtc_gptq_does_and_hand_each_result_over_once)
+{
+    qtc_error err;
+    const qtc_llama_config c = fold_config(2); /* grouped-query attention: k and v narrower than q */
+    const qtc_qscheme sch = {QTC_QK_INT, 4, 8, 0, 0};
+    const qtc_gptq_opts o = {0.01, 1};
+    qtc_tokens d = fold_tokens(8 * 16, c.vocab, 5);
+    qtc_gptq_run runs[2];
+    const int n = c.n_layers * QTC_N_LINEAR;
+    for (int seq = 0; seq < 2; seq++) {
+        qtc_llama *m = test_random_llama(c, 33), *orig = test_random_llama(c, 33);
+        CHECK(m && orig);
+        qtc_gptq_run *g = &runs[seq];
+        CHECK(qtc_gptq_run_init(g, c.n_layers, &sch, &o, seq, &err) == QTC_OK && g->n == n && g->q && g->handed == 0);
+        gptq_check chk;
+        memset(&chk, 0, sizeof chk);
+        chk.g = g;
+        chk.s = sch;
+        chk.o = o;
+        chk.sequential = seq;
+        qtc_calib *cb = qtc_calib_new(&c, 1, &err);
+        CHECK(cb);
+        qtc_calib_hooks h = {NULL, check_gptq_layer, seq, seq, &chk};
+        CHECK_MSG(qtc_calib_run(cb, m, &d, 16, 3, 0, &h, &err) == QTC_OK, "%s", err.msg);
+        CHECK_MSG(chk.bad == 0, "%s (%d failures, sequential %d)", chk.what, chk.bad, seq);
+        CHECK(chk.calls == (seq ? 4 : 1) * c.n_layers);
+        for (int l = 0; l < c.n_layers; l++)
+            CHECK(chk.seen[l] == (1u << QTC_N_LINEAR) - 1);
+        /* what the llama holds once done: the results dequantized, or the float weights as they were */
+        for (int i = 0; i < n; i++) {
+            const qtc_tensor *w = qtc_llama_linear_weight(m, i / QTC_N_LINEAR, (qtc_linear_kind)(i % QTC_N_LINEAR));
+            const qtc_tensor *w0 = qtc_llama_linear_weight(orig, i / QTC_N_LINEAR, (qtc_linear_kind)(i % QTC_N_LINEAR));
+            float *dq = malloc((size_t)qtc_tensor_nbytes(w));
+            qtc_qweight_dequantize(&g->q[i], dq);
+            const int is_dq = memcmp(w->data, dq, (size_t)qtc_tensor_nbytes(w)) == 0;
+            const int is_float = memcmp(w->data, w0->data, (size_t)qtc_tensor_nbytes(w)) == 0;
+            free(dq);
+            CHECK_MSG(seq ? is_dq && !is_float : is_float && !is_dq, "weight %d: sequential %d, dequantized %d, float %d", i,
+                      seq, is_dq, is_float);
+        }
+        qtc_calib_free(cb);
+        qtc_llama_free(m);
+        qtc_llama_free(orig);
+    }
+    /* layer 0's q/k/v read the same inputs either way; every weight after sees quantized ones when sequential */
+    for (int i = 0; i < n; i++) {
+        const int same = same_qweight(&runs[0].q[i], &runs[1].q[i]);
+        CHECK_MSG(same == (i < QTC_LIN_O), "weight %d: sequential and not %s", i, same ? "agree" : "differ");
+    }
+    /* inputs without x x^T sums: an error naming the first weight */
+    {
+        qtc_llama *m = test_random_llama(c, 33);
+        qtc_calib *cb = qtc_calib_new(&c, 0, &err);
+        qtc_calib_hooks h = {NULL, qtc_gptq_layer, 0, 0, &runs[0]};
+        CHECK(m && cb && qtc_calib_run(cb, m, &d, 16, 3, 0, &h, &err) == QTC_ERR_USAGE);
+        CHECK_MSG(strstr(err.msg, "model.layers.0.self_attn.q_proj.weight") && strstr(err.msg, "x x^T"), "%s", err.msg);
+        qtc_calib_free(cb);
+        qtc_llama_free(m);
+    }
+    /* the qweight hook: each result once, in the run's scheme only, and nothing for other names */
+    qtc_gptq_run *g = &runs[1];
+    const qtc_qscheme other = {QTC_QK_INT, 4, 8, 1, 0};
+    qtc_qweight q;
+    memset(&q, 0, sizeof q);
+    CHECK(qtc_gptq_weight(g, "model.layers.0.self_attn.q_proj.weight", &other, &q, &err) == 0 && !q.q);
+    CHECK(qtc_gptq_weight(g, "model.embed_tokens.weight", &sch, &q, &err) == 0 && !q.q);
+    CHECK(qtc_gptq_weight(g, "model.layers.2.self_attn.q_proj.weight", &sch, &q, &err) == 0 && !q.q);
+    CHECK(qtc_gptq_weight(g, "model.layers.0.input_layernorm.weight", &sch, &q, &err) == 0 && !q.q);
+    CHECK(g->handed == 0);
+    for (int i = n - 1; i >= 0; i--) { /* in another order than recorded */
+        char name[QTC_NAME_MAX];
+        qtc_linear_weight_name(i / QTC_N_LINEAR, (qtc_linear_kind)(i % QTC_N_LINEAR), name, sizeof name);
+        const qtc_qweight held = g->q[i];
+        CHECK_MSG(qtc_gptq_weight(g, name, &sch, &q, &err) == 1, "%s", name);
+        CHECK_MSG(q.q == held.q && q.scale == held.scale && q.zero == held.zero && q.rows == held.rows && q.cols == held.cols,
+                  "%s: not the result held", name);
+        CHECK(g->handed == n - i && !g->q[i].q);
+        qtc_qweight_free(&q);
+        memset(&q, 0, sizeof q);
+        CHECK_MSG(qtc_gptq_weight(g, name, &sch, &q, &err) == 0 && !q.q, "%s handed over twice", name);
+    }
+    CHECK(g->handed == n);
+    qtc_gptq_run_free(&runs[0]);
+    qtc_gptq_run_free(&runs[1]);
+    CHECK(!runs[1].q);
+    qtc_gptq_run_free(&runs[1]); /* twice: nothing left to free */
+    qtc_tokens_free(&d);
 }

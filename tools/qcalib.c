@@ -68,60 +68,6 @@ static void show_progress(void *ctx, int64_t done, int64_t total)
         fprintf(stderr, "\rqcalib: %3.0f%% calibrated%s", 100.0 * (double)done / (double)total, done == total ? "\n" : "");
 }
 
-/* A layer's linear weights in qtc_linear_kind order. */
-static void layer_weights(qtc_llama_layer *L, qtc_tensor *ws[QTC_N_LINEAR])
-{
-    qtc_tensor *all[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-    memcpy(ws, all, sizeof all);
-}
-
-typedef struct gptq_run {
-    qtc_qscheme s;
-    qtc_gptq_opts o;
-    int sequential;     /* later layers see this layer's quantized weights */
-    int n;              /* layers * QTC_N_LINEAR */
-    qtc_qweight *q;     /* the results, handed to qtc_convert */
-    char (*names)[QTC_NAME_MAX];
-    int done;
-} gptq_run;
-
-/* qtc_calib_run's layer_done: GPTQ of the layer's weights whose inputs are recorded. */
-static qtc_status gptq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, unsigned kinds, qtc_error *err)
-{
-    gptq_run *g = ctx;
-    qtc_tensor *ws[QTC_N_LINEAR];
-    layer_weights(&m->layers[l], ws);
-    for (int k = 0; k < QTC_N_LINEAR; k++) {
-        if (!(kinds >> k & 1))
-            continue;
-        const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + k];
-        qtc_qweight *q = &g->q[l * QTC_N_LINEAR + k];
-        if (qtc_gptq(ws[k]->data, ws[k]->ne[0], ws[k]->ne[1], a->xtx, a->rows, &g->s, &g->o, q, err) != QTC_OK)
-            return qtc_error_prefix(err, "%s", a->weight);
-        memcpy(g->names[l * QTC_N_LINEAR + k], a->weight, QTC_NAME_MAX);
-        if (g->sequential)
-            qtc_qweight_dequantize(q, ws[k]->data);
-    }
-    return QTC_OK;
-}
-
-/* qtc_convert asks for each linear weight's stored form: hand over GPTQ's. */
-static int gptq_weight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err)
-{
-    (void)err;
-    gptq_run *g = ctx;
-    if (memcmp(s, &g->s, sizeof *s) != 0)
-        return 0;
-    for (int i = 0; i < g->n; i++)
-        if (g->q[i].q && strcmp(g->names[i], name) == 0) {
-            *q = g->q[i]; /* qtc_convert frees it */
-            memset(&g->q[i], 0, sizeof g->q[i]);
-            g->done++;
-            return 1;
-        }
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     cli_init("qcalib", usage_text, argv);
@@ -234,7 +180,7 @@ int main(int argc, char **argv)
     qtc_tokens data = {0};
     qtc_calib *cb = NULL;
     qtc_calib_source prov = {data_path, "", 0, ctx, seed};
-    gptq_run gr = {to.scheme, go, sequential, 0, NULL, NULL, 0};
+    qtc_gptq_run gr = {0};
     qtc_awq_fold ar = {0};
     float *before = NULL; /* one window's logits before folding, to check that folding keeps the function */
     if (!src || !(m = qtc_llama_from_model(src, &err)) ||
@@ -250,15 +196,12 @@ int main(int argc, char **argv)
         goto done;
     }
     qtc_calib_hooks ch = {show_progress, NULL, 0, 0, NULL};
-    gr.n = m->c.n_layers * QTC_N_LINEAR;
     if (gptq) { /* a layer at a time, each layer's inputs from the quantized layers before it */
-        gr.q = calloc((size_t)gr.n, sizeof *gr.q);
-        gr.names = calloc((size_t)gr.n, sizeof *gr.names);
-        if (!gr.q || !gr.names) {
-            rc = cli_fail(&(qtc_error){QTC_ERR_NOMEM, "out of memory"});
+        if (qtc_gptq_run_init(&gr, m->c.n_layers, &to.scheme, &go, sequential, &err) != QTC_OK) {
+            rc = cli_fail(&err);
             goto done;
         }
-        ch = (qtc_calib_hooks){show_progress, gptq_layer, sequential, sequential, &gr};
+        ch = (qtc_calib_hooks){show_progress, qtc_gptq_layer, sequential, sequential, &gr};
     } else if (awq) {
         if (qtc_awq_fold_init(&ar, m->c.n_layers, &to.scheme, clip, &err) != QTC_OK) {
             rc = cli_fail(&err);
@@ -300,7 +243,7 @@ int main(int argc, char **argv)
     }
     if (gptq) {
         char *gcfg = layout == 1 ? qtc_gptq_layout_config(&to.scheme, go.act_order, go.damp, sequential) : NULL;
-        qtc_convert_hooks hooks = {.qweight = gptq_weight, .gptq_config = gcfg, .ctx = &gr};
+        qtc_convert_hooks hooks = {.qweight = qtc_gptq_weight, .gptq_config = gcfg, .ctx = &gr};
         qtc_convert_summary s;
         qtc_status st = qtc_convert(src, out, fmt, qtc_path_wants_zstd(out), &to, NULL, 0, &hooks, &s, &err);
         free(gcfg);
@@ -311,7 +254,7 @@ int main(int argc, char **argv)
         char name[64];
         qtc_qscheme_name(&to.scheme, name, sizeof name);
         fprintf(stderr, "qcalib: wrote %s: %d weights by GPTQ to %s%s%s, %.3f bits per weight, rel rms err %.3e\n", out,
-                gr.done, name,
+                gr.handed, name,
                 go.act_order ? (sequential ? " (act-order)" : " (act-order, not sequential)") : sequential ? "" : " (not sequential)",
                 layout == 1 ? " in GPTQ's layout" : "", s.bits_per_weight, s.rel_rms_err);
     }
@@ -384,10 +327,7 @@ int main(int argc, char **argv)
 done:
     free(before);
     qtc_awq_fold_free(&ar);
-    for (int i = 0; gr.q && i < gr.n; i++)
-        qtc_qweight_free(&gr.q[i]);
-    free(gr.q);
-    free(gr.names);
+    qtc_gptq_run_free(&gr);
     qtc_calib_free(cb);
     qtc_tokens_free(&data);
     qtc_tokenizer_free(tok);

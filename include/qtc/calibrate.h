@@ -1,7 +1,8 @@
 /* qtc/calibrate.h: calibrating a llama: running text through it to collect
  * the statistics of qtc/calib.h, the files they are written to (the
  * calibration JSON, llama.cpp's imatrix GGUF), and folding what they say into
- * the llama's float weights (AWQ's and SmoothQuant's per-channel scales).
+ * the llama's float weights (AWQ's and SmoothQuant's per-channel scales), and
+ * GPTQ of its weights a layer at a time.
  *
  * qtc_calib_run records, at the input of every linear layer of a llama
  * (through the model's linear hook), the statistics of a qtc_act_stats.
@@ -54,6 +55,36 @@ typedef struct qtc_calib_hooks {
  * hooks may be NULL. */
 qtc_status qtc_calib_run(qtc_calib *cb, qtc_llama *m, const qtc_tokens *data, int ctx, int batch, int64_t max_tokens,
                          const qtc_calib_hooks *hooks, qtc_error *err);
+
+/* --- GPTQ of a llama's weights ------------------------------------------------------- */
+
+/* GPTQ run over a llama a layer at a time, as qtc_calib_run completes each
+ * layer (a qtc_calib with x x^T sums; hooks with layer_done qtc_gptq_layer,
+ * ctx the qtc_gptq_run, changes_weights and by_group both `sequential`),
+ * then written through qtc_convert (hooks with qweight qtc_gptq_weight, ctx
+ * the qtc_gptq_run, and `to` in the same scheme). */
+typedef struct qtc_gptq_run {
+    qtc_qscheme scheme;  /* the integer scheme of every linear weight */
+    qtc_gptq_opts opts;
+    int sequential;      /* the quantized weights put back: what is calibrated after sees them */
+    int n;               /* layers * QTC_N_LINEAR */
+    qtc_qweight *q;      /* per layer * QTC_N_LINEAR + kind: GPTQ's result (q.q NULL: none, or handed over) */
+    int handed;          /* results handed over by qtc_gptq_weight */
+} qtc_gptq_run;
+
+/* Ready for a model of n_layers layers, to be quantized to scheme s with o. */
+qtc_status qtc_gptq_run_init(qtc_gptq_run *g, int n_layers, const qtc_qscheme *s, const qtc_gptq_opts *o,
+                             int sequential, qtc_error *err);
+/* Frees the results not handed over (a zeroed qtc_gptq_run is freed too). */
+void qtc_gptq_run_free(qtc_gptq_run *g);
+/* qtc_calib_hooks.layer_done (ctx: a qtc_gptq_run): qtc_gptq of each of the
+ * layer's weights in `kinds` on its recorded x x^T sums, kept in g->q; with
+ * sequential, the weight in m replaced by the result dequantized. */
+qtc_status qtc_gptq_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int layer, unsigned kinds, qtc_error *err);
+/* qtc_convert_hooks.qweight (ctx: a qtc_gptq_run): hands over (once; qtc_convert
+ * frees it) GPTQ's result for the weight `name` when s is the run's scheme:
+ * returns 1 with *q, 0 for another scheme or a weight without a result. */
+int qtc_gptq_weight(void *ctx, const char *name, const qtc_qscheme *s, qtc_qweight *q, qtc_error *err);
 
 /* --- files -------------------------------------------------------------------------- */
 
