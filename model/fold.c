@@ -9,12 +9,6 @@
 #include "qtc/calibrate.h"
 
 /* A layer's linear weights in qtc_linear_kind order. */
-static void layer_weights(qtc_llama_layer *L, qtc_tensor *ws[QTC_N_LINEAR])
-{
-    qtc_tensor *all[QTC_N_LINEAR] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-    memcpy(ws, all, sizeof all);
-}
-
 /* An input of a layer: the projections reading it and what produced it. */
 typedef struct fold_group {
     qtc_linear_kind stats; /* the kind whose input statistics these are */
@@ -116,8 +110,6 @@ qtc_status qtc_awq_fold_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, uns
     fold_group groups[4];
     fold_groups(m, l, groups);
     float *scales[4] = {NULL, NULL, NULL, NULL}; /* the scales folded in per group (NULL: none) */
-    qtc_tensor *ws_all[QTC_N_LINEAR];
-    layer_weights(&m->layers[l], ws_all);
     qtc_status rc = QTC_OK;
     for (int k = 0; k < 4 && rc == QTC_OK; k++) {
         if (!groups[k].prev) /* grouped-query attention: o_proj's input has no per-channel producer to fold into */
@@ -155,7 +147,7 @@ qtc_status qtc_awq_fold_layer(void *ctx, qtc_calib *cb, qtc_llama *m, int l, uns
     for (int k = 0; k < 4 && rc == QTC_OK && r->clip && r->clips; k++) {
         const qtc_act_stats *a = &cb->s[l * QTC_N_LINEAR + groups[k].stats];
         for (int i = 0; i < 2 && groups[k].clip[i] >= 0 && rc == QTC_OK; i++) {
-            const qtc_tensor *w = ws_all[groups[k].clip[i]];
+            const qtc_tensor *w = qtc_llama_linear_weight(m, l, (qtc_linear_kind)groups[k].clip[i]);
             const int64_t g = r->scheme.group > 0 ? r->scheme.group : w->ne[1];
             float *clip = malloc((size_t)(w->ne[0] * ((w->ne[1] + g - 1) / g)) * sizeof *clip);
             double before = 0, after = 0;
@@ -188,11 +180,9 @@ void qtc_awq_apply_clips(const qtc_awq_fold *a, qtc_llama *m)
 {
     assert(!a->clips || a->n == m->c.n_layers * QTC_N_LINEAR);
     for (int i = 0; a->clips && i < a->n; i++)
-        if (a->clips[i]) {
-            qtc_tensor *ws[QTC_N_LINEAR];
-            layer_weights(&m->layers[i / QTC_N_LINEAR], ws);
-            apply_clip(ws[i % QTC_N_LINEAR], a->clips[i], &a->scheme);
-        }
+        if (a->clips[i])
+            apply_clip(qtc_llama_linear_weight(m, i / QTC_N_LINEAR, (qtc_linear_kind)(i % QTC_N_LINEAR)), a->clips[i],
+                       &a->scheme);
 }
 
 /* --- SmoothQuant ------------------------------------------------------------------------ */
