@@ -48,6 +48,8 @@ int qlayout_join(char *out, const char *a, const char *b);
 int qlayout_entry(qtc_out_entry *e, const char *module, const char *suffix, qtc_dtype t, int ndim, int64_t a, int64_t b);
 qtc_tensor *qlayout_new_like(const qtc_out_entry *e, qtc_error *err);
 int qlayout_is_shape(const qtc_tensor_entry *e, qtc_dtype t, int ndim, int64_t a, int64_t b);
+/* The entry named module + suffix (".qzeros"), or -1. */
+int qlayout_find_part(const qtc_model_file *m, const char *module, const char *suffix);
 
 /* qlayout_gptq.c: GPTQ's layout */
 /* The bits and group of a GPTQ quantization_config; 0 when it is not one. */

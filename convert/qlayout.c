@@ -256,6 +256,14 @@ char *qtc_qlayout_hf_config(const qtc_qscheme *s, int input_bits)
     return s2;
 }
 
+int qlayout_find_part(const qtc_model_file *m, const char *module, const char *suffix)
+{
+    char name[QTC_NAME_MAX + 32];
+    if ((size_t)snprintf(name, sizeof name, "%s%s", module, suffix) >= sizeof name)
+        return -1;
+    return qtc_model_find(m, name);
+}
+
 int qlayout_is_shape(const qtc_tensor_entry *e, qtc_dtype t, int ndim, int64_t a, int64_t b)
 {
     return e->dtype == t && e->ndim == ndim && e->ne[0] == a && (ndim < 2 || e->ne[1] == b);
@@ -361,7 +369,7 @@ static qtc_status fold_nf4(qtc_model_file *m, int i, char *hide, qtc_error *err)
 {
     const qtc_tensor_entry *st = &m->tensors[i];
     const char *file = m->inputs[st->input].name;
-    char base[QTC_NAME_MAX], part[QTC_NAME_MAX + 32];
+    char base[QTC_NAME_MAX];
     snprintf(base, sizeof base, "%.*s", (int)(strlen(st->name) - strlen(".quant_state.bitsandbytes__nf4")), st->name);
     char *json = malloc(st->nbytes + 1);
     if (!json)
@@ -386,14 +394,10 @@ static qtc_status fold_nf4(qtc_model_file *m, int i, char *hide, qtc_error *err)
                              file, st->name);
     int64_t n = rows * cols, nb = (n + blocksize - 1) / blocksize;
     int w = qtc_model_find(m, base);
-    snprintf(part, sizeof part, "%s.absmax", base);
-    int a = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.quant_map", base);
-    int qm = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.nested_absmax", base);
-    int na = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.nested_quant_map", base);
-    int nm = qtc_model_find(m, part);
+    int a = qlayout_find_part(m, base, ".absmax");
+    int qm = qlayout_find_part(m, base, ".quant_map");
+    int na = qlayout_find_part(m, base, ".nested_absmax");
+    int nm = qlayout_find_part(m, base, ".nested_quant_map");
     if (w < 0 || a < 0 || qm < 0 || !qlayout_is_shape(&m->tensors[w], QTC_U8, 2, (n + 1) / 2, 1) ||
         !qlayout_is_shape(&m->tensors[qm], QTC_F32, 1, 16, 0) ||
         !qlayout_is_shape(&m->tensors[a], nested ? QTC_U8 : QTC_F32, 1, nb, 0) ||
@@ -428,18 +432,14 @@ static qtc_status fold_nf4(qtc_model_file *m, int i, char *hide, qtc_error *err)
 /* Folds one compressed-tensors weight; sc is its weight_scale entry. */
 static qtc_status fold_int(qtc_model_file *m, int sc, const qtc_qscheme *cfg, int have_cfg, char *hide, qtc_error *err)
 {
-    char mod[QTC_NAME_MAX], part[QTC_NAME_MAX + 32];
+    char mod[QTC_NAME_MAX];
     const qtc_tensor_entry *se = &m->tensors[sc];
     const char *file = m->inputs[se->input].name;
     snprintf(mod, sizeof mod, "%.*s", (int)(strlen(se->name) - strlen(".weight_scale")), se->name);
-    snprintf(part, sizeof part, "%s.weight_packed", mod);
-    int packed = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.weight", mod);
-    int w8 = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.weight_zero_point", mod);
-    int zp = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.weight_shape", mod);
-    int shp = qtc_model_find(m, part);
+    int packed = qlayout_find_part(m, mod, ".weight_packed");
+    int w8 = qlayout_find_part(m, mod, ".weight");
+    int zp = qlayout_find_part(m, mod, ".weight_zero_point");
+    int shp = qlayout_find_part(m, mod, ".weight_shape");
     qtc_qscheme s = have_cfg ? *cfg : (qtc_qscheme){QTC_QK_INT, packed >= 0 ? 4 : 8, 0, 1, 0};
     s.symmetric = zp < 0;
     int64_t rows, cols;

@@ -109,16 +109,13 @@ int qlayout_gptq_scheme(const char *config_json, qtc_qscheme *s)
 /* Folds one GPTQ weight; qi is its qweight entry. */
 qtc_status qlayout_fold_gptq(qtc_model_file *m, int qi, const qtc_qscheme *cfg, char *hide, qtc_error *err)
 {
-    char mod[QTC_NAME_MAX], part[QTC_NAME_MAX + 32];
+    char mod[QTC_NAME_MAX];
     const qtc_tensor_entry *qe = &m->tensors[qi];
     const char *file = m->inputs[qe->input].name;
     snprintf(mod, sizeof mod, "%.*s", (int)(strlen(qe->name) - strlen(".qweight")), qe->name);
-    snprintf(part, sizeof part, "%s.qzeros", mod);
-    int zi = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.scales", mod);
-    int si = qtc_model_find(m, part);
-    snprintf(part, sizeof part, "%s.g_idx", mod);
-    int gi = qtc_model_find(m, part);
+    int zi = qlayout_find_part(m, mod, ".qzeros");
+    int si = qlayout_find_part(m, mod, ".scales");
+    int gi = qlayout_find_part(m, mod, ".g_idx");
     qtc_qscheme s = *cfg;
     const int per = qlayout_per_word(s.bits), bias = 1 << (s.bits - 1);
     int64_t cols = qe->ndim == 2 ? qe->ne[0] * per : 0, rows = qe->ndim == 2 ? qe->ne[1] : 0;
