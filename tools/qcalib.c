@@ -190,11 +190,8 @@ int main(int argc, char **argv)
         rc = cli_fail(&err);
         goto done;
     }
-    if (ctx > src->config.ctx) {
-        fprintf(stderr, "qcalib: error: --ctx %d is larger than the model's context of %d\n", ctx, src->config.ctx);
-        rc = 1;
+    if ((rc = cli_check_ctx(ctx, &src->config)))
         goto done;
-    }
     qtc_calib_hooks ch = {show_progress, NULL, 0, 0, NULL};
     if (gptq) { /* a layer at a time, each layer's inputs from the quantized layers before it */
         if (qtc_gptq_run_init(&gr, m->c.n_layers, &to.scheme, &go, sequential, &err) != QTC_OK) {
