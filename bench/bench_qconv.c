@@ -43,7 +43,7 @@ static int generate(const char *path, double *largest_mb)
             e[n].ne[0] = rows;
             e[n].ne[1] = p < 7 ? cols : 1;
             e[n].ne[2] = e[n].ne[3] = 1;
-            snprintf(e[n].name, QTC_NAME_MAX, "model.layers.%d.%s.weight", l, parts[p]);
+            qtc_layer_weight_name(l, parts[p], e[n].name, QTC_NAME_MAX);
             n++;
         }
     e[n] = (qtc_out_entry){"model.norm.weight", QTC_F32, 1, {c->dim, 1, 1, 1}};

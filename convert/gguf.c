@@ -179,6 +179,12 @@ static void map_name(const char *from, int to_hf, char *out, size_t cap)
     snprintf(out, cap, "%s", from);
 }
 
+const char *qtc_layer_weight_name(int layer, const char *part, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "model.layers.%d.%s.weight", layer, part);
+    return buf;
+}
+
 const char *qtc_gguf_name(const char *hf_name, char *buf, size_t cap)
 {
     map_name(hf_name, 0, buf, cap);

@@ -84,21 +84,21 @@ qtc_status llama2c_parse(qtc_model_file *m, int in_index, qtc_error *err)
     const unsigned char *p = in->data + 28;
     /* one block of all layers at a time, in file order */
     struct {
-        const char *name;    /* per layer: model.layers.<l>.<name>; else the whole name */
+        const char *name;    /* per layer: the module path (qtc_layer_weight_name); else the whole name */
         int per_layer;
         int64_t rows, cols;  /* per layer (cols 0: a vector of rows) */
         int rope_heads;
     } blocks[] = {
         {"model.embed_tokens.weight", 0, c->vocab, dim, 0},
-        {"input_layernorm.weight", 1, dim, 0, 0},
-        {"self_attn.q_proj.weight", 1, dim, dim, c->n_heads},
-        {"self_attn.k_proj.weight", 1, kv, dim, c->n_kv_heads},
-        {"self_attn.v_proj.weight", 1, kv, dim, 0},
-        {"self_attn.o_proj.weight", 1, dim, dim, 0},
-        {"post_attention_layernorm.weight", 1, dim, 0, 0},
-        {"mlp.gate_proj.weight", 1, hid, dim, 0},
-        {"mlp.down_proj.weight", 1, dim, hid, 0},
-        {"mlp.up_proj.weight", 1, hid, dim, 0},
+        {"input_layernorm", 1, dim, 0, 0},
+        {"self_attn.q_proj", 1, dim, dim, c->n_heads},
+        {"self_attn.k_proj", 1, kv, dim, c->n_kv_heads},
+        {"self_attn.v_proj", 1, kv, dim, 0},
+        {"self_attn.o_proj", 1, dim, dim, 0},
+        {"post_attention_layernorm", 1, dim, 0, 0},
+        {"mlp.gate_proj", 1, hid, dim, 0},
+        {"mlp.down_proj", 1, dim, hid, 0},
+        {"mlp.up_proj", 1, hid, dim, 0},
         {"model.norm.weight", 0, dim, 0, 0},
     };
     for (size_t b = 0; b < sizeof blocks / sizeof *blocks; b++) {
@@ -107,7 +107,7 @@ qtc_status llama2c_parse(qtc_model_file *m, int in_index, qtc_error *err)
             if (!e)
                 return QTC_ERR_NOMEM;
             if (blocks[b].per_layer)
-                snprintf(e->name, sizeof e->name, "model.layers.%d.%s", l, blocks[b].name);
+                qtc_layer_weight_name(l, blocks[b].name, e->name, sizeof e->name);
             else
                 snprintf(e->name, sizeof e->name, "%s", blocks[b].name);
             e->dtype = QTC_F32;

@@ -30,12 +30,6 @@ const char *qtc_linear_path(qtc_linear_kind kind)
     return kind < QTC_N_LINEAR ? path[kind] : "lm_head";
 }
 
-const char *qtc_layer_weight_name(int layer, const char *part, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "model.layers.%d.%s.weight", layer, part);
-    return buf;
-}
-
 const char *qtc_linear_weight_name(int layer, qtc_linear_kind kind, char *buf, size_t cap)
 {
     return qtc_layer_weight_name(layer, qtc_linear_path(kind), buf, cap);

@@ -208,6 +208,10 @@ qtc_status qtc_writer_put(qtc_model_writer *w, int i, const qtc_tensor *t, qtc_e
 /* Checks that every tensor was written, then makes the output visible. Frees w. */
 qtc_status qtc_writer_commit(qtc_model_writer *w, qtc_error *err);
 void qtc_writer_abort(qtc_model_writer *w);
+/* "model.layers.LAYER.PART.weight" into buf (cap bytes; QTC_NAME_MAX holds
+ * any): the HF name of a layer's weight, part being a module path such as
+ * "self_attn.q_proj" or "input_layernorm". Returns buf. */
+const char *qtc_layer_weight_name(int layer, const char *part, char *buf, size_t cap);
 /* The llama.cpp name of an HF tensor name ("blk.0.attn_q.weight"), or NULL. */
 const char *qtc_gguf_name(const char *hf_name, char *buf, size_t cap);
 /* The HF name of a llama.cpp tensor name (names it does not know pass through). */

@@ -33,11 +33,8 @@ typedef enum qtc_linear_kind {
 #define QTC_N_LINEAR 7 /* a layer's projections: q k v o gate up down (QTC_LIN_Q .. QTC_LIN_DOWN) */
 /* "self_attn.q_proj", ... "mlp.down_proj": the module path of a layer's projection kind */
 const char *qtc_linear_path(qtc_linear_kind kind);
-/* "model.layers.LAYER.PART.weight" into buf (cap bytes; QTC_NAME_MAX holds
- * any): the HF name of a layer's weight, part being a module path such as
- * "self_attn.q_proj" or "input_layernorm". Returns buf. */
-const char *qtc_layer_weight_name(int layer, const char *part, char *buf, size_t cap);
-/* The same for a layer's projection (kind < QTC_N_LINEAR). */
+/* The HF name of a layer's projection weight (kind < QTC_N_LINEAR), as
+ * qtc_layer_weight_name (qtc/convert.h) writes it. */
 const char *qtc_linear_weight_name(int layer, qtc_linear_kind kind, char *buf, size_t cap);
 
 /* y = x W^T for one projection of layer `layer` (-1 for the output head). A
