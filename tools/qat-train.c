@@ -137,8 +137,10 @@ int main(int argc, char **argv)
         case 'C': loss_kind = 0; break;
         case 'F':
         case 'R': {
+            if ((c == 'F' ? n_freeze : n_train) == 32)
+                cli_usage("at most 32 --freeze and 32 --train patterns");
             regex_t *re = c == 'F' ? &freeze[n_freeze] : &train[n_train];
-            if ((c == 'F' ? n_freeze : n_train) == 32 || regcomp(re, optarg, REG_EXTENDED | REG_NOSUB) != 0)
+            if (regcomp(re, optarg, REG_EXTENDED | REG_NOSUB) != 0)
                 cli_usage("bad --freeze/--train pattern");
             if (c == 'F')
                 n_freeze++;
