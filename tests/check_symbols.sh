@@ -15,6 +15,7 @@ CC=${CC:-cc}
 
 pass=0
 fail=0
+skip=0
 bad() {
     echo "FAIL symbols: $*"
     fail=$((fail + 1))
@@ -106,5 +107,23 @@ else
     bad "a program using only <qtc/qtc.h> does not build against $so: $(head -c 600 "$T/cc.out")"
 fi
 
-echo "symbols: $pass passed, $fail failed"
+# the same from C++: the headers give the API C linkage
+CXX=${CXX:-c++}
+if command -v "$CXX" >/dev/null 2>&1; then
+    printf '#include <qtc/qtc.h>\nint main() { return qtc_version()[0] == 0; }\n' >"$T/use.cpp"
+    if $CXX -Wall -Werror $san -Iinclude -o "$T/usecpp" "$T/use.cpp" -L"$libdir" -lqtc >"$T/cxx.out" 2>&1 &&
+        LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$T/usecpp" >"$T/run.out" 2>&1; then
+        pass=$((pass + 1))
+    else
+        bad "a C++ program using <qtc/qtc.h> does not build or run against $so: $(head -c 600 "$T/cxx.out")"
+    fi
+else
+    skip=$((skip + 1))
+fi
+
+if [ "$skip" -gt 0 ]; then
+    echo "symbols: $pass passed, $fail failed, $skip skipped (no C++ compiler)"
+else
+    echo "symbols: $pass passed, $fail failed"
+fi
 [ "$fail" -eq 0 ]
