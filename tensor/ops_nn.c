@@ -1,5 +1,6 @@
 /* ops_nn.c: RMSNorm, rotary embeddings, causal grouped-query attention,
- * cross-entropy and KL divergence, each with its backward.
+ * cross-entropy (plain, and fused with the output projection) and KL
+ * divergence, each with its backward.
  *
  * Rows are independent, so the loops are split across threads by row; every
  * reduction that crosses rows runs serially in a fixed order, which keeps the
@@ -7,7 +8,9 @@
 #include "qtc/graph.h"
 
 #include <assert.h>
+#include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -465,6 +468,165 @@ qtc_tensor *qtc_cross_entropy(qtc_graph *g, qtc_tensor *logits, const qtc_tensor
     s->targets = tg;
     s->n_valid = valid;
     qtc_node *n = qtc_graph_record(g, "cross_entropy", cross_entropy_backward, y, 1, &logits);
+    if (n)
+        n->saved = s;
+    return y;
+}
+
+/* --- cross-entropy fused with the output projection --------------------------------- */
+
+/* Default rows per chunk: the chunk's logits near 4M floats (16 MiB). */
+#define LCE_CHUNK_FLOATS ((int64_t)1 << 22)
+
+typedef struct lce_saved {
+    float *lse;       /* per row (ignored rows: unset) */
+    int32_t *targets; /* per row, copied */
+    int64_t n_valid, chunk;
+} lce_saved;
+
+/* Scratch for one chunk's logits: malloc'd by the forward and again by the
+ * backward and freed before each returns, not taken from the graph arena. An
+ * arena buffer would stay until qtc_graph_reset, through every later op of the
+ * step, and the arena's doubling growth makes the chunk after it twice as
+ * big, so the arena would keep ~3x the chunk where this holds 1x only while
+ * the op runs. When malloc fails the arena is tried, which records the
+ * out-of-memory error in the graph if it fails too. *owned says to free. */
+static float *lce_scratch(qtc_graph *g, int64_t floats, int *owned)
+{
+    size_t bytes = (size_t)(floats > 0 ? floats : 1) * sizeof(float);
+    float *p = malloc(bytes);
+    *owned = p != NULL;
+    return p ? p : qtc_graph_alloc(g, bytes);
+}
+
+/* logits[0..c) = x[r0..r0+c) W^T: the same sgemm qtc_matmul(x, w, 0, 1) runs. */
+static void lce_chunk_logits(const float *x, const float *w, int64_t r0, int64_t c, int64_t V,
+                             int64_t D, float *logits)
+{
+    if (D == 0) {
+        memset(logits, 0, (size_t)(c * V) * sizeof(float));
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)c, (blasint)V, (blasint)D, 1.0f,
+                x + r0 * D, (blasint)D, w, (blasint)D, 0.0f, logits, (blasint)V);
+}
+
+static void linear_cross_entropy_backward(qtc_graph *g, qtc_node *n)
+{
+    qtc_tensor *xt = n->in[0], *wt = n->in[1];
+    const lce_saved *s = n->saved;
+    int64_t D = last_dim(xt), rows = qtc_tensor_numel(xt) / (D ? D : 1), V = wt->ne[0];
+    if (s->n_valid == 0 || V == 0)
+        return; /* the loss is the constant 0 */
+    float *dx = qtc_graph_needs_grad(g, xt) ? qtc_graph_grad(g, xt) : NULL;
+    float *dw = qtc_graph_needs_grad(g, wt) ? qtc_graph_grad(g, wt) : NULL;
+    if ((qtc_graph_needs_grad(g, xt) && !dx) || (qtc_graph_needs_grad(g, wt) && !dw))
+        return; /* out of memory: the graph remembers it */
+    /* the scale and the per-element formula are cross_entropy_backward's */
+    float scale = ((const float *)n->out->grad->data)[0] / (float)s->n_valid;
+    const float *x = xt->data, *w = wt->data;
+    int owned;
+    float *dl = lce_scratch(g, s->chunk * V, &owned);
+    if (!dl)
+        return;
+    for (int64_t r0 = 0; r0 < rows; r0 += s->chunk) {
+        int64_t c = rows - r0 < s->chunk ? rows - r0 : s->chunk;
+        int any = 0;
+        for (int64_t i = 0; i < c && !any; i++)
+            any = s->targets[r0 + i] >= 0;
+        if (!any)
+            continue; /* every row ignored: the chunk adds nothing */
+        lce_chunk_logits(x, w, r0, c, V, D, dl);
+        /* dlogits = (softmax - onehot) * scale in place; ignored rows zero */
+        #pragma omp parallel for schedule(static) if (c * V > 65536)
+        for (int64_t i = 0; i < c; i++) {
+            int32_t t = s->targets[r0 + i];
+            float *dr = dl + i * V;
+            if (t < 0) {
+                memset(dr, 0, (size_t)V * sizeof(float));
+                continue;
+            }
+            float l = s->lse[r0 + i];
+            for (int64_t j = 0; j < V; j++)
+                dr[j] = expf(dr[j] - l) * scale;
+            dr[t] -= scale;
+        }
+        if (D == 0)
+            continue;
+        if (dx) /* dx[chunk] += dlogits W */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)c, (blasint)D, (blasint)V,
+                        1.0f, dl, (blasint)V, w, (blasint)D, 1.0f, dx + r0 * D, (blasint)D);
+        if (dw) /* dW += dlogits^T x[chunk] */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)V, (blasint)D, (blasint)c,
+                        1.0f, dl, (blasint)V, x + r0 * D, (blasint)D, 1.0f, dw, (blasint)D);
+    }
+    if (owned)
+        free(dl);
+}
+
+qtc_tensor *qtc_linear_cross_entropy(qtc_graph *g, qtc_tensor *x, qtc_tensor *w,
+                                     const qtc_tensor *targets, int64_t chunk_rows)
+{
+    if (!x || !w || !targets)
+        return NULL;
+    assert_f32_contiguous(x);
+    assert_f32_contiguous(w);
+    assert(targets->dtype == QTC_I32 && qtc_tensor_is_contiguous(targets));
+    assert(w->ndim == 2);
+    int64_t D = last_dim(x), rows = qtc_tensor_numel(x) / (D ? D : 1), V = w->ne[0];
+    assert(w->ne[1] == D);
+    assert(qtc_tensor_numel(targets) == rows);
+    int64_t chunk = chunk_rows > 0 ? chunk_rows : LCE_CHUNK_FLOATS / (V ? V : 1);
+    if (chunk < 1)
+        chunk = 1;
+    if (chunk > rows)
+        chunk = rows;
+    qtc_tensor *y = qtc_graph_new_tensor(g, 0, NULL);
+    lce_saved *s = qtc_graph_alloc(g, sizeof *s);
+    float *lse = qtc_graph_alloc(g, (size_t)rows * sizeof(float));
+    int32_t *tg = qtc_graph_alloc(g, (size_t)rows * sizeof(int32_t));
+    if (!y || !s || !lse || !tg)
+        return NULL;
+    int owned;
+    float *logits = lce_scratch(g, chunk * V, &owned);
+    if (!logits)
+        return NULL;
+    memcpy(tg, targets->data, (size_t)rows * sizeof(int32_t));
+    const float *xd = x->data, *wd = w->data;
+    double total = 0;
+    int64_t valid = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t c = rows - r0 < chunk ? rows - r0 : chunk;
+        int any = 0;
+        for (int64_t i = 0; i < c && !any; i++)
+            any = tg[r0 + i] >= 0;
+        if (!any)
+            continue; /* every row of the chunk ignored: no logits needed */
+        lce_chunk_logits(xd, wd, r0, c, V, D, logits);
+        #pragma omp parallel for schedule(static) if (c * V > 65536)
+        for (int64_t i = 0; i < c; i++) {
+            if (tg[r0 + i] < 0)
+                continue;
+            assert(tg[r0 + i] < V);
+            lse[r0 + i] = log_sum_exp(logits + i * V, V);
+        }
+        /* serially in row order, as qtc_cross_entropy sums its per-row losses */
+        for (int64_t i = 0; i < c; i++)
+            if (tg[r0 + i] >= 0) {
+                float loss = lse[r0 + i] - logits[i * V + tg[r0 + i]];
+                total += loss;
+                valid++;
+            }
+    }
+    if (owned)
+        free(logits);
+    ((float *)y->data)[0] = valid ? (float)(total / (double)valid) : 0.0f;
+    s->lse = lse;
+    s->targets = tg;
+    s->n_valid = valid;
+    s->chunk = chunk;
+    qtc_node *n = qtc_graph_record(g, "linear_cross_entropy", linear_cross_entropy_backward, y, 2,
+                                   (qtc_tensor *[]){x, w});
     if (n)
         n->saved = s;
     return y;

@@ -106,6 +106,15 @@ qtc_tensor *qtc_embedding(qtc_graph *g, qtc_tensor *table, const qtc_tensor *ids
  * target is ignored. */
 qtc_tensor *qtc_cross_entropy(qtc_graph *g, qtc_tensor *logits, const qtc_tensor *targets);
 
+/* qtc_cross_entropy(g, qtc_matmul(g, x, w, 0, 1), targets) without ever
+ * holding the (rows, V) logits: x (..., D), w (V, D), targets (i32, x's
+ * leading shape; a negative target is ignored). Rows go through in chunks of
+ * chunk_rows (<= 0: enough rows for about 4M floats of logits); the forward
+ * keeps only each row's log-sum-exp, the backward recomputes each chunk's
+ * logits. Gradients reach x and w when trainable. */
+qtc_tensor *qtc_linear_cross_entropy(qtc_graph *g, qtc_tensor *x, qtc_tensor *w,
+                                     const qtc_tensor *targets, int64_t chunk_rows);
+
 /* Mean over rows of KL(p_ref || p), p = softmax(logits), p_ref =
  * softmax(ref_logits), both (..., V): the distillation loss (student logits,
  * teacher ref_logits). Gradients reach both when both are trainable. */
