@@ -1,8 +1,9 @@
 /* qtc/runtime.h: the library version and thread control.
  *
  * One setting drives both OpenMP (qtc's own loops) and OpenBLAS (matrix
- * products), so a tool's --threads N means N cores, not N squared. Results of
- * every op are independent of the thread count.
+ * products), so a tool's --threads N means N cores, not N squared. qtc's own
+ * loops give the same results at any thread count; OpenBLAS's products may
+ * differ in the last bits between thread counts (see docs/ARCHITECTURE.md).
  */
 #ifndef QTC_RUNTIME_H
 #define QTC_RUNTIME_H
