@@ -292,13 +292,17 @@ qtc_tensor *qtc_llama_block(qtc_llama *m, qtc_graph *g, int layer, qtc_tensor *x
     return attend_and_mlp(m, g, layer, x, q, k, v);
 }
 
-qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)
+qtc_tensor *qtc_llama_hidden(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)
 {
     qtc_tensor *x = qtc_embedding(g, m->embed, tokens);
     for (int l = 0; l < m->c.n_layers; l++)
         x = qtc_llama_block(m, g, l, x, pos0);
-    x = qtc_rmsnorm(g, x, m->norm, m->c.norm_eps);
-    return linear(m, g, x, m->output, -1, QTC_LIN_OUTPUT);
+    return qtc_rmsnorm(g, x, m->norm, m->c.norm_eps);
+}
+
+qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)
+{
+    return linear(m, g, qtc_llama_hidden(m, g, tokens, pos0), m->output, -1, QTC_LIN_OUTPUT);
 }
 
 const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t pos, qtc_error *err)

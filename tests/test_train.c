@@ -212,16 +212,22 @@ TEST(lm_loss_is_cross_entropy_or_the_kl_from_a_teacher_as_double_loops_compute_t
     toggles seen = {0, 0, 0, m};
     m->linear = spy_linear;
     m->linear_ctx = &seen;
-    qtc_lm_loss plain = {m, NULL, NULL, note_training, &seen};
+    qtc_lm_loss plain = {m, NULL, NULL, note_training, &seen, 0};
     qtc_tensor *l = qtc_lm_loss_fn(&plain, g, tk, tg);
     CHECK(l && fabs(((float *)l->data)[0] - ce) < 1e-5 * fmax(1, ce));
     CHECK(seen.calls == 2 && seen.on == 0);            /* told before and after the forward */
     CHECK(seen.on_during_forward == QTC_N_LINEAR * tiny.n_layers + 1); /* every projection and the head saw it */
     qtc_graph_reset(g);
-    qtc_lm_loss distill = {m, teacher, teacher_graph, NULL, NULL};
+    qtc_lm_loss distill = {m, teacher, teacher_graph, NULL, NULL, 1}; /* fused_head: ignored with a teacher */
     l = qtc_lm_loss_fn(&distill, g, tk, tg);
     CHECK(l && fabs(((float *)l->data)[0] - kl) < 1e-5 * fmax(1e-3, kl));
     CHECK(seen.calls == 2); /* no training callback given */
+    qtc_graph_reset(g);
+    seen.on_during_forward = 0;
+    qtc_lm_loss fused = {m, NULL, NULL, note_training, &seen, 1};
+    l = qtc_lm_loss_fn(&fused, g, tk, tg); /* the head fused into the loss: the hook sees the projections only */
+    CHECK(l && fabs(((float *)l->data)[0] - ce) < 1e-5 * fmax(1, ce));
+    CHECK(seen.on_during_forward == QTC_N_LINEAR * tiny.n_layers);
     m->linear = NULL;
     qtc_graph_free(g);
     qtc_graph_free(teacher_graph);
@@ -231,4 +237,56 @@ TEST(lm_loss_is_cross_entropy_or_the_kl_from_a_teacher_as_double_loops_compute_t
     ref_free(&rt);
     qtc_llama_free(m);
     qtc_llama_free(teacher);
+}
+
+/* Every parameter's gradient (the tied embedding's too: lookup and head) is the
+ * unfused loss's within float rounding. */
+TEST(lm_loss_with_the_head_fused_gives_the_unfused_gradients)
+{
+    enum { B = 3, T = 7, V = 16 };
+    qtc_error err;
+    qtc_llama *m = test_random_llama(tiny, 31);
+    int32_t tok[B * T], tgt[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)((i * 11 + 2) % V);
+        tgt[i] = i % 5 == 3 ? -1 : (int32_t)((i * 3 + 7) % V);
+    }
+    qtc_tensor *tk = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(B, T), tok, NULL, &err);
+    qtc_tensor *tg = qtc_tensor_wrap(QTC_I32, 2, QTC_SHAPE(B, T), tgt, NULL, &err);
+    qtc_tensor *params[64];
+    int np = qtc_llama_params(m, params, 64);
+    for (int i = 0; i < np; i++)
+        CHECK(qtc_tensor_require_grad(params[i], &err) == QTC_OK);
+    float *want[64];
+    float loss[2];
+    for (int fused = 0; fused < 2; fused++) {
+        for (int i = 0; i < np; i++)
+            qtc_tensor_zero_grad(params[i]);
+        qtc_graph *g = qtc_graph_new(&err);
+        qtc_lm_loss l = {m, NULL, NULL, NULL, NULL, fused};
+        qtc_tensor *y = qtc_lm_loss_fn(&l, g, tk, tg);
+        CHECK(y && qtc_graph_backward(g, y, &err) == QTC_OK);
+        loss[fused] = ((float *)y->data)[0];
+        for (int i = 0; i < np; i++) {
+            int64_t n = qtc_tensor_numel(params[i]);
+            const float *d = params[i]->grad->data;
+            if (!fused) {
+                want[i] = malloc((size_t)n * sizeof(float));
+                memcpy(want[i], d, (size_t)n * sizeof(float));
+                continue;
+            }
+            double worst = 0, scale = 0;
+            for (int64_t k = 0; k < n; k++) {
+                worst = fmax(worst, fabs(d[k] - want[i][k]));
+                scale = fmax(scale, fabs(want[i][k]));
+            }
+            CHECK(worst <= 1e-5 * scale + 1e-9);
+            free(want[i]);
+        }
+        qtc_graph_free(g);
+    }
+    CHECK(fabs(loss[1] - loss[0]) <= 1e-5 * fabs(loss[0]));
+    qtc_tensor_free(tk);
+    qtc_tensor_free(tg);
+    qtc_llama_free(m);
 }

@@ -232,7 +232,8 @@ int main(int argc, char **argv)
     char title[256];
     snprintf(title, sizeof title, "qlora-train %s (base %s): cross-entropy", qlora ? "qlora" : method, bname);
     int stopped;
-    qtc_lm_loss loss = {r.m, NULL, NULL, training, r.p};
+    /* adapters leave the head a plain matmul: the loss fuses it (no batch logits) */
+    qtc_lm_loss loss = {r.m, NULL, NULL, training, r.p, 1};
     if ((rc = cli_trainer_run(&tr, &o, r.opt, r.params, r.np, first_step, qtc_lm_loss_fn, &loss, tf.plot, title, "eval loss",
                               &stopped)) ||
         stopped)

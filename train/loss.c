@@ -4,11 +4,15 @@
 qtc_tensor *qtc_lm_loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
 {
     const qtc_lm_loss *l = ctx;
+    const int fused = l->fused_head && !l->teacher;
     if (l->training)
         l->training(l->training_ctx, 1);
-    qtc_tensor *logits = qtc_llama_forward(l->model, g, tokens, 0);
+    qtc_tensor *out = fused ? qtc_llama_hidden(l->model, g, tokens, 0) : qtc_llama_forward(l->model, g, tokens, 0);
     if (l->training)
         l->training(l->training_ctx, 0);
+    if (fused)
+        return qtc_linear_cross_entropy(g, out, l->model->output, targets, 0);
+    qtc_tensor *logits = out;
     if (!l->teacher)
         return qtc_cross_entropy(g, logits, targets);
     qtc_graph_reset(l->teacher_graph);

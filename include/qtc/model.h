@@ -99,6 +99,9 @@ qtc_status qtc_llama_export(qtc_llama *m, const qtc_model_file *src, const char 
 /* Logits (B, T, vocab) of token windows (B, T) (i32), token t of every window
  * at position pos0 + t. */
 qtc_tensor *qtc_llama_forward(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0);
+/* The same up to the final RMSNorm: the hidden states (B, T, dim) that the
+ * output head (m->output, through the linear hook) turns into logits. */
+qtc_tensor *qtc_llama_hidden(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0);
 /* One transformer block: layer `layer`'s output (B, T, dim) for its input x
  * (the embedding or the previous block's output), as the forward pass computes
  * it. For running a model a layer at a time (calibration). */

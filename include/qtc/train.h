@@ -37,12 +37,16 @@ typedef qtc_tensor *(*qtc_loss_fn)(void *ctx, qtc_graph *g, const qtc_tensor *to
  * teacher, the KL divergence from the teacher's distribution (distillation;
  * the teacher runs unrecorded in teacher_graph, caller-owned). training, when
  * not NULL, is told as the model's forward starts (1) and ends (0): what acts
- * on training forwards only (dropout, activation observers) follows it. */
+ * on training forwards only (dropout, activation observers) follows it.
+ * fused_head (cross-entropy only; for a model whose linear hook leaves the
+ * output head a plain x W^T) fuses the head into the loss
+ * (qtc_linear_cross_entropy): the batch's logits never exist. */
 typedef struct qtc_lm_loss {
     qtc_llama *model, *teacher;
     qtc_graph *teacher_graph;
     void (*training)(void *ctx, int on);
     void *training_ctx;
+    int fused_head;
 } qtc_lm_loss;
 qtc_tensor *qtc_lm_loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets);
 
