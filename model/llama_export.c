@@ -43,8 +43,10 @@ qtc_status qtc_llama_export(qtc_llama *m, const qtc_model_file *src, const char 
                             const qtc_target *to, const qtc_convert_hooks *hooks, qtc_convert_summary *summary,
                             qtc_error *err)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s/qat-trained-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    char tmp[QTC_PATH_MAX];
+    const char *dir = getenv("TMPDIR");
+    if (qtc_path_join(tmp, dir && *dir ? dir : "/tmp", "qat-trained-XXXXXX", err) != QTC_OK)
+        return err->code;
     int fd = mkstemp(tmp);
     if (fd < 0)
         return qtc_error_set(err, QTC_ERR_IO, "%s: cannot create a temporary file", tmp);

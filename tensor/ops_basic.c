@@ -1,6 +1,7 @@
 /* ops_basic.c: matmul, elementwise ops, reductions, reshape, SiLU/SwiGLU and
  * embedding lookup, each with its backward. */
 #include "qtc/graph.h"
+#include "tensor_private.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -26,8 +27,8 @@ static void assert_f32_contiguous(const qtc_tensor *t)
 
 /* --- matmul ---------------------------------------------------------------- */
 
-static void gemm(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                 const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+void tensor_gemm(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                 int64_t ldb, float beta, float *C, int64_t ldc)
 {
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                 (blasint)M, (blasint)N, (blasint)K, 1.0f, A, (blasint)lda, B, (blasint)ldb, beta,
@@ -73,16 +74,16 @@ static void matmul_backward(qtc_graph *g, qtc_node *n)
         if (!dA)
             return;
         if (!ta && d.b_shared) /* dA = dC op(B)^T over all rows at once */
-            gemm(0, !tb, d.M * d.batch, d.K, d.N, dC, d.N, B, ldb, 1.0f, dA, d.K);
+            tensor_gemm(0, !tb, d.M * d.batch, d.K, d.N, dC, d.N, B, ldb, 1.0f, dA, d.K);
         else
             for (int64_t i = 0; i < d.batch; i++) {
                 const float *Bi = d.b_shared ? B : B + i * d.K * d.N;
                 const float *dCi = dC + i * d.M * d.N;
                 float *dAi = dA + i * d.M * d.K;
                 if (!ta)
-                    gemm(0, !tb, d.M, d.K, d.N, dCi, d.N, Bi, ldb, 1.0f, dAi, d.K);
+                    tensor_gemm(0, !tb, d.M, d.K, d.N, dCi, d.N, Bi, ldb, 1.0f, dAi, d.K);
                 else /* A stored (K, M): dA = op(B) dC^T */
-                    gemm(tb, 1, d.K, d.M, d.N, Bi, ldb, dCi, d.N, 1.0f, dAi, d.M);
+                    tensor_gemm(tb, 1, d.K, d.M, d.N, Bi, ldb, dCi, d.N, 1.0f, dAi, d.M);
             }
     }
     if (qtc_graph_needs_grad(g, b)) {
@@ -91,18 +92,18 @@ static void matmul_backward(qtc_graph *g, qtc_node *n)
             return;
         if (!ta && d.b_shared) { /* one product over all rows of a */
             if (!tb)
-                gemm(1, 0, d.K, d.N, d.M * d.batch, A, d.K, dC, d.N, 1.0f, dB, d.N);
+                tensor_gemm(1, 0, d.K, d.N, d.M * d.batch, A, d.K, dC, d.N, 1.0f, dB, d.N);
             else
-                gemm(1, 0, d.N, d.K, d.M * d.batch, dC, d.N, A, d.K, 1.0f, dB, d.K);
+                tensor_gemm(1, 0, d.N, d.K, d.M * d.batch, dC, d.N, A, d.K, 1.0f, dB, d.K);
             return;
         }
         for (int64_t i = 0; i < d.batch; i++) {
             const float *Ai = A + i * d.M * d.K, *dCi = dC + i * d.M * d.N;
             float *dBi = d.b_shared ? dB : dB + i * d.K * d.N;
             if (!tb) /* dB = op(A)^T dC */
-                gemm(!ta, 0, d.K, d.N, d.M, Ai, lda, dCi, d.N, 1.0f, dBi, d.N);
+                tensor_gemm(!ta, 0, d.K, d.N, d.M, Ai, lda, dCi, d.N, 1.0f, dBi, d.N);
             else /* B stored (N, K): dB = dC^T op(A) */
-                gemm(1, ta, d.N, d.K, d.M, dCi, d.N, Ai, lda, 1.0f, dBi, d.K);
+                tensor_gemm(1, ta, d.N, d.K, d.M, dCi, d.N, Ai, lda, 1.0f, dBi, d.K);
         }
     }
 }
@@ -130,10 +131,10 @@ qtc_tensor *qtc_matmul(qtc_graph *g, qtc_tensor *a, qtc_tensor *b, int trans_a, 
     } else if (d.K == 0) {
         memset(C, 0, (size_t)(d.M * d.N * d.batch) * sizeof(float));
     } else if (!trans_a && d.b_shared) {
-        gemm(0, trans_b, d.M * d.batch, d.N, d.K, A, d.K, B, ldb, 0.0f, C, d.N);
+        tensor_gemm(0, trans_b, d.M * d.batch, d.N, d.K, A, d.K, B, ldb, 0.0f, C, d.N);
     } else {
         for (int64_t i = 0; i < d.batch; i++)
-            gemm(trans_a, trans_b, d.M, d.N, d.K, A + i * d.M * d.K, lda,
+            tensor_gemm(trans_a, trans_b, d.M, d.N, d.K, A + i * d.M * d.K, lda,
                  d.b_shared ? B : B + i * d.K * d.N, ldb, 0.0f, C + i * d.M * d.N, d.N);
     }
     qtc_node *n = qtc_graph_record(g, "matmul", matmul_backward, c, 2, (qtc_tensor *[]){a, b});

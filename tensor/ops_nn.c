@@ -6,9 +6,9 @@
  * reduction that crosses rows runs serially in a fixed order, which keeps the
  * results identical for any thread count. */
 #include "qtc/graph.h"
+#include "tensor_private.h"
 
 #include <assert.h>
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -499,7 +499,7 @@ static float *lce_scratch(qtc_graph *g, int64_t floats, int *owned)
     return p ? p : qtc_graph_alloc(g, bytes);
 }
 
-/* logits[0..c) = x[r0..r0+c) W^T: the same sgemm qtc_matmul(x, w, 0, 1) runs. */
+/* logits[0..c) = x[r0..r0+c) W^T: the same product qtc_matmul(x, w, 0, 1) runs. */
 static void lce_chunk_logits(const float *x, const float *w, int64_t r0, int64_t c, int64_t V,
                              int64_t D, float *logits)
 {
@@ -507,8 +507,7 @@ static void lce_chunk_logits(const float *x, const float *w, int64_t r0, int64_t
         memset(logits, 0, (size_t)(c * V) * sizeof(float));
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)c, (blasint)V, (blasint)D, 1.0f,
-                x + r0 * D, (blasint)D, w, (blasint)D, 0.0f, logits, (blasint)V);
+    tensor_gemm(0, 1, c, V, D, x + r0 * D, D, w, D, 0.0f, logits, V);
 }
 
 static void linear_cross_entropy_backward(qtc_graph *g, qtc_node *n)
@@ -554,11 +553,9 @@ static void linear_cross_entropy_backward(qtc_graph *g, qtc_node *n)
         if (D == 0)
             continue;
         if (dx) /* dx[chunk] += dlogits W */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)c, (blasint)D, (blasint)V,
-                        1.0f, dl, (blasint)V, w, (blasint)D, 1.0f, dx + r0 * D, (blasint)D);
+            tensor_gemm(0, 0, c, D, V, dl, V, w, D, 1.0f, dx + r0 * D, D);
         if (dw) /* dW += dlogits^T x[chunk] */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)V, (blasint)D, (blasint)c,
-                        1.0f, dl, (blasint)V, x + r0 * D, (blasint)D, 1.0f, dw, (blasint)D);
+            tensor_gemm(1, 0, V, D, c, dl, V, x + r0 * D, D, 1.0f, dw, D);
     }
     if (owned)
         free(dl);

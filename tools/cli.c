@@ -135,6 +135,8 @@ void cli_trainer_init(cli_trainer *t, cli_train_flags *f)
         f->o.lr.warmup = f->o.steps / 10;
     f->o.lr.total = f->o.steps;
     memset(t, 0, sizeof *t);
+    t->o = f->o;
+    t->plot = f->plot;
     t->steps = f->o.steps;
     t->eval_every = f->eval_every;
     t->save_every = f->save_every;
@@ -188,7 +190,7 @@ int cli_trainer_resume(cli_trainer *t, const char *dir,
     return 0;
 }
 
-int cli_trainer_evaluate(cli_trainer *t, int64_t step, qtc_error *err)
+static int cli_trainer_evaluate(cli_trainer *t, int64_t step, qtc_error *err)
 {
     if (!t->eval.n)
         return 0;
@@ -224,9 +226,9 @@ int cli_trainer_evaluate(cli_trainer *t, int64_t step, qtc_error *err)
     return 0;
 }
 
-void cli_trainer_want_plot(cli_trainer *t, const char *plot)
+static void cli_trainer_want_plot(cli_trainer *t)
 {
-    if (!plot)
+    if (!t->plot)
         return;
     t->step_x = calloc((size_t)t->steps, sizeof *t->step_x);
     t->step_loss = malloc((size_t)t->steps * sizeof *t->step_loss);
@@ -234,7 +236,7 @@ void cli_trainer_want_plot(cli_trainer *t, const char *plot)
         t->step_loss[k] = NAN; /* steps before a resume are not drawn */
 }
 
-int cli_trainer_on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
+static int cli_trainer_on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
 {
     cli_trainer *t = ctx;
     if (t->stepped)
@@ -264,7 +266,7 @@ int cli_trainer_on_step(void *ctx, const qtc_train_event *ev, qtc_error *err)
     return 0;
 }
 
-int cli_trainer_stopped(const cli_trainer *t)
+static int cli_trainer_stopped(const cli_trainer *t)
 {
     if (!(t->stop_after > 0 && t->stop_after < t->steps))
         return 0;
@@ -273,30 +275,28 @@ int cli_trainer_stopped(const cli_trainer *t)
     return 1;
 }
 
-qtc_status cli_trainer_plot(const cli_trainer *t, const char *path, const char *title, const char *eval_name,
-                            qtc_error *err)
+static qtc_status cli_trainer_plot(const cli_trainer *t, const char *title, const char *eval_name, qtc_error *err)
 {
-    if (!path || !t->step_loss || !t->step_x)
+    if (!t->plot || !t->step_loss || !t->step_x)
         return QTC_OK;
     qtc_plot_series series[2] = {{"training loss", t->step_x, t->step_loss, (int)t->steps},
                                  {eval_name, t->eval_x, t->eval_y, t->n_evals}};
-    return qtc_plot_svg(path, title, "step", series, t->n_evals ? 2 : 1, err);
+    return qtc_plot_svg(t->plot, title, "step", series, t->n_evals ? 2 : 1, err);
 }
 
-int cli_trainer_run(cli_trainer *t, const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const *params, int n_params,
-                    int64_t first_step, qtc_loss_fn loss, void *loss_ctx, const char *plot, const char *title,
-                    const char *eval_name, int *stopped)
+int cli_trainer_run(cli_trainer *t, qtc_adamw *opt, qtc_tensor *const *params, int n_params, int64_t first_step,
+                    qtc_loss_fn loss, void *loss_ctx, const char *title, const char *eval_name, int *stopped)
 {
     qtc_error err;
     *stopped = 0;
     if (cli_trainer_evaluate(t, first_step, &err))
         return cli_fail(&err);
-    cli_trainer_want_plot(t, plot);
-    if (qtc_train(o, opt, params, n_params, &t->data, first_step, loss, loss_ctx, cli_trainer_on_step, t, &err) != QTC_OK)
+    cli_trainer_want_plot(t);
+    if (qtc_train(&t->o, opt, params, n_params, &t->data, first_step, loss, loss_ctx, cli_trainer_on_step, t, &err) != QTC_OK)
         return cli_fail(&err);
     if ((*stopped = cli_trainer_stopped(t)))
         return 0;
-    if (cli_trainer_evaluate(t, o->steps, &err) || cli_trainer_plot(t, plot, title, eval_name, &err) != QTC_OK)
+    if (cli_trainer_evaluate(t, t->o.steps, &err) || cli_trainer_plot(t, title, eval_name, &err) != QTC_OK)
         return cli_fail(&err);
     return 0;
 }

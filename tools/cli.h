@@ -86,7 +86,9 @@ int cli_threads(const char *arg);
  * --stop-after, and the curves for --plot. Its on_step is qtc_train's
  * callback. */
 typedef struct cli_trainer {
+    qtc_train_opts o;           /* the finished flags' schedule, batches and steps */
     int64_t steps, eval_every, save_every, stop_after;
+    const char *plot;           /* --plot, or NULL */
     FILE *log;                  /* --log-json, or NULL */
     char ckpt[QTC_PATH_MAX];    /* the checkpoint file, or "" */
     /* what an evaluation scores: model on eval (ctx, windows), against ref
@@ -123,26 +125,14 @@ qtc_status cli_trainer_checkpoint_path(cli_trainer *t, const cli_train_flags *f,
 int cli_trainer_resume(cli_trainer *t, const char *dir,
                        qtc_status (*load)(void *ctx, const char *path, int64_t *first_step, qtc_error *err), void *ctx,
                        int64_t *first_step);
-/* Scores the model at step (a line on standard error, an event in the log,
- * a point of the curve); 0, or 1 with err set. Nothing without eval data. */
-int cli_trainer_evaluate(cli_trainer *t, int64_t step, qtc_error *err);
-/* Allocates the loss curve when --plot is given. */
-void cli_trainer_want_plot(cli_trainer *t, const char *plot);
-/* qtc_train's callback (ctx: the cli_trainer). */
-int cli_trainer_on_step(void *ctx, const qtc_train_event *ev, qtc_error *err);
-/* After qtc_train: 1 when the run stopped at --stop-after (the line telling
- * how to continue is printed), 0 when it ran to the end. */
-int cli_trainer_stopped(const cli_trainer *t);
-/* The chart of the loss and evaluations into --plot (if given). */
-qtc_status cli_trainer_plot(const cli_trainer *t, const char *path, const char *title, const char *eval_name,
-                            qtc_error *err);
-/* The whole run after setup: the evaluation at first_step, qtc_train on t->data with
- * on_step, the stop at --stop-after (*stopped = 1), the last evaluation and
- * the chart (title, the evaluations' series named eval_name). Returns an exit
- * code, the error printed. */
-int cli_trainer_run(cli_trainer *t, const qtc_train_opts *o, qtc_adamw *opt, qtc_tensor *const *params, int n_params,
-                    int64_t first_step, qtc_loss_fn loss, void *loss_ctx, const char *plot, const char *title,
-                    const char *eval_name, int *stopped);
+/* The whole run after setup: an evaluation at first_step (a line on
+ * standard error, an event in the log, a point of the curve; nothing without
+ * eval data), qtc_train on t->data reporting each step, the stop at
+ * --stop-after (*stopped = 1, the line telling how to continue printed), the
+ * last evaluation and the chart into --plot (title, the evaluations' series
+ * named eval_name). Returns an exit code, the error printed. */
+int cli_trainer_run(cli_trainer *t, qtc_adamw *opt, qtc_tensor *const *params, int n_params, int64_t first_step,
+                    qtc_loss_fn loss, void *loss_ctx, const char *title, const char *eval_name, int *stopped);
 void cli_trainer_free(cli_trainer *t);
 
 /* 0 when --ctx fits the model's context; else 1, with the error printed. */

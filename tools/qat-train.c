@@ -215,15 +215,13 @@ int main(int argc, char **argv)
     if ((rc = cli_trainer_open_log(&tr, tf.log_json)))
         goto done;
     if (q.abits && !q.quantize) {
-        fprintf(stderr, "qat-train: error: --abits needs fake-quantized weights (--wbits 2..8)\n");
-        rc = 1;
+        rc = cli_error(1, "--abits needs fake-quantized weights (--wbits 2..8)");
         goto done;
     }
     const int n_lin = src->config.n_layers * QTC_N_LINEAR;
     if (calib) { /* static input ranges from qcalib, used as they are */
         if (!q.abits || q.act_per_token) {
-            fprintf(stderr, "qat-train: error: --calib gives per-tensor input ranges: it needs --abits 8 (not --act-per-token)\n");
-            rc = 1;
+            rc = cli_error(1, "--calib gives per-tensor input ranges: it needs --abits 8 (not --act-per-token)");
             goto done;
         }
         if (!(ranges = calloc((size_t)n_lin, sizeof *ranges))) {
@@ -263,14 +261,12 @@ int main(int argc, char **argv)
         n_trainable += on;
     }
     if (!n_trainable) {
-        fprintf(stderr, "qat-train: error: --train/--freeze leave no parameter to train\n");
-        rc = 1;
+        rc = cli_error(1, "--train/--freeze leave no parameter to train");
         goto done;
     }
     int n_model = np;
     if (q.lsq && (!q.quantize || q.scheme.kind != QTC_QK_INT || tf.save_every || tf.stop_after || tf.resume)) {
-        fprintf(stderr, "qat-train: error: --lsq needs integer weights (--wbits 2..8) and no checkpoints yet\n");
-        rc = 1;
+        rc = cli_error(1, "--lsq needs integer weights (--wbits 2..8) and no checkpoints yet");
         goto done;
     }
     /* the student's linear layers fake-quantized; with --lsq, the scales (and zero points) of
@@ -337,7 +333,7 @@ int main(int argc, char **argv)
     int stopped;
     /* the QAT hook leaves the head a plain matmul: cross-entropy fuses it (no batch logits) */
     qtc_lm_loss loss = {q.student, q.distill ? q.teacher : NULL, q.tg, training, &q, 1};
-    if ((rc = cli_trainer_run(&tr, &o, opt, params, np, first_step, qtc_lm_loss_fn, &loss, tf.plot, title,
+    if ((rc = cli_trainer_run(&tr, opt, params, np, first_step, qtc_lm_loss_fn, &loss, title,
                               q.distill ? "eval KLD" : "eval loss", &stopped)) ||
         stopped)
         goto done;

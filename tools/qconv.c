@@ -356,10 +356,8 @@ int main(int argc, char **argv)
             cli_usage("--json prints to standard output, which -o - already uses (try --log-json FILE)");
     }
     FILE *log = NULL;
-    if (log_path && !(log = fopen(log_path, "w"))) {
-        fprintf(stderr, "qconv: error: %s: cannot open for writing\n", log_path);
-        return 3;
-    }
+    if (log_path && !(log = fopen(log_path, "w")))
+        return cli_error(3, "%s: cannot open for writing", log_path);
     qtc_error err;
     qtc_model_file *m = qtc_model_open(in, &err);
     int rc;
@@ -391,9 +389,7 @@ int main(int argc, char **argv)
         regfree(&rules[r].re);
     if (log && fclose(log) != 0 && !rc)
         rc = 3;
-    if (fclose(stdout) != 0 && !rc) {
-        fprintf(stderr, "qconv: error: standard output: write failed\n");
-        rc = 3;
-    }
+    if (fclose(stdout) != 0 && !rc)
+        rc = cli_error(3, "standard output: write failed");
     return rc;
 }

@@ -234,7 +234,7 @@ int main(int argc, char **argv)
     int stopped;
     /* adapters leave the head a plain matmul: the loss fuses it (no batch logits) */
     qtc_lm_loss loss = {r.m, NULL, NULL, training, r.p, 1};
-    if ((rc = cli_trainer_run(&tr, &o, r.opt, r.params, r.np, first_step, qtc_lm_loss_fn, &loss, tf.plot, title, "eval loss",
+    if ((rc = cli_trainer_run(&tr, r.opt, r.params, r.np, first_step, qtc_lm_loss_fn, &loss, title, "eval loss",
                               &stopped)) ||
         stopped)
         goto done;
