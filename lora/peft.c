@@ -290,6 +290,25 @@ static void peft_extend_kv(void *ctx, qtc_graph *g, int layer, qtc_tensor **k, q
     *v = qtc_concat_prefix(g, p->prefix_v[layer], *v);
 }
 
+/* What a checkpointed block's recomputation needs of p to draw the dropout
+ * masks its forward drew: whether dropout was on, and the generator. */
+static size_t peft_hook_state(void *ctx, void *buf, int save)
+{
+    qtc_peft *p = ctx;
+    const size_t n = sizeof p->training + sizeof p->rng;
+    unsigned char *b = buf;
+    if (!b)
+        return n;
+    if (save) {
+        memcpy(b, &p->training, sizeof p->training);
+        memcpy(b + sizeof p->training, &p->rng, sizeof p->rng);
+    } else {
+        memcpy(&p->training, b, sizeof p->training);
+        memcpy(&p->rng, b + sizeof p->training, sizeof p->rng);
+    }
+    return n;
+}
+
 void qtc_peft_attach(qtc_peft *p, qtc_llama *m)
 {
     m->linear = peft_linear;
@@ -297,6 +316,7 @@ void qtc_peft_attach(qtc_peft *p, qtc_llama *m)
     m->sublayer = p->down ? peft_sublayer : NULL;
     m->extend_kv = p->prefix_k ? peft_extend_kv : NULL;
     m->hook_ctx = p;
+    m->hook_state = peft_hook_state;
 }
 
 void qtc_peft_detach(qtc_llama *m)
@@ -304,6 +324,7 @@ void qtc_peft_detach(qtc_llama *m)
     m->linear = NULL;
     m->sublayer = NULL;
     m->extend_kv = NULL;
+    m->hook_state = NULL;
     m->linear_ctx = m->hook_ctx = NULL;
 }
 

@@ -292,11 +292,56 @@ qtc_tensor *qtc_llama_block(qtc_llama *m, qtc_graph *g, int layer, qtc_tensor *x
     return attend_and_mlp(m, g, layer, x, q, k, v);
 }
 
+/* A block as a checkpointed segment; the hooks' state as the block's forward
+ * found it follows (state_bytes of it). */
+typedef struct block_segment {
+    qtc_llama *m;
+    int layer;
+    int64_t pos0;
+    size_t state_bytes;
+    unsigned char state[];
+} block_segment;
+
+static qtc_tensor *block_segment_fn(void *ctx, qtc_graph *g, qtc_tensor *x, int replay)
+{
+    block_segment *b = ctx;
+    qtc_llama *m = b->m;
+    if (!b->state_bytes)
+        return qtc_llama_block(m, g, b->layer, x, b->pos0);
+    if (!replay) {
+        m->hook_state(m->hook_ctx, b->state, 1);
+        return qtc_llama_block(m, g, b->layer, x, b->pos0);
+    }
+    /* the recomputation draws what the forward drew, then the hooks go on
+     * from where they are now */
+    void *now = qtc_graph_alloc(g, b->state_bytes);
+    if (!now)
+        return NULL;
+    m->hook_state(m->hook_ctx, now, 1);
+    m->hook_state(m->hook_ctx, b->state, 0);
+    qtc_tensor *y = qtc_llama_block(m, g, b->layer, x, b->pos0);
+    m->hook_state(m->hook_ctx, now, 0);
+    return y;
+}
+
+static qtc_tensor *checkpointed_block(qtc_llama *m, qtc_graph *g, int layer, qtc_tensor *x, int64_t pos0)
+{
+    size_t state = m->hook_state ? m->hook_state(m->hook_ctx, NULL, 1) : 0;
+    block_segment *b = x ? qtc_graph_alloc(g, sizeof *b + state) : NULL;
+    if (!b)
+        return NULL;
+    b->m = m;
+    b->layer = layer;
+    b->pos0 = pos0;
+    b->state_bytes = state;
+    return qtc_grad_checkpoint(g, block_segment_fn, b, x);
+}
+
 qtc_tensor *qtc_llama_hidden(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)
 {
     qtc_tensor *x = qtc_embedding(g, m->embed, tokens);
     for (int l = 0; l < m->c.n_layers; l++)
-        x = qtc_llama_block(m, g, l, x, pos0);
+        x = m->grad_checkpoint ? checkpointed_block(m, g, l, x, pos0) : qtc_llama_block(m, g, l, x, pos0);
     return qtc_rmsnorm(g, x, m->norm, m->c.norm_eps);
 }
 

@@ -1,8 +1,9 @@
-/* graph.c: the autograd tape and its arena.
+/* graph.c: the autograd tape, its arena and activation checkpointing.
  *
  * The arena is a list of chunks; qtc_graph_reset rewinds it and, when a step
  * needed more than one chunk, replaces them by one chunk of the total size,
- * so a steady training loop runs out of a single block with no malloc. */
+ * so a steady training loop runs out of a single block with no malloc.
+ * qtc_grad_checkpoint runs its segments on a second graph the first owns. */
 #include "qtc/graph.h"
 
 #include <stdlib.h>
@@ -22,6 +23,7 @@ struct qtc_graph {
     int n_nodes, cap_nodes;
     int recording;
     qtc_error err; /* first failure since the last reset */
+    struct qtc_graph *scratch; /* qtc_grad_checkpoint's segments run here; made on first use */
 };
 
 static chunk *chunk_new(size_t size)
@@ -64,6 +66,7 @@ void qtc_graph_free(qtc_graph *g)
 {
     if (!g)
         return;
+    qtc_graph_free(g->scratch);
     chunks_free(g->chunks);
     free(g->nodes);
     free(g);
@@ -105,7 +108,7 @@ size_t qtc_graph_arena_bytes(const qtc_graph *g)
     size_t total = 0;
     for (chunk *c = g->chunks; c; c = c->next)
         total += c->size;
-    return total;
+    return total + (g->scratch ? qtc_graph_arena_bytes(g->scratch) : 0);
 }
 
 static void fail_nomem(qtc_graph *g, size_t bytes)
@@ -167,14 +170,10 @@ int qtc_graph_needs_grad(const qtc_graph *g, const qtc_tensor *t)
     return g->recording && t && (t->flags & QTC_TENSOR_REQUIRES_GRAD);
 }
 
-qtc_node *qtc_graph_record(qtc_graph *g, const char *op, qtc_backward_fn backward,
-                           qtc_tensor *out, int n_in, qtc_tensor *const *in)
+/* Appends a node for out whatever its inputs need. */
+static qtc_node *append_node(qtc_graph *g, const char *op, qtc_backward_fn backward, qtc_tensor *out, int n_in,
+                             qtc_tensor *const *in)
 {
-    int any = 0;
-    for (int i = 0; i < n_in; i++)
-        any |= qtc_graph_needs_grad(g, in[i]);
-    if (!any)
-        return NULL;
     if (g->n_nodes == g->cap_nodes) {
         int cap = g->cap_nodes ? 2 * g->cap_nodes : 256;
         qtc_node **nodes = realloc(g->nodes, (size_t)cap * sizeof *nodes);
@@ -197,6 +196,15 @@ qtc_node *qtc_graph_record(qtc_graph *g, const char *op, qtc_backward_fn backwar
     out->flags |= QTC_TENSOR_REQUIRES_GRAD;
     g->nodes[g->n_nodes++] = n;
     return n;
+}
+
+qtc_node *qtc_graph_record(qtc_graph *g, const char *op, qtc_backward_fn backward,
+                           qtc_tensor *out, int n_in, qtc_tensor *const *in)
+{
+    int any = 0;
+    for (int i = 0; i < n_in; i++)
+        any |= qtc_graph_needs_grad(g, in[i]);
+    return any ? append_node(g, op, backward, out, n_in, in) : NULL;
 }
 
 float *qtc_graph_grad(qtc_graph *g, qtc_tensor *t)
@@ -243,4 +251,142 @@ qtc_status qtc_graph_backward_from(qtc_graph *g, qtc_tensor *t, qtc_error *err)
             return qtc_graph_status(g, err);
     }
     return QTC_OK;
+}
+
+/* --- activation checkpointing ------------------------------------------------ */
+
+typedef struct segment {
+    qtc_segment_fn fn;
+    void *ctx;
+    int x_needs_grad; /* as the forward found it */
+} segment;
+
+/* The first error of the scratch graph s becomes g's (when g has none). */
+static void take_error(qtc_graph *g, const qtc_graph *s)
+{
+    if (s->err.code != QTC_OK && g->err.code == QTC_OK)
+        g->err = s->err;
+}
+
+static void fail_usage(qtc_graph *g, const char *msg)
+{
+    if (g->err.code == QTC_OK)
+        qtc_error_set(&g->err, QTC_ERR_USAGE, "%s", msg);
+}
+
+static int arena_holds(const qtc_graph *g, const void *p)
+{
+    const char *c = p;
+    for (const chunk *k = g->chunks; k; k = k->next)
+        if (c >= k->mem && c < k->mem + k->size)
+            return 1;
+    return 0;
+}
+
+/* What a segment starts from on s: a graph tensor over x's data that needs a
+ * gradient when x does, with none yet (s allocates it in the backward). */
+static qtc_tensor *segment_input(qtc_graph *s, const qtc_tensor *x, int needs_grad)
+{
+    qtc_tensor *t = qtc_graph_alloc(s, sizeof *t);
+    if (!t)
+        return NULL;
+    *t = *x;
+    t->buf = NULL;
+    t->grad = NULL;
+    t->flags = QTC_TENSOR_GRAPH | (needs_grad ? QTC_TENSOR_REQUIRES_GRAD : 0);
+    return t;
+}
+
+/* 1 when every tensor the segment's nodes on s want a gradient for is s's own,
+ * its input xs, or a leaf: a tensor of another graph would get a gradient in
+ * s's arena, gone at the next reset. */
+static int segment_is_closed(const qtc_graph *s, const qtc_tensor *xs)
+{
+    for (int i = 0; i < s->n_nodes; i++)
+        for (int k = 0; k < QTC_NODE_MAX_INPUTS; k++) {
+            const qtc_tensor *t = s->nodes[i]->in[k];
+            if (t && t != xs && qtc_graph_needs_grad(s, t) && (t->flags & QTC_TENSOR_GRAPH) && !arena_holds(s, t))
+                return 0;
+        }
+    return 1;
+}
+
+static void checkpoint_backward(qtc_graph *g, qtc_node *n)
+{
+    const segment *sg = n->saved;
+    qtc_tensor *x = n->in[0];
+    qtc_graph *s = g->scratch;
+    qtc_graph_reset(s);
+    qtc_graph_set_recording(s, 1);
+    qtc_tensor *xs = segment_input(s, x, sg->x_needs_grad);
+    qtc_tensor *out = xs ? sg->fn(sg->ctx, s, xs, 1) : NULL;
+    if (out && s->err.code == QTC_OK) {
+        if (!(out->flags & QTC_TENSOR_REQUIRES_GRAD) || qtc_tensor_numel(out) != qtc_tensor_numel(n->out)) {
+            fail_usage(g, "a checkpointed segment computed something else when it was recomputed");
+        } else {
+            float *seed = qtc_graph_grad(s, out);
+            qtc_error e;
+            if (seed) {
+                /* the result's gradient as g's tape holds it: the same bits the
+                 * segment's last op would have seen without checkpointing */
+                memcpy(seed, n->out->grad->data, (size_t)qtc_tensor_numel(out) * sizeof(float));
+                if (qtc_graph_backward_from(s, out, &e) == QTC_OK && xs->grad) {
+                    float *dx = qtc_graph_grad(g, x);
+                    const float *d = xs->grad->data;
+                    for (int64_t i = 0; dx && i < qtc_tensor_numel(x); i++)
+                        dx[i] += d[i];
+                }
+            }
+        }
+    } else if (!out && s->err.code == QTC_OK) {
+        fail_usage(g, "a checkpointed segment gave no result when it was recomputed");
+    }
+    take_error(g, s);
+    qtc_graph_reset(s);
+}
+
+qtc_tensor *qtc_grad_checkpoint(qtc_graph *g, qtc_segment_fn fn, void *ctx, qtc_tensor *x)
+{
+    if (!x)
+        return NULL;
+    if (!g->recording)
+        return fn(ctx, g, x, 0);
+    if (!g->scratch) {
+        qtc_error e;
+        if (!(g->scratch = qtc_graph_new(&e))) {
+            fail_nomem(g, ARENA_MIN_CHUNK);
+            return NULL;
+        }
+    }
+    /* recorded like the recomputation, so both run the same code and the
+     * result says whether anything in the segment is trainable */
+    qtc_graph *s = g->scratch;
+    qtc_graph_reset(s);
+    qtc_graph_set_recording(s, 1);
+    const int needs = qtc_graph_needs_grad(g, x);
+    qtc_tensor *xs = segment_input(s, x, needs);
+    qtc_tensor *out = xs ? fn(ctx, s, xs, 0) : NULL;
+    qtc_tensor *y = NULL;
+    int trainable = 0;
+    if (out && s->err.code == QTC_OK) {
+        if (!segment_is_closed(s, xs)) {
+            fail_usage(g, "a checkpointed segment reads a tensor of another graph that needs a gradient");
+        } else if ((y = qtc_graph_new_tensor(g, out->ndim, out->ne))) {
+            memcpy(y->data, out->data, (size_t)qtc_tensor_numel(out) * sizeof(float));
+            trainable = (out->flags & QTC_TENSOR_REQUIRES_GRAD) != 0;
+        }
+    } else if (!out && s->err.code == QTC_OK) {
+        fail_usage(g, "a checkpointed segment gave no result");
+    }
+    take_error(g, s);
+    qtc_graph_reset(s);
+    if (!y || !trainable)
+        return y;
+    segment *sg = qtc_graph_alloc(g, sizeof *sg);
+    qtc_node *n = sg ? append_node(g, "checkpoint", checkpoint_backward, y, 1, &x) : NULL;
+    if (!n)
+        return NULL;
+    *sg = (segment){fn, ctx, needs};
+    n->saved = sg;
+    return y;
 }

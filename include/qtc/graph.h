@@ -39,7 +39,8 @@ void qtc_graph_reset(qtc_graph *g);
 void qtc_graph_set_recording(qtc_graph *g, int on);
 /* QTC_OK, or the first error an op met since the last reset (copied to err). */
 qtc_status qtc_graph_status(const qtc_graph *g, qtc_error *err);
-/* Bytes the arena holds now (for benchmarks and memory reports). */
+/* Bytes the arena holds now, with its checkpointing scratch graph's (for
+ * benchmarks and memory reports). */
 size_t qtc_graph_arena_bytes(const qtc_graph *g);
 
 /* Backpropagates from a one-element tensor produced by this graph's ops,
@@ -119,6 +120,30 @@ qtc_tensor *qtc_linear_cross_entropy(qtc_graph *g, qtc_tensor *x, qtc_tensor *w,
  * softmax(ref_logits), both (..., V): the distillation loss (student logits,
  * teacher ref_logits). Gradients reach both when both are trainable. */
 qtc_tensor *qtc_kl_div(qtc_graph *g, qtc_tensor *logits, qtc_tensor *ref_logits);
+
+/* --- activation checkpointing ---------------------------------------------- */
+
+/* A segment of a forward pass for qtc_grad_checkpoint: its result built with
+ * graph ops on g from x and from leaves (parameters); any other tensor of an
+ * outer graph it reads must not need a gradient. It runs twice: with replay 0
+ * in the forward, and with replay 1 when the backward recomputes it, where it
+ * must compute exactly what the first run did (it restores whatever state the
+ * first run's ops drew from, such as a dropout generator) without repeating
+ * side effects (observer updates). */
+typedef qtc_tensor *(*qtc_segment_fn)(void *ctx, qtc_graph *g, qtc_tensor *x, int replay);
+
+/* fn(ctx, g, x, 0) keeping only x and the result: fn runs, recorded, on a
+ * scratch graph that g owns (reset before each use, so its memory is one
+ * segment's, reused by the next), and its result is copied into g. The
+ * backward resets the scratch graph, runs fn(ctx, scratch, x, 1) again from
+ * x, backpropagates the result's gradient through it (parameters' gradients
+ * accumulate there directly, in the order g's own tape would have added them)
+ * and adds x's gradient into g's. The result and every gradient are then bit
+ * for bit those of fn(ctx, g, x, 0). ctx must live until g's next reset
+ * (qtc_graph_alloc). When g is not recording this is fn(ctx, g, x, 0).
+ * A segment that reads a tensor of g needing a gradient other than x is a
+ * usage error (remembered by g: the result is NULL). */
+qtc_tensor *qtc_grad_checkpoint(qtc_graph *g, qtc_segment_fn fn, void *ctx, qtc_tensor *x);
 
 /* --- for modules that add ops ---------------------------------------------- */
 

@@ -54,6 +54,19 @@ typedef struct qtc_llama {
     qtc_tensor *(*sublayer)(void *ctx, qtc_graph *g, qtc_tensor *out, int layer, int which);
     void (*extend_kv)(void *ctx, qtc_graph *g, int layer, qtc_tensor **k, qtc_tensor **v);
     void *hook_ctx;
+    /* Activation checkpointing: with grad_checkpoint set, a recorded forward
+     * (qtc_llama_hidden, qtc_llama_forward) keeps only each block's input and
+     * output, and the backward recomputes the block (qtc_grad_checkpoint):
+     * memory is one block's activations instead of every block's, the
+     * gradients are the same bit for bit. Hooks whose forward draws from
+     * state of their own (dropout's generator, whether dropout is on) make
+     * the recomputation draw what the forward drew through hook_state (with
+     * hook_ctx): save 1 copies that state into buf, save 0 copies it back;
+     * with buf NULL it returns its size in bytes. NULL: no such state.
+     * Updates only training forwards make (QAT's observers) happen once:
+     * the recomputation runs in the backward, after the training forward. */
+    int grad_checkpoint;
+    size_t (*hook_state)(void *ctx, void *buf, int save);
     qtc_tensor *embed;                /* (vocab, dim) */
     qtc_llama_layer *layers;          /* n_layers */
     qtc_tensor *norm;                 /* (dim) */
