@@ -124,6 +124,7 @@ int cli_train_flag(cli_train_flags *f, int c, const char *arg)
     case CLI_OPT_EVAL: f->eval = arg; break;
     case CLI_OPT_TOKENIZER: f->tokenizer = arg; break;
     case CLI_OPT_THREADS: f->threads = cli_threads(arg); break;
+    case CLI_OPT_GRAD_CHECKPOINT: f->grad_checkpoint = 1; break;
     default: return 0;
     }
     return 1;

@@ -37,7 +37,7 @@ void cli_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The flags every trainer takes: --data --eval --tokenizer --threads, --steps
  * --batch --ctx --lr --warmup --clip --weight-decay --grad-accum --seed,
  * --eval-every --eval-windows, --save-every --checkpoint --resume
- * --stop-after, --log-json, --plot. A
+ * --stop-after, --log-json, --plot, --grad-checkpoint. A
  * tool puts CLI_TRAIN_OPTIONS in its getopt_long table and hands each option
  * to cli_train_flag first. */
 typedef struct cli_train_flags {
@@ -49,13 +49,14 @@ typedef struct cli_train_flags {
     const char *checkpoint, *resume, *log_json, *plot;
     const char *data, *eval, *tokenizer; /* training and evaluation text, their tokenizer */
     int threads;                         /* 0: all cores */
+    int grad_checkpoint;                 /* --grad-checkpoint: the trained llama's grad_checkpoint */
 } cli_train_flags;
 
 enum {
     CLI_OPT_STEPS = 0x100, CLI_OPT_BATCH, CLI_OPT_CTX, CLI_OPT_LR, CLI_OPT_WARMUP, CLI_OPT_CLIP, CLI_OPT_WEIGHT_DECAY,
     CLI_OPT_GRAD_ACCUM, CLI_OPT_SEED, CLI_OPT_EVAL_EVERY, CLI_OPT_EVAL_WINDOWS, CLI_OPT_SAVE_EVERY, CLI_OPT_CHECKPOINT,
     CLI_OPT_RESUME, CLI_OPT_STOP_AFTER, CLI_OPT_LOG_JSON, CLI_OPT_PLOT, CLI_OPT_DATA, CLI_OPT_EVAL, CLI_OPT_TOKENIZER,
-    CLI_OPT_THREADS
+    CLI_OPT_THREADS, CLI_OPT_GRAD_CHECKPOINT
 };
 #define CLI_TRAIN_OPTIONS                                                                                             \
     {"steps", required_argument, 0, CLI_OPT_STEPS}, {"batch", required_argument, 0, CLI_OPT_BATCH},                   \
@@ -69,7 +70,8 @@ enum {
     {"resume", required_argument, 0, CLI_OPT_RESUME}, {"stop-after", required_argument, 0, CLI_OPT_STOP_AFTER},       \
     {"log-json", required_argument, 0, CLI_OPT_LOG_JSON}, {"plot", required_argument, 0, CLI_OPT_PLOT},             \
     {"data", required_argument, 0, CLI_OPT_DATA}, {"eval", required_argument, 0, CLI_OPT_EVAL},                       \
-    {"tokenizer", required_argument, 0, CLI_OPT_TOKENIZER}, {"threads", required_argument, 0, CLI_OPT_THREADS}
+    {"tokenizer", required_argument, 0, CLI_OPT_TOKENIZER}, {"threads", required_argument, 0, CLI_OPT_THREADS},  \
+    {"grad-checkpoint", no_argument, 0, CLI_OPT_GRAD_CHECKPOINT}
 
 /* The defaults (qtc_train_defaults(200), learning rate lr, 64 evaluation windows). */
 cli_train_flags cli_train_flags_defaults(float lr);

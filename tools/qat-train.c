@@ -44,6 +44,9 @@ static const char *usage_text =
     "                     cross-entropy on the next token (default for --wbits 32)\n"
     "  --steps N --batch B --ctx T --lr LR --warmup W --clip C --weight-decay D --grad-accum K --seed S\n"
     "                     (defaults 200, 8, 128, 5e-4, steps/10, 1.0, 0.0, 1, 0)\n"
+    "  --grad-checkpoint  activation checkpointing: keep only each block's input and recompute\n"
+    "                     the block in the backward pass (less memory, one more forward per step;\n"
+    "                     the same results bit for bit)\n"
     "  --freeze RE        freeze parameters whose HF name matches RE (repeatable)\n"
     "  --train RE         train only parameters matching RE (repeatable; applied before --freeze)\n"
     "  --eval-every N     evaluate every N steps (default: at the start and the end)\n"
@@ -280,6 +283,7 @@ int main(int argc, char **argv)
         rc = cli_fail(&err);
         goto done;
     }
+    q.student->grad_checkpoint = tf.grad_checkpoint;
     int n_qat = qtc_qat_params(q.fq, NULL, 0);
     qtc_tensor **grown = realloc(params, (size_t)(np + n_qat) * sizeof *params);
     if (!grown) {

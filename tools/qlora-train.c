@@ -40,6 +40,9 @@ static const char *usage_text =
     "                     int4-g32, q4_0, q8_0, ... (default f32 for the other methods)\n"
     "  --steps N --batch B --ctx T --lr LR --warmup W --clip C --weight-decay D --grad-accum K --seed S\n"
     "                     (defaults 200, 8, 128, 1e-3, steps/10, 1.0, 0.0, 1, 0)\n"
+    "  --grad-checkpoint  activation checkpointing: keep only each block's input and recompute\n"
+    "                     the block in the backward pass (less memory, one more forward per step;\n"
+    "                     the same results bit for bit)\n"
     "  --eval-every N     evaluate every N steps (default: at the start and the end)\n"
     "  --eval-windows N   windows of --ctx scored per evaluation (default 64)\n"
     "  --save-every N     checkpoint the adapter and its AdamW moments every N steps into\n"
@@ -186,6 +189,7 @@ int main(int argc, char **argv)
     double f32_base = 4.0 * mc->n_layers *
                       ((double)mc->dim * mc->head_dim * (mc->n_heads * 2 + mc->n_kv_heads * 2) + 3.0 * mc->dim * mc->hidden);
     qtc_peft_attach(r.p, r.m);
+    r.m->grad_checkpoint = tf.grad_checkpoint;
     r.np = qtc_peft_params(r.p, NULL, 0);
     r.params = malloc((size_t)r.np * sizeof *r.params);
     r.names = malloc((size_t)r.np * sizeof *r.names);
