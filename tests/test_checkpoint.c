@@ -349,3 +349,39 @@ TEST(grad_checkpoint_replays_the_dropout_masks_of_the_forward)
     }
     CHECK(memcmp(grads[0], grads[1], sizeof grads[0]) != 0);
 }
+
+/* Memory: the graph of a checkpointed step (its scratch graph's arena
+ * included) holds about one block's activations, not all of them. */
+TEST(grad_checkpoint_keeps_one_block_of_activations_instead_of_every_block)
+{
+    enum { B = 4, T = 64 };
+    const qtc_llama_config c = {.dim = 64, .hidden = 128, .n_layers = 8, .n_heads = 4, .n_kv_heads = 2, .vocab = 64,
+                                .ctx = 64, .head_dim = 16, .n_rot = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+                                .tied = 1};
+    qtc_error err;
+    qtc_llama *m = test_random_llama(c, 21);
+    CHECK(m);
+    qtc_tensor *params[128];
+    int np = qtc_llama_params(m, params, 128);
+    for (int i = 0; i < np; i++)
+        CHECK(qtc_tensor_require_grad(params[i], &err) == QTC_OK);
+    int32_t tok[B * T], tgt[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)((i * 13 + 5) % c.vocab);
+        tgt[i] = (int32_t)((i * 7 + 1) % c.vocab);
+    }
+    qtc_tensor tk = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), tok);
+    qtc_tensor tg = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), tgt);
+    size_t bytes[2];
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        m->grad_checkpoint = ckpt;
+        qtc_graph *g = qtc_graph_new(&err);
+        qtc_lm_loss l = {.model = m, .fused_head = 1};
+        qtc_tensor *y = qtc_lm_loss_fn(&l, g, &tk, &tg);
+        CHECK(y && qtc_graph_backward(g, y, &err) == QTC_OK);
+        bytes[ckpt] = qtc_graph_arena_bytes(g);
+        qtc_graph_free(g);
+    }
+    CHECK_MSG(bytes[1] * 2 <= bytes[0], "arena %zu bytes with checkpointing, %zu without", bytes[1], bytes[0]);
+    qtc_llama_free(m);
+}
