@@ -135,13 +135,17 @@ if [ -n "$TORCH_PY" ]; then
         "$T/or.safetensors" "$T/or.tok" "$T/or.jsonl" 10 4 64 3e-3 7
     check "...and a replay with another learning rate does not" sh -c "! '$TORCH_PY' tests/oracle/train_oracle.py \
         '$T/or.safetensors' '$T/or.tok' '$T/or.jsonl' 10 4 64 3.3e-3 7"
+    expect 0 "the same fine-tuning with --grad-checkpoint" "$Q" "$T/or.safetensors" --data "$T/or.tok" --wbits 32 --ce \
+        --steps 10 --batch 4 --ctx 64 --lr 3e-3 --seed 7 --grad-checkpoint --log-json "$T/orc.jsonl" -o "$T/orc-out.safetensors"
+    check "PyTorch's losses match qat-train's with --grad-checkpoint" "$TORCH_PY" tests/oracle/train_oracle.py \
+        "$T/or.safetensors" "$T/or.tok" "$T/orc.jsonl" 10 4 64 3e-3 7
     expect 0 "int4-g32 QAT for the PyTorch replay" "$Q" "$T/or.safetensors" --data "$T/or.tok" --wbits 4 --group 32 --ce \
         --steps 2 --batch 8 --ctx 64 --lr 1e-3 --seed 7 --log-json "$T/or4.jsonl" -o "$T/or4-out.safetensors"
     check "PyTorch's fake quantization and STE give qat-train's QAT losses" "$TORCH_PY" tests/oracle/train_oracle.py \
         "$T/or.safetensors" "$T/or.tok" "$T/or4.jsonl" 2 8 64 1e-3 7 4 32
 else
     echo "skip: python3-torch not installed" >&2
-    skip=$((skip + 5))
+    skip=$((skip + 7))
 fi
 
 finish
