@@ -125,6 +125,13 @@ void qtc_int_qparams(const float *x, int64_t n, int bits, int symmetric, float *
 /* clamp(nearbyint(x * (1/scale)) + zero, qmin, qmax): the rounding of
  * PyTorch's fake quantization (the reciprocal is a float32). */
 int qtc_int_quantize_one(float x, float inv_scale, int zero, int bits);
+/* Fake quantization of a run sharing one scale: y[i] = (qtc_int_quantize_one(x[i],
+ * inv_scale, zero, bits) - zero) * scale, the same bits on every qtc_cpu_path
+ * (NaN stays NaN). _cols: inv_scale, scale and zero per element (integer-valued
+ * zero points), as for per-column ranges. y may be x. */
+void qtc_int_fake_quant_row(const float *x, float *y, int64_t n, float inv_scale, float scale, int zero, int bits);
+void qtc_int_fake_quant_cols(const float *x, float *y, int64_t n, const float *inv_scale, const float *scale,
+                             const float *zero, int bits);
 
 /* Quantizes w (rows x cols, f32) with s into q (fields allocated here).
  * QTC_ERR_NUMERIC on NaN or Inf. */
