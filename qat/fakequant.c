@@ -37,7 +37,26 @@ static void fq_backward(qtc_graph *g, qtc_node *n)
     float *dx = qtc_graph_needs_grad(g, xt) ? qtc_graph_grad(g, xt) : NULL;
     float *ds = st && qtc_graph_needs_grad(g, st) ? qtc_graph_grad(g, st) : NULL;
     float *dz = zt && qtc_graph_needs_grad(g, zt) ? qtc_graph_grad(g, zt) : NULL;
-    for (int64_t r = 0; r < rows; r++) /* serial: groups accumulate in a fixed order */
+    if (!f->per_column) { /* runs of one group, as the forward: a row owns its groups' ds, dz */
+        int64_t gsize = f->s.group > 0 ? f->s.group : cols;
+        int64_t run = f->per_tensor ? rows * cols : gsize, runs_per_row = f->per_tensor ? 1 : f->groups;
+        int64_t n_rows = f->per_tensor ? 1 : rows, row_len = f->per_tensor ? rows * cols : cols;
+        #pragma omp parallel for schedule(static) if (rows * cols > 65536)
+        for (int64_t r = 0; r < n_rows; r++)
+            for (int64_t k = 0; k < runs_per_row; k++) {
+                int64_t c0 = k * run, len = row_len - c0 < run ? row_len - c0 : run, p = r * runs_per_row + k;
+                int64_t i = r * row_len + c0;
+                float s = f->scale[p], z = f->zero ? f->zero[p] : 0, sums[2] = {0, 0};
+                qtc_int_fake_quant_back_row(x + i, dy + i, dx ? dx + i : NULL, len, 1.0f / s, (int)z, f->s.bits,
+                                            ds || dz ? sums : NULL);
+                if (ds)
+                    ds[p] += sums[0] * f->grad_factor;
+                if (dz)
+                    dz[p] += sums[1] * -s * f->grad_factor;
+            }
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) /* serial: columns accumulate in a fixed order */
         for (int64_t c = 0; c < cols; c++) {
             int64_t k = group_of(f, r, c, cols), i = r * cols + c;
             float s = f->scale[k], inv = 1.0f / s, z = f->zero ? f->zero[k] : 0;

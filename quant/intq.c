@@ -327,6 +327,12 @@ void qtc_int_fake_quant_row(const float *x, float *y, int64_t n, float inv_scale
     quant_vec()->fake_quant(x, y, n, inv_scale, scale, (float)zero, QTC_QMIN(bits), QTC_QMAX(bits));
 }
 
+void qtc_int_fake_quant_back_row(const float *x, const float *dy, float *dx, int64_t n, float inv_scale, int zero,
+                                 int bits, float *sums)
+{
+    quant_vec()->fake_quant_back(x, dy, dx, n, inv_scale, (float)zero, QTC_QMIN(bits), QTC_QMAX(bits), sums);
+}
+
 void qtc_int_fake_quant_cols(const float *x, float *y, int64_t n, const float *inv_scale, const float *scale,
                              const float *zero, int bits)
 {

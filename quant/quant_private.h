@@ -22,6 +22,12 @@ typedef struct quant_vec_ops {
     /* the same with inv, scale and zero per element (one per column) */
     void (*fake_quant_cols)(const float *x, float *y, int64_t n, const float *inv, const float *scale,
                             const float *zero, int qmin, int qmax);
+    /* fake_quant's straight-through backward over such a run, t = x inv: dx += dy where
+     * round(t) + zero is inside [qmin, qmax] (dx NULL: skipped); with sums, sums[0] gets
+     * the sum of dy (inside ? round(t) - t : the clamped code - zero) and sums[1] the sum
+     * of dy over the elements outside, each in 16 lanes combined in a fixed order */
+    void (*fake_quant_back)(const float *x, const float *dy, float *dx, int64_t n, float inv, float zero,
+                            int qmin, int qmax, float *sums);
     /* y[i] = lut[codes[i]] * scale, codes below 16 */
     void (*lut_bytes)(const uint8_t *codes, const float *lut, float scale, float *y, int64_t n);
     /* the same for 4-bit codes packed high nibble first, starting at code i0 */

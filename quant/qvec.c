@@ -45,6 +45,35 @@ static void fake_quant_cols(const float *x, float *y, int64_t n, const float *in
         y[i] = fq_one(x[i], inv[i], scale[i], zero[i], (float)qmin, (float)qmax);
 }
 
+static void fake_quant_back(const float *x, const float *dy, float *dx, int64_t n, float inv, float zero,
+                            int qmin, int qmax, float *sums)
+{
+    const float lo = (float)qmin, hi = (float)qmax;
+    if (dx)
+        for (int64_t i = 0; i < n; i++) {
+            float q = round_even(x[i] * inv) + zero;
+            dx[i] += q >= lo && q <= hi ? dy[i] : 0.0f;
+        }
+    if (!sums)
+        return;
+    float acc_s[16] = {0}, acc_z[16] = {0};
+    for (int64_t i0 = 0; i0 < n; i0 += 16)
+        for (int j = 0; j < 16 && i0 + j < n; j++) {
+            int64_t i = i0 + j;
+            float t = x[i] * inv, r = round_even(t), q = r + zero;
+            int inside = q >= lo && q <= hi;
+            acc_s[j] += dy[i] * (inside ? r - t : q < lo ? lo - zero : hi - zero);
+            acc_z[j] += inside ? 0.0f : dy[i];
+        }
+    for (int w = 8; w; w /= 2)
+        for (int j = 0; j < w; j++) {
+            acc_s[j] += acc_s[j + w];
+            acc_z[j] += acc_z[j + w];
+        }
+    sums[0] += acc_s[0];
+    sums[1] += acc_z[0];
+}
+
 /* A 16-entry table lookup does not auto-vectorize (GCC will not gather from
  * it), so the vector paths look codes up with a permute: one vpermps over the
  * whole table on AVX-512, two and a blend on AVX2. lut16 gets 16 codes (as
@@ -147,6 +176,7 @@ static void int_nibbles(const uint8_t *packed, int64_t i0, int off, float scale,
 const quant_vec_ops VEC_CAT(quant_vec, VEC_SUFFIX) = {
     .fake_quant = fake_quant,
     .fake_quant_cols = fake_quant_cols,
+    .fake_quant_back = fake_quant_back,
     .lut_bytes = lut_bytes,
     .lut_nibbles = lut_nibbles,
     .int_s8 = int_s8,

@@ -338,6 +338,29 @@ TEST(vec_quant_kernels_equal_the_scalar_code_bit_for_bit_on_every_path)
                     for (int64_t i = 0; i < n; i++)
                         CHECK_MSG(y[i] == fq_scalar(x[i], iv, s, zero, bits), "%s fake_quant(%g) bits %d: %g vs %g",
                                   pn, x[i], bits, y[i], fq_scalar(x[i], iv, s, zero, bits));
+                    /* the backward: dx against the scalar mask, the sums against double, and
+                     * (same lanes, no fused multiply-adds) the baseline's bits on every path */
+                    float sums[2] = {0, 0}, bsums[2] = {0, 0};
+                    double ws = 0, wz = 0, wabs = 0;
+                    fill(&r, inv, n, 1.0f); /* dy */
+                    memset(y, 0, n * sizeof(float));
+                    qv->fake_quant_back(x, inv, y, n, iv, (float)zero, QTC_QMIN(bits), QTC_QMAX(bits), sums);
+                    quant_vec_for(0)->fake_quant_back(x, inv, NULL, n, iv, (float)zero, QTC_QMIN(bits),
+                                                      QTC_QMAX(bits), bsums);
+                    for (int64_t i = 0; i < n; i++) {
+                        float t = x[i] * iv, q = nearbyintf(t) + (float)zero;
+                        int inside = q >= QTC_QMIN(bits) && q <= QTC_QMAX(bits);
+                        CHECK(y[i] == (inside ? inv[i] : 0.0f));
+                        double term = inside ? (double)(q - zero) - t
+                                             : q < QTC_QMIN(bits) ? QTC_QMIN(bits) - zero : QTC_QMAX(bits) - zero;
+                        ws += inv[i] * term;
+                        wabs += fabs(inv[i] * term);
+                        wz += inside ? 0 : inv[i];
+                    }
+                    CHECK_MSG(fabs(sums[0] - ws) <= 4 * FLT_EPSILON * ((double)n / 16 + 2) * wabs, "%s ds n=%lld", pn,
+                              (long long)n);
+                    CHECK(fabs(sums[1] - wz) <= 4 * FLT_EPSILON * ((double)n / 16 + 2) * n);
+                    CHECK(sums[0] == bsums[0] && sums[1] == bsums[1]);
                     for (int64_t i = 0; i < n; i++) {
                         sc[i] = s * (1 + (float)(i % 3));
                         inv[i] = 1.0f / sc[i];
