@@ -27,6 +27,8 @@ typedef struct tensor_vec_ops {
     void (*scale)(int64_t n, float a, const float *x, float *y);
     /* y[i] = exp(x[i] - m) (y may be x); returns the sum of the y[i], in double */
     double (*exp_row)(const float *x, float m, float *y, int64_t n);
+    /* y[i] += a exp(x[i] - m): a softmax gradient's row (cross-entropy's (p - onehot) scale) */
+    void (*exp_axpy)(const float *x, float m, float a, float *y, int64_t n);
     /* max x[i] (-inf for n = 0; NaN is not propagated) */
     float (*max_row)(const float *x, int64_t n);
     /* log sum exp(x[i]), the maximum subtracted first, the sum in double */

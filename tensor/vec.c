@@ -89,6 +89,12 @@ static double exp_row(const float *x, float m, float *y, int64_t n)
     return sum_lanes_d(acc);
 }
 
+static void exp_axpy(const float *x, float m, float a, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a * vec_expf(x[i] - m);
+}
+
 static float max_row(const float *x, int64_t n)
 {
     float acc[FL];
@@ -238,6 +244,7 @@ const tensor_vec_ops VEC_CAT(tensor_vec, VEC_SUFFIX) = {
     .axpy = axpy,
     .scale = scale,
     .exp_row = exp_row,
+    .exp_axpy = exp_axpy,
     .max_row = max_row,
     .log_sum_exp = log_sum_exp,
     .rmsnorm = rmsnorm,

@@ -151,6 +151,19 @@ TEST(vec_float_kernels_baseline_match_double_and_paths_match_baseline)
         CHECK_MSG(close_f(base->log_sum_exp(a, n), mx + log(se), 1e-6, 1e-6), "log_sum_exp n=%lld", (long long)n);
         CHECK(close_f((float)base->exp_row(a, (float)mx, y0, n), se, 2e-6, 0));
         memcpy(y0, c, n * sizeof(float));
+        base->exp_axpy(a, (float)mx, -0.3f, y0, n);
+        for (int64_t i = 0; i < n; i++) {
+            double e = (double)-0.3f * exp((double)a[i] - mx);
+            CHECK(fabs(y0[i] - (c[i] + e)) <= 2 * FLT_EPSILON * (fabs(c[i]) + fabs(e)));
+        }
+        memcpy(y1, c, n * sizeof(float));
+        for (int path = 1; path <= (int)qtc_cpu_best(); path++) {
+            tensor_vec_for(path)->exp_axpy(a, (float)mx, -0.3f, y1, n);
+            for (int64_t i = 0; i < n; i++)
+                CHECK(fabs(y1[i] - y0[i]) <= 2 * FLT_EPSILON * (fabs(c[i]) + fabs(y0[i] - c[i])));
+            memcpy(y1, c, n * sizeof(float));
+        }
+        memcpy(y0, c, n * sizeof(float));
         base->axpy(n, 0.37f, a, y0);
         for (int64_t i = 0; i < n; i++)
             CHECK(fabs(y0[i] - (c[i] + (double)0.37f * a[i])) <= FLT_EPSILON * (fabs(c[i]) + fabs(0.37 * a[i])));
