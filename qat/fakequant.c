@@ -37,7 +37,26 @@ static void fq_backward(qtc_graph *g, qtc_node *n)
     float *dx = qtc_graph_needs_grad(g, xt) ? qtc_graph_grad(g, xt) : NULL;
     float *ds = st && qtc_graph_needs_grad(g, st) ? qtc_graph_grad(g, st) : NULL;
     float *dz = zt && qtc_graph_needs_grad(g, zt) ? qtc_graph_grad(g, zt) : NULL;
-    for (int64_t r = 0; r < rows; r++) /* serial: groups accumulate in a fixed order */
+    if (!f->per_column) { /* runs of one group, as the forward: a row owns its groups' ds, dz */
+        int64_t gsize = f->s.group > 0 ? f->s.group : cols;
+        int64_t run = f->per_tensor ? rows * cols : gsize, runs_per_row = f->per_tensor ? 1 : f->groups;
+        int64_t n_rows = f->per_tensor ? 1 : rows, row_len = f->per_tensor ? rows * cols : cols;
+        #pragma omp parallel for schedule(static) if (rows * cols > 65536)
+        for (int64_t r = 0; r < n_rows; r++)
+            for (int64_t k = 0; k < runs_per_row; k++) {
+                int64_t c0 = k * run, len = row_len - c0 < run ? row_len - c0 : run, p = r * runs_per_row + k;
+                int64_t i = r * row_len + c0;
+                float s = f->scale[p], z = f->zero ? f->zero[p] : 0, sums[2] = {0, 0};
+                qtc_int_fake_quant_back_row(x + i, dy + i, dx ? dx + i : NULL, len, 1.0f / s, (int)z, f->s.bits,
+                                            ds || dz ? sums : NULL);
+                if (ds)
+                    ds[p] += sums[0] * f->grad_factor;
+                if (dz)
+                    dz[p] += sums[1] * -s * f->grad_factor;
+            }
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) /* serial: columns accumulate in a fixed order */
         for (int64_t c = 0; c < cols; c++) {
             int64_t k = group_of(f, r, c, cols), i = r * cols + c;
             float s = f->scale[k], inv = 1.0f / s, z = f->zero ? f->zero[k] : 0;
@@ -113,13 +132,16 @@ qtc_tensor *qtc_fake_quant(qtc_graph *g, qtc_tensor *x, const qtc_qscheme *s, qt
     }
     const float *xd = x->data;
     float *yd = y->data;
+    /* runs of one group (the whole tensor per tensor): one scale, zero point */
+    int64_t run = f->per_tensor ? rows * cols : gsize, runs_per_row = f->per_tensor ? 1 : groups;
+    int64_t n_rows = f->per_tensor ? 1 : rows, row_len = f->per_tensor ? rows * cols : cols;
     #pragma omp parallel for schedule(static) if (rows * cols > 65536)
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) {
-            int64_t k = group_of(f, r, c, cols);
-            float z = zp ? zp[k] : 0;
-            int q = qtc_int_quantize_one(xd[r * cols + c], 1.0f / sc[k], (int)z, s->bits);
-            yd[r * cols + c] = (float)(q - (int)z) * sc[k];
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t k = 0; k < runs_per_row; k++) {
+            int64_t c0 = k * run, len = row_len - c0 < run ? row_len - c0 : run, p = r * runs_per_row + k;
+            int z = zp ? (int)zp[p] : 0;
+            qtc_int_fake_quant_row(xd + r * row_len + c0, yd + r * row_len + c0, len, 1.0f / sc[p], sc[p], z,
+                                   s->bits);
         }
     qtc_node *n = qtc_graph_record(g, "fake_quant", fq_backward, y, 3, (qtc_tensor *[]){x, scale, scale ? zero : NULL});
     if (n)
@@ -145,14 +167,18 @@ qtc_tensor *qtc_fake_quant_columns(qtc_graph *g, qtc_tensor *x, int bits, const 
     f->per_column = 1;
     memcpy(sc, scale, (size_t)cols * sizeof(float));
     memcpy(zp, zero, (size_t)cols * sizeof(float));
+    float *inv = qtc_graph_alloc(g, (size_t)(2 * cols) * sizeof(float)), *zi = inv ? inv + cols : NULL;
+    if (!inv)
+        return NULL;
+    for (int64_t c = 0; c < cols; c++) {
+        inv[c] = 1.0f / sc[c];
+        zi[c] = (float)(int)zp[c]; /* qtc_int_quantize_one's integer zero point */
+    }
     const float *xd = x->data;
     float *yd = y->data;
     #pragma omp parallel for schedule(static) if (rows * cols > 65536)
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) {
-            int q = qtc_int_quantize_one(xd[r * cols + c], 1.0f / sc[c], (int)zp[c], bits);
-            yd[r * cols + c] = (float)(q - (int)zp[c]) * sc[c];
-        }
+        qtc_int_fake_quant_cols(xd + r * cols, yd + r * cols, cols, inv, sc, zi, bits);
     qtc_node *n = qtc_graph_record(g, "fake_quant_columns", fq_backward, y, 3, (qtc_tensor *[]){x, NULL, NULL});
     if (n)
         n->saved = f;

@@ -311,11 +311,30 @@ void qtc_qweight_dequantize(const qtc_qweight *q, float *w)
         nf4_dequantize(q, w);
         return;
     }
-    const int64_t g = q->s.group > 0 ? q->s.group : q->cols;
+    const int64_t g = q->s.group > 0 ? q->s.group : q->cols, cols = q->cols;
+    const quant_vec_ops *qv = quant_vec();
+    #pragma omp parallel for schedule(static) if (q->rows * cols > 65536)
     for (int64_t r = 0; r < q->rows; r++)
-        for (int64_t c = 0; c < q->cols; c++) {
+        for (int64_t c = 0; c < cols; c += g) { /* one group: one scale and zero point */
             int64_t k = q->s.group < 0 ? 0 : r * q->n_groups + c / g;
-            int z = q->zero ? q->zero[k] : 0;
-            w[r * q->cols + c] = (float)(q->q[r * q->cols + c] - z) * q->scale[k];
+            qv->int_s8(q->q + r * cols + c, q->zero ? q->zero[k] : 0, q->scale[k], w + r * cols + c,
+                       cols - c < g ? cols - c : g);
         }
+}
+
+void qtc_int_fake_quant_row(const float *x, float *y, int64_t n, float inv_scale, float scale, int zero, int bits)
+{
+    quant_vec()->fake_quant(x, y, n, inv_scale, scale, (float)zero, QTC_QMIN(bits), QTC_QMAX(bits));
+}
+
+void qtc_int_fake_quant_back_row(const float *x, const float *dy, float *dx, int64_t n, float inv_scale, int zero,
+                                 int bits, float *sums)
+{
+    quant_vec()->fake_quant_back(x, dy, dx, n, inv_scale, (float)zero, QTC_QMIN(bits), QTC_QMAX(bits), sums);
+}
+
+void qtc_int_fake_quant_cols(const float *x, float *y, int64_t n, const float *inv_scale, const float *scale,
+                             const float *zero, int bits)
+{
+    quant_vec()->fake_quant_cols(x, y, n, inv_scale, scale, zero, QTC_QMIN(bits), QTC_QMAX(bits));
 }

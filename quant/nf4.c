@@ -121,7 +121,11 @@ qtc_status nf4_quantize(const float *w, qtc_qweight *q)
 
 void nf4_dequantize(const qtc_qweight *q, float *w)
 {
-    int64_t n = q->rows * q->cols;
-    for (int64_t i = 0; i < n; i++)
-        w[i] = qtc_nf4_code[(uint8_t)q->q[i]] * q->scale[i / q->s.group];
+    int64_t n = q->rows * q->cols, block = q->s.group;
+    const quant_vec_ops *qv = quant_vec();
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t b = 0; b < (n + block - 1) / block; b++) {
+        int64_t i = b * block;
+        qv->lut_bytes((const uint8_t *)q->q + i, qtc_nf4_code, q->scale[b], w + i, n - i < block ? n - i : block);
+    }
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "qtc/quant.h"
+#include "quant_private.h"
 
 static int packs_nibbles(const qtc_qmatrix *q)
 {
@@ -87,14 +88,6 @@ qtc_status qtc_qmatrix_from_qweight(qtc_qweight *qw_in, qtc_qmatrix *q, qtc_erro
     return QTC_OK;
 }
 
-static int code_at(const qtc_qmatrix *q, int64_t i)
-{
-    if (!packs_nibbles(q))
-        return q->data[i];
-    uint8_t b = q->data[i / 2];
-    return i % 2 ? b & 15 : b >> 4;
-}
-
 void qtc_qmatrix_rows(const qtc_qmatrix *q, int64_t r0, int64_t n, float *out)
 {
     const int64_t cols = q->cols;
@@ -104,23 +97,32 @@ void qtc_qmatrix_rows(const qtc_qmatrix *q, int64_t r0, int64_t n, float *out)
             qtc_dequantize_row(q->dtype, q->data + (size_t)(r0 + r) * row, out + r * cols, cols);
         return;
     }
-    if (q->s.kind == QTC_QK_NF4) {
-        const int64_t block = q->s.group;
-        for (int64_t i = r0 * cols; i < (r0 + n) * cols; i++) {
-            int64_t b = i / block;
+    const quant_vec_ops *qv = quant_vec();
+    if (q->s.kind == QTC_QK_NF4) { /* blocks over the flattened matrix, cut at the range's ends */
+        const int64_t block = q->s.group, end = (r0 + n) * cols;
+        for (int64_t i = r0 * cols; i < end;) {
+            int64_t b = i / block, len = (b + 1) * block < end ? (b + 1) * block - i : end - i;
             float absmax = q->absmax_q ? q->dyn_map[q->absmax_q[b]] * q->nested_absmax[b / 256] + q->nested_offset
                                        : q->scale[b];
-            out[i - r0 * cols] = qtc_nf4_code[code_at(q, i)] * absmax;
+            if (packs_nibbles(q))
+                qv->lut_nibbles(q->data, i, qtc_nf4_code, absmax, out + (i - r0 * cols), len);
+            else
+                qv->lut_bytes(q->data + i, qtc_nf4_code, absmax, out + (i - r0 * cols), len);
+            i += len;
         }
         return;
     }
     const int offset = -QTC_QMIN(q->s.bits);
     const int64_t g = q->s.group > 0 ? q->s.group : cols;
     for (int64_t r = r0; r < r0 + n; r++)
-        for (int64_t c = 0; c < cols; c++) {
-            int64_t k = q->s.group < 0 ? 0 : r * q->n_groups + c / g;
-            int z = q->zero ? q->zero[k] : 0;
-            out[(r - r0) * cols + c] = (float)(code_at(q, r * cols + c) - offset - z) * q->scale[k];
+        for (int64_t c = 0; c < cols; c += g) { /* one group: one scale and zero point */
+            int64_t k = q->s.group < 0 ? 0 : r * q->n_groups + c / g, len = cols - c < g ? cols - c : g;
+            int off = offset + (q->zero ? q->zero[k] : 0);
+            float *o = out + (r - r0) * cols + c;
+            if (packs_nibbles(q))
+                qv->int_nibbles(q->data, r * cols + c, off, q->scale[k], o, len);
+            else
+                qv->int_u8(q->data + r * cols + c, off, q->scale[k], o, len);
         }
 }
 

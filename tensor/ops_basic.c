@@ -357,10 +357,9 @@ qtc_tensor *qtc_reshape(qtc_graph *g, qtc_tensor *a, int ndim, const int64_t *sh
 
 /* --- SiLU and SwiGLU --------------------------------------------------------- */
 
-static float sigmoid(float x)
-{
-    return 1.0f / (1.0f + expf(-x));
-}
+/* Elementwise kernels run over chunks, in parallel when the tensor is large;
+ * each element's result is the same whatever the split. */
+#define EW_CHUNK 4096
 
 static void silu_backward(qtc_graph *g, qtc_node *n)
 {
@@ -369,10 +368,10 @@ static void silu_backward(qtc_graph *g, qtc_node *n)
         return;
     const float *x = n->in[0]->data, *dy = n->out->grad->data;
     int64_t len = qtc_tensor_numel(n->in[0]);
-    for (int64_t i = 0; i < len; i++) {
-        float s = sigmoid(x[i]);
-        dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
-    }
+    const tensor_vec_ops *tv = tensor_vec();
+    #pragma omp parallel for schedule(static) if (len > 65536)
+    for (int64_t i = 0; i < len; i += EW_CHUNK)
+        tv->silu_back(x + i, dy + i, dx + i, len - i < EW_CHUNK ? len - i : EW_CHUNK);
 }
 
 qtc_tensor *qtc_silu(qtc_graph *g, qtc_tensor *x)
@@ -386,8 +385,10 @@ qtc_tensor *qtc_silu(qtc_graph *g, qtc_tensor *x)
     const float *in = x->data;
     float *o = y->data;
     int64_t len = qtc_tensor_numel(x);
-    for (int64_t i = 0; i < len; i++)
-        o[i] = in[i] * sigmoid(in[i]);
+    const tensor_vec_ops *tv = tensor_vec();
+    #pragma omp parallel for schedule(static) if (len > 65536)
+    for (int64_t i = 0; i < len; i += EW_CHUNK)
+        tv->silu(in + i, o + i, len - i < EW_CHUNK ? len - i : EW_CHUNK);
     qtc_graph_record(g, "silu", silu_backward, y, 1, &x);
     return y;
 }
@@ -399,14 +400,11 @@ static void swiglu_backward(qtc_graph *g, qtc_node *n)
     int64_t len = qtc_tensor_numel(gate);
     float *da = qtc_graph_needs_grad(g, gate) ? qtc_graph_grad(g, gate) : NULL;
     float *db = qtc_graph_needs_grad(g, up) ? qtc_graph_grad(g, up) : NULL;
+    const tensor_vec_ops *tv = tensor_vec();
     #pragma omp parallel for schedule(static) if (len > 65536)
-    for (int64_t i = 0; i < len; i++) {
-        float s = sigmoid(a[i]);
-        if (da)
-            da[i] += dy[i] * b[i] * s * (1.0f + a[i] * (1.0f - s));
-        if (db)
-            db[i] += dy[i] * a[i] * s;
-    }
+    for (int64_t i = 0; i < len; i += EW_CHUNK)
+        tv->swiglu_back(a + i, b + i, dy + i, da ? da + i : NULL, db ? db + i : NULL,
+                        len - i < EW_CHUNK ? len - i : EW_CHUNK);
 }
 
 qtc_tensor *qtc_swiglu(qtc_graph *g, qtc_tensor *gate, qtc_tensor *up)
@@ -422,9 +420,10 @@ qtc_tensor *qtc_swiglu(qtc_graph *g, qtc_tensor *gate, qtc_tensor *up)
     const float *a = gate->data, *b = up->data;
     float *o = y->data;
     int64_t len = qtc_tensor_numel(gate);
+    const tensor_vec_ops *tv = tensor_vec();
     #pragma omp parallel for schedule(static) if (len > 65536)
-    for (int64_t i = 0; i < len; i++)
-        o[i] = a[i] * sigmoid(a[i]) * b[i];
+    for (int64_t i = 0; i < len; i += EW_CHUNK)
+        tv->swiglu(a + i, b + i, o + i, len - i < EW_CHUNK ? len - i : EW_CHUNK);
     qtc_graph_record(g, "swiglu", swiglu_backward, y, 2, (qtc_tensor *[]){gate, up});
     return y;
 }

@@ -36,28 +36,21 @@ static void rmsnorm_backward(qtc_graph *g, qtc_node *n)
     int64_t D = last_dim(xt), rows = qtc_tensor_numel(xt) / (D ? D : 1);
     const float *x = xt->data, *w = wt ? wt->data : NULL, *dy = n->out->grad->data;
     const float *rstd = n->saved;
+    const tensor_vec_ops *tv = tensor_vec();
     if (qtc_graph_needs_grad(g, xt)) {
         float *dx = qtc_graph_grad(g, xt);
         if (!dx)
             return;
         #pragma omp parallel for schedule(static) if (rows * D > 65536)
-        for (int64_t r = 0; r < rows; r++) {
-            const float *xr = x + r * D, *dyr = dy + r * D;
-            double dot = 0;
-            for (int64_t j = 0; j < D; j++)
-                dot += (double)(dyr[j] * (w ? w[j] : 1.0f)) * xr[j];
-            float rs = rstd[r], c = (float)(dot / (double)D) * rs * rs * rs;
-            for (int64_t j = 0; j < D; j++)
-                dx[r * D + j] += rs * dyr[j] * (w ? w[j] : 1.0f) - c * xr[j];
-        }
+        for (int64_t r = 0; r < rows; r++)
+            tv->rmsnorm_back(x + r * D, w, dy + r * D, rstd[r], dx + r * D, D);
     }
     if (wt && qtc_graph_needs_grad(g, wt)) {
         float *dw = qtc_graph_grad(g, wt);
         if (!dw)
             return;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t j = 0; j < D; j++)
-                dw[j] += dy[r * D + j] * x[r * D + j] * rstd[r];
+        for (int64_t r = 0; r < rows; r++) /* serial: rows add into dw in a fixed order */
+            tv->rmsnorm_wgrad(x + r * D, dy + r * D, rstd[r], dw, D);
     }
 }
 
@@ -77,17 +70,10 @@ qtc_tensor *qtc_rmsnorm(qtc_graph *g, qtc_tensor *x, qtc_tensor *w, float eps)
         return NULL;
     const float *in = x->data, *wd = w ? w->data : NULL;
     float *o = y->data;
+    const tensor_vec_ops *tv = tensor_vec();
     #pragma omp parallel for schedule(static) if (rows * D > 65536)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = in + r * D;
-        double ss = 0;
-        for (int64_t j = 0; j < D; j++)
-            ss += (double)xr[j] * xr[j];
-        float rs = (float)(1.0 / sqrt(ss / (double)(D ? D : 1) + eps));
-        rstd[r] = rs;
-        for (int64_t j = 0; j < D; j++)
-            o[r * D + j] = xr[j] * rs * (wd ? wd[j] : 1.0f);
-    }
+    for (int64_t r = 0; r < rows; r++)
+        rstd[r] = tv->rmsnorm(in + r * D, wd, o + r * D, D, eps);
     qtc_node *n = qtc_graph_record(g, "rmsnorm", rmsnorm_backward, y, w ? 2 : 1,
                                    (qtc_tensor *[]){x, w});
     if (n)
@@ -117,28 +103,17 @@ static float *rope_table(qtc_graph *g, int64_t T, int n_rot, int64_t pos0, float
 
 /* Rotates every head of x (rows of n_head*hd, row r at table row r % T) by
  * +angle (dir 1) or -angle (dir -1), accumulating into y when acc. */
-static void rope_apply(const float *x, float *y, int acc, int64_t rows, int64_t T, int n_head,
-                       int hd, int n_rot, qtc_rope_layout layout, const float *tab, float dir)
+static void rope_apply(const float *x, float *y, int acc, int64_t rows, int64_t T, int n_head, int hd,
+                       int n_rot, qtc_rope_layout layout, const float *tab, float dir)
 {
     int half = n_rot / 2;
+    const tensor_vec_ops *tv = tensor_vec();
     #pragma omp parallel for schedule(static) if (rows * n_head * hd > 65536)
     for (int64_t r = 0; r < rows; r++) {
         const float *cs = tab + 2 * (r % T) * half;
-        for (int h = 0; h < n_head; h++) {
-            const float *xh = x + (r * n_head + h) * hd;
-            float *yh = y + (r * n_head + h) * hd;
-            for (int i = 0; i < half; i++) {
-                int i0 = layout == QTC_ROPE_INTERLEAVED ? 2 * i : i;
-                int i1 = layout == QTC_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
-                float c = cs[2 * i], s = dir * cs[2 * i + 1];
-                float a = xh[i0], b = xh[i1];
-                float y0 = a * c - b * s, y1 = a * s + b * c;
-                yh[i0] = acc ? yh[i0] + y0 : y0;
-                yh[i1] = acc ? yh[i1] + y1 : y1;
-            }
-            for (int i = n_rot; i < hd; i++)
-                yh[i] = acc ? yh[i] + xh[i] : xh[i];
-        }
+        for (int h = 0; h < n_head; h++)
+            tv->rope_head(x + (r * n_head + h) * hd, y + (r * n_head + h) * hd, acc, cs, dir, n_rot, hd,
+                          layout == QTC_ROPE_INTERLEAVED);
     }
 }
 

@@ -33,6 +33,8 @@ tally() { # suite name, then the command that runs it
 }
 
 tally unit "$build/qtc-tests"
+# the path choice under QTC_CPU (read once per process, so in a process of its own)
+tally unit env QTC_CPU=baseline "$build/qtc-tests" cpu_env_variable
 tally symbols sh tests/check_symbols.sh "$build/libqtc.so"
 tally layers sh tests/check_layers.sh
 for suite in tests/cli/*.sh; do

@@ -125,6 +125,19 @@ void qtc_int_qparams(const float *x, int64_t n, int bits, int symmetric, float *
 /* clamp(nearbyint(x * (1/scale)) + zero, qmin, qmax): the rounding of
  * PyTorch's fake quantization (the reciprocal is a float32). */
 int qtc_int_quantize_one(float x, float inv_scale, int zero, int bits);
+/* Fake quantization of a run sharing one scale: y[i] = (qtc_int_quantize_one(x[i],
+ * inv_scale, zero, bits) - zero) * scale, the same bits on every qtc_cpu_path
+ * (NaN stays NaN). _cols: inv_scale, scale and zero per element (integer-valued
+ * zero points), as for per-column ranges. y may be x. */
+void qtc_int_fake_quant_row(const float *x, float *y, int64_t n, float inv_scale, float scale, int zero, int bits);
+/* Its straight-through backward over the run, t = x[i] * inv_scale: dx[i] += dy[i] where
+ * round(t) + zero is inside the integer range (dx NULL: skipped); with sums non-NULL,
+ * sums[0] += the sum of dy (inside ? round(t) - t : the clamped code - zero), LSQ's scale
+ * gradient before its factors, and sums[1] += the sum of dy outside the range. */
+void qtc_int_fake_quant_back_row(const float *x, const float *dy, float *dx, int64_t n, float inv_scale, int zero,
+                                 int bits, float *sums);
+void qtc_int_fake_quant_cols(const float *x, float *y, int64_t n, const float *inv_scale, const float *scale,
+                             const float *zero, int bits);
 
 /* Quantizes w (rows x cols, f32) with s into q (fields allocated here).
  * QTC_ERR_NUMERIC on NaN or Inf. */
