@@ -1,6 +1,7 @@
 /* ops_nn.c: RMSNorm, rotary embeddings, causal grouped-query attention,
  * cross-entropy (plain, and fused with the output projection) and KL
- * divergence, each with its backward.
+ * divergence (plain, and fused with both output projections), each with its
+ * backward.
  *
  * Rows are independent, so the loops are split across threads by row; every
  * reduction that crosses rows runs serially in a fixed order, which keeps the
@@ -728,6 +729,144 @@ qtc_tensor *qtc_kl_div(qtc_graph *g, qtc_tensor *logits, qtc_tensor *ref_logits)
     ((float *)y->data)[0] = rows ? (float)(total / (double)rows) : 0.0f;
     qtc_node *n = qtc_graph_record(g, "kl_div", kl_div_backward, y, 2,
                                    (qtc_tensor *[]){logits, ref_logits});
+    if (n)
+        n->saved = s;
+    return y;
+}
+
+/* --- KL divergence fused with both output projections ------------------------------- */
+
+typedef struct lkl_saved {
+    float *lse, *lse_ref, *kl; /* per row */
+    int64_t chunk;
+} lkl_saved;
+
+static void linear_kl_div_backward(qtc_graph *g, qtc_node *n)
+{
+    qtc_tensor *t[4] = {n->in[0], n->in[1], n->in[2], n->in[3]}; /* x, w, x_ref, w_ref */
+    const lkl_saved *s = n->saved;
+    int64_t D = last_dim(t[0]), rows = qtc_tensor_numel(t[0]) / (D ? D : 1), V = t[1]->ne[0];
+    int64_t Dr = last_dim(t[2]);
+    if (rows == 0 || V == 0)
+        return; /* the loss is the constant 0 */
+    float *grad[4];
+    for (int i = 0; i < 4; i++) {
+        grad[i] = qtc_graph_needs_grad(g, t[i]) ? qtc_graph_grad(g, t[i]) : NULL;
+        if (qtc_graph_needs_grad(g, t[i]) && !grad[i])
+            return; /* out of memory: the graph remembers it */
+    }
+    int student = grad[0] || grad[1], teacher = grad[2] || grad[3];
+    /* the scale and the per-element formulas are kl_div_backward's */
+    float scale = ((const float *)n->out->grad->data)[0] / (float)rows;
+    const float *x = t[0]->data, *w = t[1]->data, *xr = t[2]->data, *wr = t[3]->data;
+    int owned, owned_ref;
+    float *dl = lce_scratch(g, s->chunk * V, &owned), *dlr = lce_scratch(g, s->chunk * V, &owned_ref);
+    if (!dl || !dlr)
+        goto done;
+    for (int64_t r0 = 0; r0 < rows; r0 += s->chunk) {
+        int64_t c = rows - r0 < s->chunk ? rows - r0 : s->chunk;
+        lce_chunk_logits(x, w, r0, c, V, D, dl);
+        lce_chunk_logits(xr, wr, r0, c, V, Dr, dlr);
+        /* d(student logits) and d(teacher logits), in place */
+        #pragma omp parallel for schedule(static) if (c * V > 65536)
+        for (int64_t i = 0; i < c; i++) {
+            float l = s->lse[r0 + i], lr = s->lse_ref[r0 + i], kl = s->kl[r0 + i];
+            float *a = dl + i * V, *b = dlr + i * V;
+            for (int64_t j = 0; j < V; j++) {
+                float lp = a[j] - l, lq = b[j] - lr;
+                float p = expf(lp), q = expf(lq);
+                a[j] = (p - q) * scale;
+                b[j] = q * (lq - lp - kl) * scale;
+            }
+        }
+        if (student && D) {
+            if (grad[0]) /* dx[chunk] += dlogits W */
+                tensor_gemm(0, 0, c, D, V, dl, V, w, D, 1.0f, grad[0] + r0 * D, D);
+            if (grad[1]) /* dW += dlogits^T x[chunk] */
+                tensor_gemm(1, 0, V, D, c, dl, V, x + r0 * D, D, 1.0f, grad[1], D);
+        }
+        if (teacher && Dr) {
+            if (grad[2])
+                tensor_gemm(0, 0, c, Dr, V, dlr, V, wr, Dr, 1.0f, grad[2] + r0 * Dr, Dr);
+            if (grad[3])
+                tensor_gemm(1, 0, V, Dr, c, dlr, V, xr + r0 * Dr, Dr, 1.0f, grad[3], Dr);
+        }
+    }
+done:
+    if (owned)
+        free(dl);
+    if (owned_ref)
+        free(dlr);
+}
+
+qtc_tensor *qtc_linear_kl_div(qtc_graph *g, qtc_tensor *x, qtc_tensor *w, qtc_tensor *x_ref,
+                              qtc_tensor *w_ref, int64_t chunk_rows)
+{
+    if (!x || !w || !x_ref || !w_ref)
+        return NULL;
+    assert_f32_contiguous(x);
+    assert_f32_contiguous(w);
+    assert_f32_contiguous(x_ref);
+    assert_f32_contiguous(w_ref);
+    assert(w->ndim == 2 && w_ref->ndim == 2);
+    int64_t D = last_dim(x), rows = qtc_tensor_numel(x) / (D ? D : 1), V = w->ne[0];
+    int64_t Dr = last_dim(x_ref);
+    assert(w->ne[1] == D && w_ref->ne[0] == V && w_ref->ne[1] == Dr);
+    assert(qtc_tensor_numel(x_ref) == rows * Dr);
+    /* two chunks of logits (student and teacher), each near 4M floats */
+    int64_t chunk = chunk_rows > 0 ? chunk_rows : LCE_CHUNK_FLOATS / (V ? V : 1);
+    if (chunk > rows)
+        chunk = rows;
+    if (chunk < 1)
+        chunk = 1;
+    qtc_tensor *y = qtc_graph_new_tensor(g, 0, NULL);
+    lkl_saved *s = qtc_graph_alloc(g, sizeof *s);
+    float *buf = qtc_graph_alloc(g, (size_t)(3 * rows + 1) * sizeof(float));
+    if (!y || !s || !buf)
+        return NULL;
+    s->lse = buf;
+    s->lse_ref = buf + rows;
+    s->kl = buf + 2 * rows;
+    s->chunk = chunk;
+    int owned = 0, owned_ref = 0;
+    float *lg = NULL, *lr = NULL;
+    if (rows && V) {
+        lg = lce_scratch(g, chunk * V, &owned);
+        lr = lce_scratch(g, chunk * V, &owned_ref);
+    }
+    const float *xd = x->data, *wd = w->data, *xrd = x_ref->data, *wrd = w_ref->data;
+    for (int64_t r0 = 0; lg && lr && r0 < rows; r0 += chunk) {
+        int64_t c = rows - r0 < chunk ? rows - r0 : chunk;
+        lce_chunk_logits(xd, wd, r0, c, V, D, lg);
+        lce_chunk_logits(xrd, wrd, r0, c, V, Dr, lr);
+        /* per row as qtc_kl_div computes it */
+        #pragma omp parallel for schedule(static) if (c * V > 65536)
+        for (int64_t i = 0; i < c; i++) {
+            const float *a = lg + i * V, *b = lr + i * V;
+            float l = log_sum_exp(a, V), lref = log_sum_exp(b, V);
+            double kl = 0;
+            for (int64_t j = 0; j < V; j++) {
+                double lq = (double)b[j] - lref, lp = (double)a[j] - l;
+                kl += exp(lq) * (lq - lp);
+            }
+            s->lse[r0 + i] = l;
+            s->lse_ref[r0 + i] = lref;
+            s->kl[r0 + i] = (float)kl;
+        }
+    }
+    int failed = rows && V && (!lg || !lr);
+    if (owned)
+        free(lg);
+    if (owned_ref)
+        free(lr);
+    if (failed)
+        return NULL;
+    double total = 0;
+    for (int64_t r = 0; r < rows; r++)
+        total += V ? s->kl[r] : 0;
+    ((float *)y->data)[0] = rows && V ? (float)(total / (double)rows) : 0.0f;
+    qtc_node *n = qtc_graph_record(g, "linear_kl_div", linear_kl_div_backward, y, 4,
+                                   (qtc_tensor *[]){x, w, x_ref, w_ref});
     if (n)
         n->saved = s;
     return y;
