@@ -1,6 +1,7 @@
 /* ops_nn.c: RMSNorm, rotary embeddings, causal grouped-query attention,
  * cross-entropy (plain, and fused with the output projection) and KL
- * divergence, each with its backward.
+ * divergence (plain, and fused with both output projections), each with its
+ * backward.
  *
  * Rows are independent, so the loops are split across threads by row; every
  * reduction that crosses rows runs serially in a fixed order, which keeps the
@@ -159,6 +160,15 @@ qtc_tensor *qtc_rope(qtc_graph *g, qtc_tensor *x, int n_head, int n_rot, int64_t
 
 /* --- attention ---------------------------------------------------------------------- */
 
+/* FlashAttention's way (Dao et al. 2022; the backward as in FlashAttention-2):
+ * queries go through in tiles of ATTN_BR rows, keys in tiles of ATTN_BC, and
+ * the softmax is taken online (a running maximum and sum per query row), so
+ * no T x T matrix ever exists. The forward keeps only the output and each
+ * row's log-sum-exp; the backward recomputes each tile's probabilities from
+ * them. Memory: O(B * H * T * D). */
+#define ATTN_BR 32
+#define ATTN_BC 64
+
 typedef struct attn_dims {
     int64_t B, Tq, Tk;
     int H, Hkv, D;
@@ -182,66 +192,99 @@ static attn_dims attn_shape(const qtc_tensor *q, const qtc_tensor *k, const qtc_
     return d;
 }
 
-/* One head's softmax(q k^T * scale) v for query rows of one sequence.
- * q rows have stride qs, k/v rows kvs, out rows qs. p: Tk floats per query
- * (the probabilities are left there, zero past the causal limit). */
-static void attn_head(const float *q, const float *k, const float *v, float *out, float *p,
-                      int64_t p_stride, attn_dims d, int64_t qs, int64_t kvs, float scale)
+/* The innermost loops of both passes, in one place so that vector kernels can
+ * replace them. The dot product keeps four partial sums (a fixed order, so the
+ * result does not depend on anything but the inputs). */
+static float attn_dot(const float *restrict a, const float *restrict b, int D)
 {
-    int64_t off = d.Tk - d.Tq;
-    for (int64_t t = 0; t < d.Tq; t++) {
-        const float *qt = q + t * qs;
-        float *pt = p + t * p_stride;
-        int64_t n = t + off + 1;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n; j++) {
-            const float *kj = k + j * kvs;
-            float s = 0;
-            for (int i = 0; i < d.D; i++)
-                s += qt[i] * kj[i];
-            s *= scale;
-            pt[j] = s;
-            if (s > mx)
-                mx = s;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int i = 0;
+    for (; i + 4 <= D; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < D; i++)
+        s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* y += a x over D floats. */
+static void attn_axpy(float *restrict y, float a, const float *restrict x, int D)
+{
+    for (int i = 0; i < D; i++)
+        y[i] += a * x[i];
+}
+
+/* s[j] = exp(s[j] - m) for a row of a score tile; returns the row's sum. */
+static float attn_exp_row(float *s, int64_t n, float m)
+{
+    float sum = 0;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+
+/* One query tile [t0, t1) of one head of one sequence: out rows (stride qs)
+ * and, when lse is not NULL, each row's log-sum-exp of its scaled scores.
+ * q, out point at the head's first row; k, v at its kv head's first row
+ * (stride kvs). Query t sees keys 0 .. t + off. */
+static void attn_forward_tile(const float *q, const float *k, const float *v, float *out,
+                              float *lse, int64_t t0, int64_t t1, int64_t off, int D,
+                              int64_t qs, int64_t kvs, float scale)
+{
+    float mx[ATTN_BR], s[ATTN_BC];
+    double sum[ATTN_BR];
+    for (int64_t t = t0; t < t1; t++) {
+        mx[t - t0] = -INFINITY;
+        sum[t - t0] = 0;
+        memset(out + t * qs, 0, (size_t)D * sizeof(float));
+    }
+    int64_t kend = t1 + off; /* keys the tile's last row sees */
+    for (int64_t j0 = 0; j0 < kend; j0 += ATTN_BC) {
+        int64_t j1 = kend - j0 < ATTN_BC ? kend : j0 + ATTN_BC;
+        const float *kt = k + j0 * kvs, *vt = v + j0 * kvs;
+        for (int64_t t = t0; t < t1; t++) {
+            int64_t n = (t + off + 1 < j1 ? t + off + 1 : j1) - j0;
+            if (n <= 0)
+                continue; /* the whole key tile lies past this row's causal limit */
+            const float *qt = q + t * qs;
+            float m = mx[t - t0];
+            for (int64_t j = 0; j < n; j++) {
+                s[j] = attn_dot(qt, kt + j * kvs, D) * scale;
+                if (s[j] > m)
+                    m = s[j];
+            }
+            float tile_sum = attn_exp_row(s, n, m);
+            float *ot = out + t * qs;
+            if (m != mx[t - t0] && mx[t - t0] != -INFINITY) {
+                /* a new maximum: what was summed so far shrinks by exp(old - new) */
+                float alpha = expf(mx[t - t0] - m);
+                sum[t - t0] *= alpha;
+                for (int i = 0; i < D; i++)
+                    ot[i] *= alpha;
+            }
+            mx[t - t0] = m;
+            sum[t - t0] += tile_sum;
+            for (int64_t j = 0; j < n; j++)
+                attn_axpy(ot, s[j], vt + j * kvs, D);
         }
-        double sum = 0;
-        for (int64_t j = 0; j < n; j++) {
-            pt[j] = expf(pt[j] - mx);
-            sum += pt[j];
-        }
-        float inv = (float)(1.0 / sum);
-        float *ot = out + t * qs;
-        for (int i = 0; i < d.D; i++)
-            ot[i] = 0;
-        for (int64_t j = 0; j < n; j++) {
-            pt[j] *= inv;
-            const float *vj = v + j * kvs;
-            for (int i = 0; i < d.D; i++)
-                ot[i] += pt[j] * vj[i];
-        }
-        if (p_stride)
-            for (int64_t j = n; j < d.Tk; j++)
-                pt[j] = 0;
+    }
+    for (int64_t t = t0; t < t1; t++) {
+        float inv = (float)(1.0 / sum[t - t0]), *ot = out + t * qs;
+        for (int i = 0; i < D; i++)
+            ot[i] *= inv;
+        if (lse)
+            lse[t] = mx[t - t0] + (float)log(sum[t - t0]);
     }
 }
 
-static int max_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_id(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
+typedef struct attn_saved {
+    float *lse; /* (B, H, Tq): log-sum-exp of each query row's scaled scores */
+} attn_saved;
 
 static void attention_backward(qtc_graph *g, qtc_node *n)
 {
@@ -250,56 +293,55 @@ static void attention_backward(qtc_graph *g, qtc_node *n)
     float *dq = qtc_graph_needs_grad(g, qt) ? qtc_graph_grad(g, qt) : NULL;
     float *dk = qtc_graph_needs_grad(g, kt) ? qtc_graph_grad(g, kt) : NULL;
     float *dv = qtc_graph_needs_grad(g, vt) ? qtc_graph_grad(g, vt) : NULL;
-    float *scratch = qtc_graph_alloc(g, (size_t)(max_threads() * d.Tk) * sizeof(float));
-    if (!scratch)
-        return;
+    /* Di = rowsum(dO * O) per (sequence, head, query): softmax's backward term */
+    float *Di = qtc_graph_alloc(g, (size_t)(d.B * d.H * d.Tq + 1) * sizeof(float));
+    if ((qtc_graph_needs_grad(g, qt) && !dq) || (qtc_graph_needs_grad(g, kt) && !dk) ||
+        (qtc_graph_needs_grad(g, vt) && !dv) || !Di)
+        return; /* out of memory: the graph remembers it */
+    const attn_saved *sv = n->saved;
     const float *q = qt->data, *k = kt->data, *v = vt->data, *dO = n->out->grad->data;
-    const float *P = n->saved;
+    const float *O = n->out->data;
     int64_t qs = (int64_t)d.H * d.D, kvs = (int64_t)d.Hkv * d.D, off = d.Tk - d.Tq;
-    int group = d.H / d.Hkv;
+    int group = d.H / d.Hkv, D = d.D;
     float scale = 1.0f / sqrtf((float)d.D);
     /* one task per (sequence, kv head): it alone writes that kv head's dk/dv
-     * and its query heads' dq, so no two threads touch the same gradient */
+     * and its query heads' dq, each in a fixed order, so no two threads touch
+     * the same gradient and the sums do not depend on the thread count */
     #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t task = 0; task < d.B * d.Hkv; task++) {
         int64_t b = task / d.Hkv;
         int kvh = (int)(task % d.Hkv);
-        float *dp = scratch + thread_id() * d.Tk;
-        const float *kb = k + b * d.Tk * kvs + kvh * d.D, *vb = v + b * d.Tk * kvs + kvh * d.D;
-        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-            const float *Ph = P + (b * d.H + h) * d.Tq * d.Tk;
+        float p[ATTN_BC];
+        for (int h = kvh * group; h < (kvh + 1) * group; h++)
             for (int64_t t = 0; t < d.Tq; t++) {
-                const float *pt = Ph + t * d.Tk;
-                const float *dot = dO + (b * d.Tq + t) * qs + h * d.D;
-                const float *qrow = q + (b * d.Tq + t) * qs + h * d.D;
-                int64_t cnt = t + off + 1;
-                double sum = 0;
-                for (int64_t j = 0; j < cnt; j++) {
-                    const float *vj = vb + j * kvs;
-                    float s = 0;
-                    for (int i = 0; i < d.D; i++)
-                        s += dot[i] * vj[i];
-                    dp[j] = s;
-                    sum += (double)s * pt[j];
-                }
-                float fsum = (float)sum;
-                for (int64_t j = 0; j < cnt; j++) {
-                    float ds = pt[j] * (dp[j] - fsum) * scale; /* d(score before scaling) */
-                    if (dq) {
-                        float *dqt = dq + (b * d.Tq + t) * qs + h * d.D;
-                        const float *kj = kb + j * kvs;
-                        for (int i = 0; i < d.D; i++)
-                            dqt[i] += ds * kj[i];
-                    }
-                    if (dk) {
-                        float *dkj = dk + (b * d.Tk + j) * kvs + kvh * d.D;
-                        for (int i = 0; i < d.D; i++)
-                            dkj[i] += ds * qrow[i];
-                    }
-                    if (dv) {
-                        float *dvj = dv + (b * d.Tk + j) * kvs + kvh * d.D;
-                        for (int i = 0; i < d.D; i++)
-                            dvj[i] += pt[j] * dot[i];
+                int64_t row = (b * d.Tq + t) * qs + h * D;
+                Di[(b * d.H + h) * d.Tq + t] = attn_dot(dO + row, O + row, D);
+            }
+        const float *kb = k + b * d.Tk * kvs + kvh * D, *vb = v + b * d.Tk * kvs + kvh * D;
+        for (int64_t j0 = 0; j0 < d.Tk; j0 += ATTN_BC) {
+            int64_t j1 = d.Tk - j0 < ATTN_BC ? d.Tk : j0 + ATTN_BC;
+            int64_t tfirst = j0 - off > 0 ? j0 - off : 0; /* first query that sees key j0 */
+            for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                const float *lse = sv->lse + (b * d.H + h) * d.Tq;
+                const float *Dh = Di + (b * d.H + h) * d.Tq;
+                for (int64_t t = tfirst; t < d.Tq; t++) {
+                    int64_t row = (b * d.Tq + t) * qs + h * D;
+                    int64_t cnt = (t + off + 1 < j1 ? t + off + 1 : j1) - j0;
+                    const float *qrow = q + row, *dorow = dO + row;
+                    /* the tile's probabilities, recomputed from the saved lse */
+                    for (int64_t j = 0; j < cnt; j++)
+                        p[j] = attn_dot(qrow, kb + (j0 + j) * kvs, D) * scale;
+                    attn_exp_row(p, cnt, lse[t]);
+                    for (int64_t j = 0; j < cnt; j++) {
+                        int64_t kr = (b * d.Tk + j0 + j) * kvs + kvh * D;
+                        if (dv)
+                            attn_axpy(dv + kr, p[j], dorow, D);
+                        float dp = attn_dot(dorow, vb + (j0 + j) * kvs, D);
+                        float ds = p[j] * (dp - Dh[t]) * scale; /* d(score before scaling) */
+                        if (dq)
+                            attn_axpy(dq + row, ds, kb + (j0 + j) * kvs, D);
+                        if (dk)
+                            attn_axpy(dk + kr, ds, qrow, D);
                     }
                 }
             }
@@ -321,42 +363,37 @@ qtc_tensor *qtc_attention(qtc_graph *g, qtc_tensor *q, qtc_tensor *k, qtc_tensor
         return NULL;
     int record = qtc_graph_needs_grad(g, q) || qtc_graph_needs_grad(g, k) ||
                  qtc_graph_needs_grad(g, v);
-    /* training keeps every probability for the backward; inference needs one row */
-    size_t pbytes = record ? (size_t)(d.B * d.H * d.Tq * d.Tk) * sizeof(float)
-                           : (size_t)(max_threads() * d.Tk) * sizeof(float);
-    float *P = qtc_graph_alloc(g, pbytes);
-    if (!P)
-        return NULL;
-    int64_t qs = (int64_t)d.H * d.D, kvs = (int64_t)d.Hkv * d.D;
+    /* training keeps one log-sum-exp per query row; inference nothing */
+    attn_saved *sv = NULL;
+    if (record) {
+        sv = qtc_graph_alloc(g, sizeof *sv);
+        float *lse = qtc_graph_alloc(g, (size_t)(d.B * d.H * d.Tq + 1) * sizeof(float));
+        if (!sv || !lse)
+            return NULL;
+        sv->lse = lse;
+    }
+    int64_t qs = (int64_t)d.H * d.D, kvs = (int64_t)d.Hkv * d.D, off = d.Tk - d.Tq;
+    int64_t tiles = (d.Tq + ATTN_BR - 1) / ATTN_BR;
     int group = d.H / d.Hkv;
     float scale = 1.0f / sqrtf((float)d.D);
     const float *qd = q->data, *kd = k->data, *vd = v->data;
     float *od = out->data;
+    /* one task per (sequence, head, query tile): each writes its own rows */
     #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t task = 0; task < d.B * d.H; task++) {
-        int64_t b = task / d.H;
-        int h = (int)(task % d.H), kvh = h / group;
-        const float *qb = qd + b * d.Tq * qs + h * d.D;
-        const float *kb = kd + b * d.Tk * kvs + kvh * d.D, *vb = vd + b * d.Tk * kvs + kvh * d.D;
-        float *ob = od + b * d.Tq * qs + h * d.D;
-        if (record) {
-            attn_head(qb, kb, vb, ob, P + task * d.Tq * d.Tk, d.Tk, d, qs, kvs, scale);
-        } else { /* row by row through this thread's scratch row */
-            attn_dims one = d;
-            one.Tq = 1;
-            for (int64_t t = 0; t < d.Tq; t++) {
-                one.Tk = t + (d.Tk - d.Tq) + 1;
-                attn_head(qb + t * qs, kb, vb, ob + t * qs, P + thread_id() * d.Tk, 0, one, qs,
-                          kvs, scale);
-            }
-        }
+    for (int64_t task = 0; task < d.B * d.H * tiles; task++) {
+        int64_t bh = task / tiles, t0 = (task % tiles) * ATTN_BR;
+        int64_t b = bh / d.H, t1 = d.Tq - t0 < ATTN_BR ? d.Tq : t0 + ATTN_BR;
+        int h = (int)(bh % d.H), kvh = h / group;
+        attn_forward_tile(qd + b * d.Tq * qs + h * d.D, kd + b * d.Tk * kvs + kvh * d.D,
+                          vd + b * d.Tk * kvs + kvh * d.D, od + b * d.Tq * qs + h * d.D,
+                          sv ? sv->lse + bh * d.Tq : NULL, t0, t1, off, d.D, qs, kvs, scale);
     }
     qtc_node *n = qtc_graph_record(g, "attention", attention_backward, out, 3,
                                    (qtc_tensor *[]){q, k, v});
     if (n) {
         n->iarg[0] = n_head;
         n->iarg[1] = n_kv_head;
-        n->saved = P;
+        n->saved = sv;
     }
     return out;
 }
@@ -667,6 +704,144 @@ qtc_tensor *qtc_kl_div(qtc_graph *g, qtc_tensor *logits, qtc_tensor *ref_logits)
     ((float *)y->data)[0] = rows ? (float)(total / (double)rows) : 0.0f;
     qtc_node *n = qtc_graph_record(g, "kl_div", kl_div_backward, y, 2,
                                    (qtc_tensor *[]){logits, ref_logits});
+    if (n)
+        n->saved = s;
+    return y;
+}
+
+/* --- KL divergence fused with both output projections ------------------------------- */
+
+typedef struct lkl_saved {
+    float *lse, *lse_ref, *kl; /* per row */
+    int64_t chunk;
+} lkl_saved;
+
+static void linear_kl_div_backward(qtc_graph *g, qtc_node *n)
+{
+    qtc_tensor *t[4] = {n->in[0], n->in[1], n->in[2], n->in[3]}; /* x, w, x_ref, w_ref */
+    const lkl_saved *s = n->saved;
+    int64_t D = last_dim(t[0]), rows = qtc_tensor_numel(t[0]) / (D ? D : 1), V = t[1]->ne[0];
+    int64_t Dr = last_dim(t[2]);
+    if (rows == 0 || V == 0)
+        return; /* the loss is the constant 0 */
+    float *grad[4];
+    for (int i = 0; i < 4; i++) {
+        grad[i] = qtc_graph_needs_grad(g, t[i]) ? qtc_graph_grad(g, t[i]) : NULL;
+        if (qtc_graph_needs_grad(g, t[i]) && !grad[i])
+            return; /* out of memory: the graph remembers it */
+    }
+    int student = grad[0] || grad[1], teacher = grad[2] || grad[3];
+    /* the scale and the per-element formulas are kl_div_backward's */
+    float scale = ((const float *)n->out->grad->data)[0] / (float)rows;
+    const float *x = t[0]->data, *w = t[1]->data, *xr = t[2]->data, *wr = t[3]->data;
+    int owned, owned_ref;
+    float *dl = lce_scratch(g, s->chunk * V, &owned), *dlr = lce_scratch(g, s->chunk * V, &owned_ref);
+    if (!dl || !dlr)
+        goto done;
+    for (int64_t r0 = 0; r0 < rows; r0 += s->chunk) {
+        int64_t c = rows - r0 < s->chunk ? rows - r0 : s->chunk;
+        lce_chunk_logits(x, w, r0, c, V, D, dl);
+        lce_chunk_logits(xr, wr, r0, c, V, Dr, dlr);
+        /* d(student logits) and d(teacher logits), in place */
+        #pragma omp parallel for schedule(static) if (c * V > 65536)
+        for (int64_t i = 0; i < c; i++) {
+            float l = s->lse[r0 + i], lr = s->lse_ref[r0 + i], kl = s->kl[r0 + i];
+            float *a = dl + i * V, *b = dlr + i * V;
+            for (int64_t j = 0; j < V; j++) {
+                float lp = a[j] - l, lq = b[j] - lr;
+                float p = expf(lp), q = expf(lq);
+                a[j] = (p - q) * scale;
+                b[j] = q * (lq - lp - kl) * scale;
+            }
+        }
+        if (student && D) {
+            if (grad[0]) /* dx[chunk] += dlogits W */
+                tensor_gemm(0, 0, c, D, V, dl, V, w, D, 1.0f, grad[0] + r0 * D, D);
+            if (grad[1]) /* dW += dlogits^T x[chunk] */
+                tensor_gemm(1, 0, V, D, c, dl, V, x + r0 * D, D, 1.0f, grad[1], D);
+        }
+        if (teacher && Dr) {
+            if (grad[2])
+                tensor_gemm(0, 0, c, Dr, V, dlr, V, wr, Dr, 1.0f, grad[2] + r0 * Dr, Dr);
+            if (grad[3])
+                tensor_gemm(1, 0, V, Dr, c, dlr, V, xr + r0 * Dr, Dr, 1.0f, grad[3], Dr);
+        }
+    }
+done:
+    if (owned)
+        free(dl);
+    if (owned_ref)
+        free(dlr);
+}
+
+qtc_tensor *qtc_linear_kl_div(qtc_graph *g, qtc_tensor *x, qtc_tensor *w, qtc_tensor *x_ref,
+                              qtc_tensor *w_ref, int64_t chunk_rows)
+{
+    if (!x || !w || !x_ref || !w_ref)
+        return NULL;
+    assert_f32_contiguous(x);
+    assert_f32_contiguous(w);
+    assert_f32_contiguous(x_ref);
+    assert_f32_contiguous(w_ref);
+    assert(w->ndim == 2 && w_ref->ndim == 2);
+    int64_t D = last_dim(x), rows = qtc_tensor_numel(x) / (D ? D : 1), V = w->ne[0];
+    int64_t Dr = last_dim(x_ref);
+    assert(w->ne[1] == D && w_ref->ne[0] == V && w_ref->ne[1] == Dr);
+    assert(qtc_tensor_numel(x_ref) == rows * Dr);
+    /* two chunks of logits (student and teacher), each near 4M floats */
+    int64_t chunk = chunk_rows > 0 ? chunk_rows : LCE_CHUNK_FLOATS / (V ? V : 1);
+    if (chunk > rows)
+        chunk = rows;
+    if (chunk < 1)
+        chunk = 1;
+    qtc_tensor *y = qtc_graph_new_tensor(g, 0, NULL);
+    lkl_saved *s = qtc_graph_alloc(g, sizeof *s);
+    float *buf = qtc_graph_alloc(g, (size_t)(3 * rows + 1) * sizeof(float));
+    if (!y || !s || !buf)
+        return NULL;
+    s->lse = buf;
+    s->lse_ref = buf + rows;
+    s->kl = buf + 2 * rows;
+    s->chunk = chunk;
+    int owned = 0, owned_ref = 0;
+    float *lg = NULL, *lr = NULL;
+    if (rows && V) {
+        lg = lce_scratch(g, chunk * V, &owned);
+        lr = lce_scratch(g, chunk * V, &owned_ref);
+    }
+    const float *xd = x->data, *wd = w->data, *xrd = x_ref->data, *wrd = w_ref->data;
+    for (int64_t r0 = 0; lg && lr && r0 < rows; r0 += chunk) {
+        int64_t c = rows - r0 < chunk ? rows - r0 : chunk;
+        lce_chunk_logits(xd, wd, r0, c, V, D, lg);
+        lce_chunk_logits(xrd, wrd, r0, c, V, Dr, lr);
+        /* per row as qtc_kl_div computes it */
+        #pragma omp parallel for schedule(static) if (c * V > 65536)
+        for (int64_t i = 0; i < c; i++) {
+            const float *a = lg + i * V, *b = lr + i * V;
+            float l = log_sum_exp(a, V), lref = log_sum_exp(b, V);
+            double kl = 0;
+            for (int64_t j = 0; j < V; j++) {
+                double lq = (double)b[j] - lref, lp = (double)a[j] - l;
+                kl += exp(lq) * (lq - lp);
+            }
+            s->lse[r0 + i] = l;
+            s->lse_ref[r0 + i] = lref;
+            s->kl[r0 + i] = (float)kl;
+        }
+    }
+    int failed = rows && V && (!lg || !lr);
+    if (owned)
+        free(lg);
+    if (owned_ref)
+        free(lr);
+    if (failed)
+        return NULL;
+    double total = 0;
+    for (int64_t r = 0; r < rows; r++)
+        total += V ? s->kl[r] : 0;
+    ((float *)y->data)[0] = rows && V ? (float)(total / (double)rows) : 0.0f;
+    qtc_node *n = qtc_graph_record(g, "linear_kl_div", linear_kl_div_backward, y, 4,
+                                   (qtc_tensor *[]){x, w, x_ref, w_ref});
     if (n)
         n->saved = s;
     return y;

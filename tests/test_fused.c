@@ -1,8 +1,10 @@
 /* test_fused.c: qtc_linear_cross_entropy against the unfused
  * qtc_cross_entropy(qtc_matmul(x, w, 0, 1)) on the same inputs (loss and both
- * gradients), against central finite differences of a double-precision loop,
- * and for what it must not do: give frozen inputs a gradient, depend on the
- * thread count, or hold the whole (rows, V) logits. */
+ * gradients), and qtc_linear_kl_div against the unfused
+ * qtc_kl_div(qtc_matmul(x, w), qtc_matmul(x_ref, w_ref)) (loss and all four
+ * gradients), both against central finite differences of a double-precision
+ * loop, and for what they must not do: give frozen inputs a gradient, depend
+ * on the thread count, or hold the whole (rows, V) logits. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -329,4 +331,246 @@ TEST(linear_cross_entropy_default_chunk_never_holds_the_full_logits)
         fprintf(stderr, "linear_cross_entropy arena: fused %zu, unfused %zu, logits %zu bytes\n",
                 fused, unfused, logits);
     inputs_free(&in);
+}
+
+/* --- qtc_linear_kl_div: the distillation KL fused with both output heads ---------- */
+
+typedef struct lkl_case {
+    int64_t rows, D, Dr, V, chunk;
+    int frozen[4]; /* x, w, x_ref, w_ref */
+} lkl_case;
+
+/* x (rows, D), w (V, D), x_ref (rows, Dr), w_ref (V, Dr); trainable unless frozen */
+static void lkl_inputs_new(qtc_tensor *t[4], const lkl_case *c, uint64_t seed)
+{
+    qtc_error err;
+    qtc_rng r;
+    qtc_rng_seed(&r, seed);
+    t[0] = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(c->rows, c->D), &err);
+    t[1] = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(c->V, c->D), &err);
+    t[2] = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(c->rows, c->Dr), &err);
+    t[3] = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(c->V, c->Dr), &err);
+    for (int i = 0; i < 4; i++) {
+        qtc_rng_fill_normal(&r, t[i], 0, i % 2 ? 0.7f : 1.0f);
+        if (!c->frozen[i])
+            qtc_tensor_require_grad(t[i], &err);
+    }
+}
+
+/* loss = DY * op; backward; the loss and copies of the four gradients (NULL
+ * where an input has none). chunk < 0: the unfused ops. */
+static int lkl_run(qtc_tensor *t[4], int64_t chunk, float *loss, double *grad[4])
+{
+    qtc_error err;
+    qtc_graph *g = qtc_graph_new(&err);
+    for (int i = 0; i < 4; i++)
+        if (t[i]->grad)
+            qtc_tensor_zero_grad(t[i]);
+    qtc_tensor *l = chunk < 0 ? qtc_kl_div(g, qtc_matmul(g, t[0], t[1], 0, 1), qtc_matmul(g, t[2], t[3], 0, 1))
+                              : qtc_linear_kl_div(g, t[0], t[1], t[2], t[3], chunk);
+    int ok = l && qtc_graph_backward(g, qtc_scale(g, l, DY), &err) == QTC_OK;
+    for (int i = 0; i < 4; i++) {
+        grad[i] = NULL;
+        if (!ok || !t[i]->grad)
+            continue;
+        int64_t n = qtc_tensor_numel(t[i]);
+        grad[i] = malloc((size_t)n * sizeof(double));
+        for (int64_t j = 0; j < n; j++)
+            grad[i][j] = ((float *)t[i]->grad->data)[j];
+    }
+    if (ok)
+        *loss = ((float *)l->data)[0];
+    qtc_graph_free(g);
+    return ok;
+}
+
+static int lkl_check(const lkl_case *c)
+{
+    char what[160];
+    snprintf(what, sizeof what, "linear_kl_div rows %lld D %lld/%lld V %lld chunk %lld frozen %d%d%d%d",
+             (long long)c->rows, (long long)c->D, (long long)c->Dr, (long long)c->V,
+             (long long)c->chunk, c->frozen[0], c->frozen[1], c->frozen[2], c->frozen[3]);
+    qtc_tensor *t[4];
+    lkl_inputs_new(t, c, 31 + (uint64_t)(c->rows * 17 + c->D * 5 + c->V));
+    float lu = 0, lf = 0;
+    double *gu[4], *gf[4];
+    int ok = lkl_run(t, -1, &lu, gu) && lkl_run(t, c->chunk, &lf, gf);
+    if (!ok)
+        test_fail(__FILE__, __LINE__, "%s: an op or its backward failed", what);
+    else if (!(fabsf(lf - lu) <= 1e-5f * fabsf(lu)) || !(lu > 0)) {
+        test_fail(__FILE__, __LINE__, "%s: loss %.9g, unfused %.9g", what, lf, lu);
+        ok = 0;
+    }
+    for (int i = 0; i < 4 && ok; i++) {
+        int64_t n = qtc_tensor_numel(t[i]);
+        char name[200];
+        snprintf(name, sizeof name, "%s d/d(%s)", what, (const char *[]){"x", "w", "x_ref", "w_ref"}[i]);
+        if (c->frozen[i]) {
+            ok = !gf[i] && !gu[i];
+            if (!ok)
+                test_fail(__FILE__, __LINE__, "%s: frozen input got a gradient", name);
+        } else if (!(ok = check_close_d(name, gf[i], gu[i], n, 1e-5, 1e-5 * max_abs(gu[i], n))))
+            test_fail(__FILE__, __LINE__, "%s differs", name);
+        else if (max_abs(gu[i], n) == 0) {
+            test_fail(__FILE__, __LINE__, "%s: the unfused gradient is zero: checks nothing", name);
+            ok = 0;
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        free(gu[i]);
+        free(gf[i]);
+        qtc_tensor_free(t[i]);
+    }
+    return ok;
+}
+
+TEST(linear_kl_div_matches_unfused_at_awkward_sizes_and_chunks)
+{
+    const int64_t rows[] = {1, 7, 37}, Vs[] = {3, 97, 1000};
+    const int64_t D[][2] = {{5, 5}, {48, 12}}; /* a teacher of another width too */
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 2; b++)
+            for (int v = 0; v < 3; v++) {
+                const int64_t chunks[] = {1, 3, rows[a], rows[a] + 5, 0};
+                for (int k = 0; k < 5; k++) {
+                    lkl_case c = {.rows = rows[a], .D = D[b][0], .Dr = D[b][1], .V = Vs[v],
+                                  .chunk = chunks[k]};
+                    if (!lkl_check(&c))
+                        return;
+                }
+            }
+}
+
+TEST(linear_kl_div_gives_frozen_inputs_no_gradient)
+{
+    const lkl_case cases[] = {
+        {.rows = 37, .D = 48, .Dr = 48, .V = 97, .chunk = 5, .frozen = {0, 0, 1, 1}}, /* distillation */
+        {.rows = 7, .D = 5, .Dr = 12, .V = 1000, .chunk = 3, .frozen = {0, 1, 1, 1}},
+        {.rows = 7, .D = 5, .Dr = 5, .V = 97, .chunk = 0, .frozen = {1, 1, 0, 1}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        if (!lkl_check(&cases[i]))
+            return;
+}
+
+/* mean over rows of KL(softmax(x_ref W_ref^T) || softmax(x W^T)), in double */
+static double ref_kl_loss(double *const p[4], int64_t rows, int64_t D, int64_t Dr, int64_t V)
+{
+    double total = 0, *z = malloc((size_t)(2 * V) * sizeof(double));
+    for (int64_t r = 0; r < rows; r++) {
+        double lse[2];
+        for (int m = 0; m < 2; m++) {
+            int64_t d = m ? Dr : D;
+            const double *x = p[2 * m] + r * d, *w = p[2 * m + 1];
+            double mx = -INFINITY, s = 0;
+            for (int64_t v = 0; v < V; v++) {
+                double zz = 0;
+                for (int64_t j = 0; j < d; j++)
+                    zz += x[j] * w[v * d + j];
+                z[m * V + v] = zz;
+                mx = fmax(mx, zz);
+            }
+            for (int64_t v = 0; v < V; v++)
+                s += exp(z[m * V + v] - mx);
+            lse[m] = mx + log(s);
+        }
+        for (int64_t v = 0; v < V; v++) {
+            double lq = z[V + v] - lse[1], lp = z[v] - lse[0];
+            total += exp(lq) * (lq - lp);
+        }
+    }
+    free(z);
+    return total / (double)rows;
+}
+
+TEST(linear_kl_div_value_and_gradients_match_finite_differences)
+{
+    lkl_case c = {.rows = 5, .D = 4, .Dr = 3, .V = 7, .chunk = 2};
+    qtc_tensor *t[4];
+    lkl_inputs_new(t, &c, 12);
+    float loss = 0;
+    double *grad[4], *p[4];
+    for (int i = 0; i < 4; i++) {
+        int64_t n = qtc_tensor_numel(t[i]);
+        p[i] = malloc((size_t)n * sizeof(double));
+        for (int64_t j = 0; j < n; j++)
+            p[i][j] = ((float *)t[i]->data)[j];
+    }
+    int ok = lkl_run(t, c.chunk, &loss, grad);
+    double want = ok ? ref_kl_loss(p, c.rows, c.D, c.Dr, c.V) : 0;
+    if (ok && !(fabs(loss - want) <= 1e-5 * fabs(want))) {
+        test_fail(__FILE__, __LINE__, "loss %.9g, double loop %.9g", loss, want);
+        ok = 0;
+    }
+    for (int i = 0; i < 4 && ok; i++) {
+        int64_t n = qtc_tensor_numel(t[i]);
+        double num[64];
+        for (int64_t j = 0; j < n; j++) {
+            double v0 = p[i][j], h = 1e-6 * fmax(1.0, fabs(v0));
+            p[i][j] = v0 + h;
+            double lp = ref_kl_loss(p, c.rows, c.D, c.Dr, c.V);
+            p[i][j] = v0 - h;
+            double lm = ref_kl_loss(p, c.rows, c.D, c.Dr, c.V);
+            p[i][j] = v0;
+            num[j] = DY * (lp - lm) / (2 * h);
+        }
+        ok = check_close_d("linear_kl_div vs finite differences", grad[i], num, n, 1e-4,
+                           1e-5 * fmax(max_abs(num, n), 1e-3));
+        if (!ok)
+            test_fail(__FILE__, __LINE__, "gradient of input %d differs", i);
+    }
+    for (int i = 0; i < 4; i++) {
+        free(grad[i]);
+        free(p[i]);
+        qtc_tensor_free(t[i]);
+    }
+}
+
+TEST(linear_kl_div_is_bitwise_the_same_for_any_openmp_thread_count)
+{
+    lkl_case c = {.rows = 300, .D = 16, .Dr = 16, .V = 1000, .chunk = 128};
+    qtc_tensor *t[4];
+    lkl_inputs_new(t, &c, 4);
+    float loss[2] = {0};
+    double *grad[2][4] = {{0}};
+    int ok = 1;
+    for (int run = 0; run < 2 && ok; run++) {
+        qtc_set_threads(1); /* OpenBLAS's own sums differ between thread counts: see above */
+#ifdef _OPENMP
+        omp_set_num_threads(run ? 1 : 2);
+#endif
+        ok = lkl_run(t, c.chunk, &loss[run], grad[run]);
+    }
+    qtc_set_threads(0);
+    int same = ok && loss[0] == loss[1];
+    for (int i = 0; i < 4 && same; i++)
+        same = memcmp(grad[0][i], grad[1][i], (size_t)qtc_tensor_numel(t[i]) * sizeof(double)) == 0;
+    for (int run = 0; run < 2; run++)
+        for (int i = 0; i < 4; i++)
+            free(grad[run][i]);
+    for (int i = 0; i < 4; i++)
+        qtc_tensor_free(t[i]);
+    CHECK_MSG(same, "an op failed, or 1 and 2 OpenMP threads differ");
+}
+
+TEST(linear_kl_div_default_chunk_never_holds_the_full_logits)
+{
+    /* 512 x 32768 logits are 64 MiB per model; the unfused ops hold both and
+     * the student's gradient; the fused op's two chunks are scratch outside the arena */
+    lkl_case c = {.rows = 512, .D = 8, .Dr = 8, .V = 32768, .frozen = {0, 0, 1, 1}};
+    qtc_tensor *t[4];
+    lkl_inputs_new(t, &c, 3);
+    size_t logits = (size_t)(c.rows * c.V) * sizeof(float), bytes[2];
+    for (int fused = 0; fused < 2; fused++) {
+        qtc_error err;
+        qtc_graph *g = qtc_graph_new(&err);
+        qtc_tensor *l = fused ? qtc_linear_kl_div(g, t[0], t[1], t[2], t[3], 0)
+                              : qtc_kl_div(g, qtc_matmul(g, t[0], t[1], 0, 1), qtc_matmul(g, t[2], t[3], 0, 1));
+        bytes[fused] = l && qtc_graph_backward(g, l, &err) == QTC_OK ? qtc_graph_arena_bytes(g) : 0;
+        qtc_graph_free(g);
+    }
+    for (int i = 0; i < 4; i++)
+        qtc_tensor_free(t[i]);
+    CHECK_MSG(bytes[0] >= 2 * logits, "unfused arena %zu < both logits %zu", bytes[0], 2 * logits);
+    CHECK_MSG(bytes[1] > 0 && bytes[1] <= logits / 2, "fused arena %zu bytes, logits %zu", bytes[1], logits);
 }

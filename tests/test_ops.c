@@ -511,7 +511,7 @@ TEST(attention_forward_at_awkward_lengths_with_and_without_recording)
         memcpy(c.shape[0], shp[0], sizeof shp[0]);
         memcpy(c.shape[1], shp[1], sizeof shp[1]);
         memcpy(c.shape[2], shp[2], sizeof shp[2]);
-        if (!check_op(&c, 1e-5, 0, 0)) /* not recording: the row-by-row path */
+        if (!check_op(&c, 1e-5, 0, 0)) /* not recording */
             return;
         c.frozen[0] = 0;
         qtc_error err;
@@ -529,7 +529,7 @@ TEST(attention_forward_at_awkward_lengths_with_and_without_recording)
             for (int64_t j = 0; j < n; j++)
                 din[k][j] = ((float *)in[k]->data)[j];
         }
-        qtc_tensor *o = run_attention(g, in, &c); /* recording: every probability kept */
+        qtc_tensor *o = run_attention(g, in, &c); /* recording: the log-sum-exps kept */
         double *want = malloc((size_t)qtc_tensor_numel(o) * sizeof(double));
         ref_attention((const double *const *)din, want, &c);
         int ok = check_close_f("attention recorded", o->data, want, qtc_tensor_numel(o), 1e-5, 1e-6);

@@ -335,7 +335,8 @@ int main(int argc, char **argv)
     char title[256];
     snprintf(title, sizeof title, "qat-train %s: %s", sname, q.distill ? "KL divergence from the float model" : "cross-entropy");
     int stopped;
-    /* the QAT hook leaves the head a plain matmul: cross-entropy fuses it (no batch logits) */
+    /* the QAT hook leaves the head a plain matmul: the loss fuses it (neither the batch's
+     * logits nor the teacher's exist) */
     qtc_lm_loss loss = {q.student, q.distill ? q.teacher : NULL, q.tg, training, &q, 1};
     if ((rc = cli_trainer_run(&tr, opt, params, np, first_step, qtc_lm_loss_fn, &loss, title,
                               q.distill ? "eval KLD" : "eval loss", &stopped)) ||

@@ -121,6 +121,17 @@ qtc_tensor *qtc_linear_cross_entropy(qtc_graph *g, qtc_tensor *x, qtc_tensor *w,
  * teacher ref_logits). Gradients reach both when both are trainable. */
 qtc_tensor *qtc_kl_div(qtc_graph *g, qtc_tensor *logits, qtc_tensor *ref_logits);
 
+/* qtc_kl_div(g, qtc_matmul(g, x, w, 0, 1), qtc_matmul(g, x_ref, w_ref, 0, 1))
+ * without ever holding either (rows, V) logits: x (..., D), w (V, D) (the
+ * student's final hidden states and output head); x_ref (..., D_ref) with x's
+ * rows, w_ref (V, D_ref) (the teacher's). Rows go through in chunks of
+ * chunk_rows (<= 0: enough rows for about 4M floats of logits per model);
+ * the forward keeps three floats per row (both log-sum-exps and the row's
+ * KL), the backward recomputes both chunks' logits. Gradients reach each of
+ * the four inputs that is trainable. */
+qtc_tensor *qtc_linear_kl_div(qtc_graph *g, qtc_tensor *x, qtc_tensor *w, qtc_tensor *x_ref,
+                              qtc_tensor *w_ref, int64_t chunk_rows);
+
 /* --- activation checkpointing ---------------------------------------------- */
 
 /* A segment of a forward pass for qtc_grad_checkpoint: its result built with

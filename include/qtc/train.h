@@ -38,9 +38,11 @@ typedef qtc_tensor *(*qtc_loss_fn)(void *ctx, qtc_graph *g, const qtc_tensor *to
  * the teacher runs unrecorded in teacher_graph, caller-owned). training, when
  * not NULL, is told as the model's forward starts (1) and ends (0): what acts
  * on training forwards only (dropout, activation observers) follows it.
- * fused_head (cross-entropy only; for a model whose linear hook leaves the
- * output head a plain x W^T) fuses the head into the loss
- * (qtc_linear_cross_entropy): the batch's logits never exist. */
+ * fused_head (for a model whose linear hook leaves the output head a plain
+ * x W^T) fuses the head into the loss (qtc_linear_cross_entropy, or with a
+ * teacher that has no linear hook qtc_linear_kl_div, fed both models' final
+ * hidden states): the batch's logits, the student's and the teacher's, never
+ * exist. */
 typedef struct qtc_lm_loss {
     qtc_llama *model, *teacher;
     qtc_graph *teacher_graph;
