@@ -192,47 +192,16 @@ static attn_dims attn_shape(const qtc_tensor *q, const qtc_tensor *k, const qtc_
     return d;
 }
 
-/* The innermost loops of both passes, in one place so that vector kernels can
- * replace them. The dot product keeps four partial sums (a fixed order, so the
- * result does not depend on anything but the inputs). */
-static float attn_dot(const float *restrict a, const float *restrict b, int D)
-{
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= D; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < D; i++)
-        s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
-}
-
-/* y += a x over D floats. */
-static void attn_axpy(float *restrict y, float a, const float *restrict x, int D)
-{
-    for (int i = 0; i < D; i++)
-        y[i] += a * x[i];
-}
-
-/* s[j] = exp(s[j] - m) for a row of a score tile; returns the row's sum. */
-static float attn_exp_row(float *s, int64_t n, float m)
-{
-    float sum = 0;
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = expf(s[j] - m);
-        sum += s[j];
-    }
-    return sum;
-}
+/* The innermost loops of both passes go through the vector kernels (a dot
+ * product over the head, y += a x, the exp of a row of scores; see
+ * tensor_private.h): their sums keep a fixed order, so results depend only
+ * on the inputs and the instruction-set path. */
 
 /* One query tile [t0, t1) of one head of one sequence: out rows (stride qs)
  * and, when lse is not NULL, each row's log-sum-exp of its scaled scores.
  * q, out point at the head's first row; k, v at its kv head's first row
  * (stride kvs). Query t sees keys 0 .. t + off. */
-static void attn_forward_tile(const float *q, const float *k, const float *v, float *out,
+static void attn_forward_tile(const tensor_vec_ops *tv, const float *q, const float *k, const float *v, float *out,
                               float *lse, int64_t t0, int64_t t1, int64_t off, int D,
                               int64_t qs, int64_t kvs, float scale)
 {
@@ -254,29 +223,27 @@ static void attn_forward_tile(const float *q, const float *k, const float *v, fl
             const float *qt = q + t * qs;
             float m = mx[t - t0];
             for (int64_t j = 0; j < n; j++) {
-                s[j] = attn_dot(qt, kt + j * kvs, D) * scale;
+                s[j] = tv->dot(qt, kt + j * kvs, D) * scale;
                 if (s[j] > m)
                     m = s[j];
             }
-            float tile_sum = attn_exp_row(s, n, m);
+            double tile_sum = tv->exp_row(s, m, s, n);
             float *ot = out + t * qs;
             if (m != mx[t - t0] && mx[t - t0] != -INFINITY) {
                 /* a new maximum: what was summed so far shrinks by exp(old - new) */
                 float alpha = expf(mx[t - t0] - m);
                 sum[t - t0] *= alpha;
-                for (int i = 0; i < D; i++)
-                    ot[i] *= alpha;
+                tv->scale(D, alpha, ot, ot);
             }
             mx[t - t0] = m;
             sum[t - t0] += tile_sum;
             for (int64_t j = 0; j < n; j++)
-                attn_axpy(ot, s[j], vt + j * kvs, D);
+                tv->axpy(D, s[j], vt + j * kvs, ot);
         }
     }
     for (int64_t t = t0; t < t1; t++) {
-        float inv = (float)(1.0 / sum[t - t0]), *ot = out + t * qs;
-        for (int i = 0; i < D; i++)
-            ot[i] *= inv;
+        float *ot = out + t * qs;
+        tv->scale(D, (float)(1.0 / sum[t - t0]), ot, ot);
         if (lse)
             lse[t] = mx[t - t0] + (float)log(sum[t - t0]);
     }
@@ -290,6 +257,7 @@ static void attention_backward(qtc_graph *g, qtc_node *n)
 {
     qtc_tensor *qt = n->in[0], *kt = n->in[1], *vt = n->in[2];
     attn_dims d = attn_shape(qt, kt, vt, n->iarg[0], n->iarg[1]);
+    const tensor_vec_ops *tv = tensor_vec();
     float *dq = qtc_graph_needs_grad(g, qt) ? qtc_graph_grad(g, qt) : NULL;
     float *dk = qtc_graph_needs_grad(g, kt) ? qtc_graph_grad(g, kt) : NULL;
     float *dv = qtc_graph_needs_grad(g, vt) ? qtc_graph_grad(g, vt) : NULL;
@@ -315,7 +283,7 @@ static void attention_backward(qtc_graph *g, qtc_node *n)
         for (int h = kvh * group; h < (kvh + 1) * group; h++)
             for (int64_t t = 0; t < d.Tq; t++) {
                 int64_t row = (b * d.Tq + t) * qs + h * D;
-                Di[(b * d.H + h) * d.Tq + t] = attn_dot(dO + row, O + row, D);
+                Di[(b * d.H + h) * d.Tq + t] = tv->dot(dO + row, O + row, D);
             }
         const float *kb = k + b * d.Tk * kvs + kvh * D, *vb = v + b * d.Tk * kvs + kvh * D;
         for (int64_t j0 = 0; j0 < d.Tk; j0 += ATTN_BC) {
@@ -330,18 +298,18 @@ static void attention_backward(qtc_graph *g, qtc_node *n)
                     const float *qrow = q + row, *dorow = dO + row;
                     /* the tile's probabilities, recomputed from the saved lse */
                     for (int64_t j = 0; j < cnt; j++)
-                        p[j] = attn_dot(qrow, kb + (j0 + j) * kvs, D) * scale;
-                    attn_exp_row(p, cnt, lse[t]);
+                        p[j] = tv->dot(qrow, kb + (j0 + j) * kvs, D) * scale;
+                    tv->exp_row(p, lse[t], p, cnt);
                     for (int64_t j = 0; j < cnt; j++) {
                         int64_t kr = (b * d.Tk + j0 + j) * kvs + kvh * D;
                         if (dv)
-                            attn_axpy(dv + kr, p[j], dorow, D);
-                        float dp = attn_dot(dorow, vb + (j0 + j) * kvs, D);
+                            tv->axpy(D, p[j], dorow, dv + kr);
+                        float dp = tv->dot(dorow, vb + (j0 + j) * kvs, D);
                         float ds = p[j] * (dp - Dh[t]) * scale; /* d(score before scaling) */
                         if (dq)
-                            attn_axpy(dq + row, ds, kb + (j0 + j) * kvs, D);
+                            tv->axpy(D, ds, kb + (j0 + j) * kvs, dq + row);
                         if (dk)
-                            attn_axpy(dk + kr, ds, qrow, D);
+                            tv->axpy(D, ds, qrow, dk + kr);
                     }
                 }
             }
@@ -378,13 +346,14 @@ qtc_tensor *qtc_attention(qtc_graph *g, qtc_tensor *q, qtc_tensor *k, qtc_tensor
     float scale = 1.0f / sqrtf((float)d.D);
     const float *qd = q->data, *kd = k->data, *vd = v->data;
     float *od = out->data;
+    const tensor_vec_ops *tv = tensor_vec();
     /* one task per (sequence, head, query tile): each writes its own rows */
     #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t task = 0; task < d.B * d.H * tiles; task++) {
         int64_t bh = task / tiles, t0 = (task % tiles) * ATTN_BR;
         int64_t b = bh / d.H, t1 = d.Tq - t0 < ATTN_BR ? d.Tq : t0 + ATTN_BR;
         int h = (int)(bh % d.H), kvh = h / group;
-        attn_forward_tile(qd + b * d.Tq * qs + h * d.D, kd + b * d.Tk * kvs + kvh * d.D,
+        attn_forward_tile(tv, qd + b * d.Tq * qs + h * d.D, kd + b * d.Tk * kvs + kvh * d.D,
                           vd + b * d.Tk * kvs + kvh * d.D, od + b * d.Tq * qs + h * d.D,
                           sv ? sv->lse + bh * d.Tq : NULL, t0, t1, off, d.D, qs, kvs, scale);
     }
@@ -400,17 +369,11 @@ qtc_tensor *qtc_attention(qtc_graph *g, qtc_tensor *q, qtc_tensor *k, qtc_tensor
 
 /* --- losses ----------------------------------------------------------------------- */
 
-/* log(sum(exp(x))) of one row, with the maximum subtracted first. */
+/* log(sum(exp(x))) of one row, with the maximum subtracted first (the
+ * vector kernel's, whose exp every path shares). */
 static float log_sum_exp(const float *x, int64_t V)
 {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < V; j++)
-        if (x[j] > mx)
-            mx = x[j];
-    double s = 0;
-    for (int64_t j = 0; j < V; j++)
-        s += expf(x[j] - mx);
-    return mx + (float)log(s);
+    return tensor_vec()->log_sum_exp(x, V);
 }
 
 typedef struct ce_saved {
@@ -431,14 +394,14 @@ static void cross_entropy_backward(qtc_graph *g, qtc_node *n)
         return;
     float scale = ((const float *)n->out->grad->data)[0] / (float)s->n_valid;
     const float *x = lt->data;
+    const tensor_vec_ops *tv = tensor_vec();
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         if (s->targets[r] < 0)
             continue;
         const float *xr = x + r * V;
         float *dr = dl + r * V;
-        for (int64_t j = 0; j < V; j++)
-            dr[j] += expf(xr[j] - s->lse[r]) * scale;
+        tv->exp_axpy(xr, s->lse[r], scale, dr, V);
         dr[s->targets[r]] -= scale;
     }
 }
@@ -534,6 +497,7 @@ static void linear_cross_entropy_backward(qtc_graph *g, qtc_node *n)
     if ((qtc_graph_needs_grad(g, xt) && !dx) || (qtc_graph_needs_grad(g, wt) && !dw))
         return; /* out of memory: the graph remembers it */
     /* the scale and the per-element formula are cross_entropy_backward's */
+    const tensor_vec_ops *tv = tensor_vec();
     float scale = ((const float *)n->out->grad->data)[0] / (float)s->n_valid;
     const float *x = xt->data, *w = wt->data;
     int owned;
@@ -557,9 +521,8 @@ static void linear_cross_entropy_backward(qtc_graph *g, qtc_node *n)
                 memset(dr, 0, (size_t)V * sizeof(float));
                 continue;
             }
-            float l = s->lse[r0 + i];
-            for (int64_t j = 0; j < V; j++)
-                dr[j] = expf(dr[j] - l) * scale;
+            tv->exp_row(dr, s->lse[r0 + i], dr, V);
+            tv->scale(V, scale, dr, dr);
             dr[t] -= scale;
         }
         if (D == 0)

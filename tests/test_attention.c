@@ -340,3 +340,35 @@ TEST(tiled_attention_keeps_no_t_by_t_buffer)
     if (getenv("QTC_TEST_VERBOSE"))
         fprintf(stderr, "attention arena at T=1024: tiled %zu, stored %zu bytes\n", tiled, stored);
 }
+
+/* Every instruction-set path the CPU has gives the baseline path's output and
+ * gradients to a few ulp (the vector kernels fuse multiply-adds). */
+TEST(tiled_attention_vector_paths_match_the_baseline_path)
+{
+    const attn_case c = {.B = 2, .Tq = 129, .Tk = 140, .H = 8, .Hkv = 4, .D = 48};
+    attn_inputs in;
+    inputs_new(&in, &c, 9);
+    qtc_cpu_path saved = qtc_cpu_get();
+    double *base = NULL, *bgrad[3] = {0};
+    int ok = qtc_cpu_set(QTC_CPU_BASELINE) == 0 && run_op(qtc_attention, &c, &in, &base, bgrad);
+    for (int p = 1; ok && p <= (int)qtc_cpu_best(); p++) {
+        double *out = NULL, *grad[3] = {0};
+        ok = qtc_cpu_set((qtc_cpu_path)p) == 0 && run_op(qtc_attention, &c, &in, &out, grad);
+        char what[64];
+        snprintf(what, sizeof what, "%s out vs baseline", qtc_cpu_name((qtc_cpu_path)p));
+        ok = ok && check_close_d(what, out, base, in.n[0], 1e-5, 1e-6 * max_abs(base, in.n[0]));
+        for (int i = 0; i < 3 && ok; i++) {
+            snprintf(what, sizeof what, "%s d/d(%c) vs baseline", qtc_cpu_name((qtc_cpu_path)p), "qkv"[i]);
+            ok = check_close_d(what, grad[i], bgrad[i], in.n[i], 1e-5, 1e-6 * max_abs(bgrad[i], in.n[i]));
+        }
+        free(out);
+        for (int i = 0; i < 3; i++)
+            free(grad[i]);
+    }
+    qtc_cpu_set(saved);
+    free(base);
+    for (int i = 0; i < 3; i++)
+        free(bgrad[i]);
+    inputs_free(&in);
+    CHECK_MSG(ok, "a vector path differs from the baseline path");
+}
