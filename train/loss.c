@@ -10,8 +10,9 @@ qtc_tensor *qtc_lm_loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, co
     qtc_tensor *out = fused ? qtc_llama_hidden(l->model, g, tokens, 0) : qtc_llama_forward(l->model, g, tokens, 0);
     if (l->training)
         l->training(l->training_ctx, 0);
-    if (fused)
-        return qtc_linear_cross_entropy(g, out, l->model->output, targets, 0);
+    if (fused) /* a head held outside the llama (quantized) has its own fused loss */
+        return l->model->output ? qtc_linear_cross_entropy(g, out, l->model->output, targets, 0)
+                                : l->model->head_loss(l->model->hook_ctx, g, out, targets);
     qtc_tensor *logits = out;
     if (!l->teacher)
         return qtc_cross_entropy(g, logits, targets);

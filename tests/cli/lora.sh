@@ -51,6 +51,8 @@ absent "bad target regex leaves no adapter" "$T/x"
 # LoRA on the f32 base, all linear layers
 expect 0 "LoRA run" "$Q" "$M" $RUN --target all-linear --plot "$T/lora.svg" --log-json "$T/log.jsonl" -o "$T/lora"
 stderr_has "LoRA run" "LoRA rank 8, alpha 16 (scale 2)"
+# a float base is read from the file's mapping (no f32 copy), but for llama2.c's q/k rows, which are permuted
+stderr_has "LoRA run" "linear base f32 0.86 MB, 0.75 MB of it mapped (f32: 0.86 MB); embedding f32 0.12 MB mapped, head tied"
 eval_improved "LoRA"
 scores_as_trained "LoRA" "$T/lora"
 if have_numpy; then
@@ -68,9 +70,11 @@ if [ -d tests/oracle/node_modules/@huggingface/gguf ] && command -v node >/dev/n
     check "@huggingface/gguf reads the GGUF LoRA" node tests/oracle/gguf_lora_oracle.mjs "$T/lora.gguf" 16 8 35
 else skip=$((skip + 1)); fi
 
-# QLoRA: the base held in NF4 (an eighth of the f32 bytes), the adapter as before
-expect 0 "QLoRA run" "$Q" "$M" $RUN --method qlora --target q_proj,v_proj -o "$T/qlora"
-stderr_has "QLoRA run" "linear base nf4 0.11 MB (f32: 0.86 MB)"
+
+# QLoRA: the base held in NF4 (an eighth of the f32 bytes), the adapter as before; qconv keeps the
+# embedding float (schemes are for linear layers), so the comparison with its file keeps it float too
+expect 0 "QLoRA run" "$Q" "$M" $RUN --method qlora --embed-type f32 --target q_proj,v_proj -o "$T/qlora"
+stderr_has "QLoRA run" "linear base nf4 0.11 MB (f32: 0.86 MB); embedding f32 0.12 MB mapped, head tied"
 eval_improved "QLoRA"
 "$C" "$M" --to nf4 -o "$T/base-nf4.safetensors" 2>/dev/null
 want=$(grep "step 16 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
@@ -80,7 +84,7 @@ got=$("$E" "$T/base-nf4.safetensors" --adapter "$T/qlora" --text "$T/eval.txt" -
 # a base file already quantized trains against exactly its stored weights (codes and blocks taken as stored,
 # a GGUF's q/k rows of blocks permuted): the first evaluation equals qeval's score of the file
 "$C" "$M" --to q8_0 --tensor-type 'embed_tokens=f32' -o "$T/bq8.gguf" 2>/dev/null
-for f in "$T/base-nf4.safetensors qlora" "$T/bq8.gguf lora --base-type q8_0"; do
+for f in "$T/base-nf4.safetensors qlora --embed-type f32" "$T/bq8.gguf lora --base-type q8_0 --embed-type f32"; do
     set -- $f
     file=$1 method=$2
     shift 2
@@ -91,13 +95,14 @@ for f in "$T/base-nf4.safetensors qlora" "$T/bq8.gguf lora --base-type q8_0"; do
     [ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "training on $(basename "$file") starts at $got, the file scores $want"
 done
 
-# other quantized bases: each scores through qeval as qconv's file of that type does
+# other quantized bases: each scores through qeval as qconv's file of that type does; q4_0 quantizes
+# the tied embedding and head too (looked up and fused from the q4_0 table), as qconv's GGUF stores them
 for bt in int4-g32 q4_0 int8; do
-    case $bt in q4_0) ext=gguf ;; *) ext=safetensors ;; esac
+    case $bt in q4_0) ext=gguf io=q4_0 ;; *) ext=safetensors io=f32 ;; esac
     expect 0 "LoRA on a $bt base" "$Q" "$M" --data "$T/train.txt" --eval "$T/eval.txt" --eval-windows 8 --steps 4 \
-        --batch 2 --ctx 64 --base-type $bt -o "$T/lora-$bt"
+        --batch 2 --ctx 64 --base-type $bt --embed-type $io -o "$T/lora-$bt"
     want=$(grep "step 4 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
-    "$C" "$M" --to $bt --tensor-type 'embed_tokens=f32' -o "$T/base-$bt.$ext" 2>/dev/null # the base keeps its embedding
+    "$C" "$M" --to $bt --tensor-type "embed_tokens=$io" -o "$T/base-$bt.$ext" 2>/dev/null # the base keeps its embedding
     got=$("$E" "$T/base-$bt.$ext" --tokenizer "$TOK" --adapter "$T/lora-$bt" --text "$T/eval.txt" --ctx 64 --windows 8 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
     [ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "LoRA on $bt: qeval on qconv's $bt file $got, training $want"
 done
