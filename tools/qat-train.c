@@ -253,11 +253,10 @@ int main(int argc, char **argv)
             on |= regexec(&train[k], name, 0, NULL, 0) == 0;
         for (int k = 0; k < n_freeze; k++)
             on &= regexec(&freeze[k], name, 0, NULL, 0) != 0;
-        if (qtc_tensor_require_grad(params[i], &err) != QTC_OK) {
+        if (on && qtc_tensor_require_grad(params[i], &err) != QTC_OK) { /* frozen ones get no gradient */
             rc = cli_fail(&err);
             goto done;
         }
-        qtc_tensor_set_trainable(params[i], on);
         n_trainable += on;
     }
     if (!n_trainable) {
