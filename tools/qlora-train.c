@@ -248,6 +248,8 @@ int main(int argc, char **argv)
                       : !w && q->borrowed        ? (double)qtc_qmatrix_bytes(q)
                                                  : 0;
         }
+    if (!base.is_scheme && base.dtype == QTC_F32 && !qtc_llama_linear_weight(r.m, 0, QTC_LIN_Q)) /* f16/bf16 as stored */
+        snprintf(bname, sizeof bname, "%s", qtc_dtype_info(r.p->base[0].dtype)->name);
     char mapped_note[48] = "";
     if (mapped > 0)
         snprintf(mapped_note, sizeof mapped_note, ", %.2f MB of it mapped", megabytes(mapped));

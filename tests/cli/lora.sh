@@ -44,6 +44,7 @@ expect 0 "merge --help" "$G" --help
 expect 1 "no data" "$Q" "$M" -o "$T/x"
 expect 1 "bad method" "$Q" "$M" --data "$T/train.txt" --method dora -o "$T/x"
 expect 1 "GGUF for a bottleneck adapter" "$Q" "$M" --data "$T/train.txt" --method adapter -o "$T/x.gguf"
+expect 1 "bad --embed-type" "$Q" "$M" --data "$T/train.txt" --embed-type f12 -o "$T/x"
 expect 1 "qlora on f32" "$Q" "$M" --data "$T/train.txt" --method qlora --base-type f32 -o "$T/x"
 expect 1 "bad target regex" "$Q" "$M" --data "$T/train.txt" --target "(" -o "$T/x"
 absent "bad target regex leaves no adapter" "$T/x"
@@ -106,6 +107,16 @@ for bt in int4-g32 q4_0 int8; do
     got=$("$E" "$T/base-$bt.$ext" --tokenizer "$TOK" --adapter "$T/lora-$bt" --text "$T/eval.txt" --ctx 64 --windows 8 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
     [ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "LoRA on $bt: qeval on qconv's $bt file $got, training $want"
 done
+
+# an f16 base is trained as stored (converted a tile at a time, never copied) and scores through
+# qeval as the f16 file does
+"$C" "$M" --to f16 -o "$T/base-f16.safetensors" 2>/dev/null
+expect 0 "LoRA on an f16 base" "$Q" "$T/base-f16.safetensors" --tokenizer "$TOK" --data "$T/train.txt" --eval "$T/eval.txt" \
+    --eval-windows 8 --steps 4 --batch 2 --ctx 64 -o "$T/lora-f16"
+stderr_has "LoRA on an f16 base" "linear base f16 0.43 MB, 0.43 MB of it mapped (f32: 0.86 MB); embedding f16 0.06 MB mapped, head tied"
+want=$(grep "step 4 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
+got=$("$E" "$T/base-f16.safetensors" --tokenizer "$TOK" --adapter "$T/lora-f16" --text "$T/eval.txt" --ctx 64 --windows 8 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
+[ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "LoRA on f16: qeval on the f16 file $got, training $want"
 
 # bottleneck adapters and prefix tuning
 expect 0 "adapter run" "$Q" "$M" $RUN --method adapter --rank 8 -o "$T/adapter"
