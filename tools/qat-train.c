@@ -193,7 +193,8 @@ int main(int argc, char **argv)
     qtc_model_file *src = qtc_model_open(argv[optind], &err);
     qtc_adamw *opt = NULL;
     if (!src || !(q.student = qtc_llama_from_model(src, &err)) ||
-        ((q.distill || tf.eval || data_free) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
+        /* the teacher is never written: its f32 weights are read from the file's mapping */
+        ((q.distill || tf.eval || data_free) && !(q.teacher = qtc_llama_from_model_frozen(src, NULL, NULL, &err)))) {
         rc = cli_fail(&err);
         goto done;
     }

@@ -14,6 +14,10 @@
  * quantization): qtc_peft_quantize_base replaces the llama's linear weights
  * by qtc_qmatrix copies, and the matmul dequantizes them a tile of rows at a
  * time (qtc_qmatmul), so the float base never exists in memory.
+ * qtc_peft_load_frozen does that while loading for any base: a float one is
+ * used as the file stores it (f32 from its mapping, f16/bf16 a tile at a
+ * time), and the embedding and output head may be quantized too (looked up
+ * by qtc_qembedding, fused into the loss by qtc_qlinear_cross_entropy).
  *
  * Files: a PEFT folder (adapter_config.json + adapter_model.safetensors with
  * PEFT's key names: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight,

@@ -1,7 +1,9 @@
 /* qtc/model.h: the llama model, tokenizers and evaluation.
  *
  * A qtc_llama holds the configuration and f32 weights in HF layout (loaded from
- * any format qtc reads; quantized weights are dequantized on load). Its
+ * any format qtc reads; quantized weights are dequantized on load), or, for a
+ * llama that is never trained (qtc_llama_from_model_frozen), views of the
+ * file's f32 data and weights a hook holds in their stored or a quantized form. Its
  * forward pass is built from qtc_graph ops, so the same code trains (with
  * recording on) and evaluates (recording off). Generation decodes one token at
  * a time against a KV cache.
