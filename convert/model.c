@@ -242,10 +242,21 @@ void qtc_model_forget(const qtc_model_file *m, int i)
 
 /* --- opening -------------------------------------------------------------------------------- */
 
+qtc_model_file *qtc_model_ref(const qtc_model_file *m)
+{
+    qtc_model_file *w = (qtc_model_file *)(uintptr_t)m; /* the count is bookkeeping, not the file's contents */
+    w->refs++;
+    return w;
+}
+
 void qtc_model_close(qtc_model_file *m)
 {
     if (!m)
         return;
+    if (m->refs > 0) {
+        m->refs--;
+        return;
+    }
     for (int i = 0; i < m->n_inputs; i++)
         qtc_in_close(&m->inputs[i]);
     free(m->inputs);

@@ -159,6 +159,15 @@ void qtc_peft_free(qtc_peft *p)
     free(p->lora_a);
     free(p->lora_b);
     free(p->base);
+    if (p->base_head && p->base_head != p->base_embed) {
+        qtc_qmatrix_free(p->base_head);
+        free(p->base_head);
+    }
+    if (p->base_embed) {
+        qtc_qmatrix_free(p->base_embed);
+        free(p->base_embed);
+    }
+    qtc_model_close(p->file); /* after the matrices that view its mapping */
     free(p->down);
     free(p->down_b);
     free(p->up);
@@ -192,63 +201,123 @@ qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *
 typedef struct base_loader {
     qtc_peft *p;
     const qtc_model_file *f;
-    const qtc_qscheme *s;
-    qtc_dtype t;
+    const qtc_target *lin, *io; /* NULL: float as stored */
 } base_loader;
 
 /* A weight the file already stores in the wanted form is taken as stored
- * (codes or blocks copied): training then sees exactly the file's weights. */
-static int take_as_stored(base_loader *b, int layer, qtc_linear_kind kind, qtc_qmatrix *out, qtc_error *err)
+ * (codes or blocks, viewed in the mapping where its rows need no permutation):
+ * training then sees exactly the file's weights. */
+static int take_as_stored(base_loader *b, const char *name, const qtc_target *to, qtc_qmatrix *out, qtc_error *err)
 {
-    char name[QTC_NAME_MAX];
-    qtc_linear_weight_name(layer, kind, name, sizeof name);
     int i = qtc_model_find(b->f, name);
     const qtc_tensor_entry *e = i >= 0 ? &b->f->tensors[i] : NULL;
     if (!e)
         return 0;
-    if (b->s && e->qparts.scheme_set && memcmp(&e->scheme, b->s, sizeof *b->s) == 0) {
+    if (to->is_scheme && e->qparts.scheme_set && memcmp(&e->scheme, &to->scheme, sizeof to->scheme) == 0) {
         qtc_qweight qw;
         if (qtc_model_qweight(b->f, i, &qw, err) != QTC_OK || qtc_qmatrix_from_qweight(&qw, out, err) != QTC_OK)
             return -1;
         return 1;
     }
-    if (!b->s && e->dtype == b->t && qtc_dtype_info(e->dtype)->is_quantized && e->ndim == 2) {
+    if (!to->is_scheme && e->dtype == to->dtype && qtc_dtype_info(e->dtype)->is_quantized && e->ndim == 2) {
+        out->rows = e->ne[0];
+        out->cols = e->ne[1];
+        out->dtype = e->dtype;
+        if (!e->rope_heads && (uintptr_t)e->data % 4 == 0) { /* blocks hold 2-byte scales: aligned views only */
+            out->data = (uint8_t *)(uintptr_t)e->data;
+            out->borrowed = 1;
+            return 1;
+        }
         if (!(out->data = malloc(e->nbytes)))
             return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), -1;
         if (e->rope_heads) /* a GGUF's q/k: whole rows of blocks back into HF's order */
             qtc_rope_rows_to_hf(e->data, out->data, e->ne[0], e->nbytes / (size_t)e->ne[0], e->rope_heads);
         else
             memcpy(out->data, e->data, e->nbytes);
-        out->rows = e->ne[0];
-        out->cols = e->ne[1];
-        out->dtype = e->dtype;
         return 1;
     }
     return 0;
 }
 
-static int quantize_on_load(void *ctx, int layer, qtc_linear_kind kind, const qtc_tensor *w, qtc_error *err)
+/* An f16/bf16 weight as a matrix of its stored rows: a view of the mapping,
+ * or a copy of rows the reader had to permute. */
+static int keep_half(const qtc_tensor *w, qtc_qmatrix *out, qtc_error *err)
+{
+    out->rows = w->ne[0];
+    out->cols = w->ne[1];
+    out->dtype = w->dtype;
+    if (!qtc_tensor_owns_data(w)) {
+        out->data = w->data;
+        out->borrowed = 1;
+        return 1;
+    }
+    size_t bytes = qtc_tensor_nbytes(w);
+    if (!(out->data = malloc(bytes)))
+        return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), -1;
+    memcpy(out->data, w->data, bytes);
+    return 1;
+}
+
+static int frozen_keep(void *ctx, int layer, qtc_linear_kind kind, const qtc_tensor *w, qtc_error *err)
 {
     base_loader *b = ctx;
-    int stored = take_as_stored(b, layer, kind, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err);
-    if (stored)
-        return stored;
+    qtc_peft *p = b->p;
+    const int io = kind == QTC_LIN_EMBED || kind == QTC_LIN_OUTPUT;
+    const qtc_target *to = io ? b->io : b->lin;
+    char name[QTC_NAME_MAX];
+    if (io)
+        snprintf(name, sizeof name, kind == QTC_LIN_EMBED ? "model.embed_tokens.weight" : "lm_head.weight");
+    else
+        qtc_linear_weight_name(layer, kind, name, sizeof name);
+    const int as_float = !to || (!to->is_scheme && to->dtype == QTC_F32);
+    if (as_float && w->dtype == QTC_F32)
+        return 0; /* the llama holds it: a view of the mapping where the file allows */
+    qtc_qmatrix *q;
+    if (io) {
+        qtc_qmatrix **slot = kind == QTC_LIN_EMBED ? &p->base_embed : &p->base_head;
+        if (!(*slot = calloc(1, sizeof **slot)))
+            return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), -1;
+        q = *slot;
+        if (kind == QTC_LIN_EMBED && qtc_model_find(b->f, "lm_head.weight") < 0)
+            p->base_head = q; /* tied: one table serves both */
+    } else {
+        q = &p->base[layer * QTC_N_LINEAR + (int)kind];
+    }
+    int kept = as_float ? keep_half(w, q, err) : take_as_stored(b, name, to, q, err);
+    if (kept)
+        return kept;
+    qtc_tensor *f32 = w->dtype == QTC_F32 ? NULL : qtc_tensor_to_f32(w, err);
+    if (w->dtype != QTC_F32 && !f32)
+        return -1;
+    const float *v = f32 ? f32->data : w->data;
     /* a block type that does not divide the rows falls back as qconv's does (stories260K's 172-wide down_proj) */
-    qtc_dtype t = b->s ? b->t : qtc_dtype_fallback(b->t, w->ne[1]);
-    if (qtc_qmatrix_quantize(w->data, w->ne[0], w->ne[1], b->s, t, &b->p->base[layer * QTC_N_LINEAR + (int)kind], err) != QTC_OK) {
-        char name[QTC_NAME_MAX];
-        qtc_error_prefix(err, "%s", qtc_linear_weight_name(layer, kind, name, sizeof name));
+    qtc_dtype t = to->is_scheme ? to->dtype : qtc_dtype_fallback(to->dtype, w->ne[1]);
+    qtc_status rc = qtc_qmatrix_quantize(v, w->ne[0], w->ne[1], to->is_scheme ? &to->scheme : NULL, t, q, err);
+    qtc_tensor_free(f32);
+    if (rc != QTC_OK) {
+        qtc_error_prefix(err, "%s", name);
         return -1;
     }
     return 1;
 }
 
-qtc_llama *qtc_peft_load_base(qtc_peft *p, const qtc_model_file *f, const qtc_qscheme *s, qtc_dtype t, qtc_error *err)
+qtc_llama *qtc_peft_load_frozen(qtc_peft *p, const qtc_model_file *f, const qtc_target *linear, const qtc_target *io,
+                                qtc_error *err)
 {
     if (!p->base && !(p->base = calloc((size_t)p->mc.n_layers * QTC_N_LINEAR, sizeof *p->base)))
         return qtc_error_set(err, QTC_ERR_NOMEM, "out of memory"), NULL;
-    base_loader b = {p, f, s, t};
-    return qtc_llama_from_model_with(f, quantize_on_load, &b, err);
+    if (!p->file)
+        p->file = qtc_model_ref(f); /* base entries may view its mapping */
+    base_loader b = {p, f, linear, io};
+    return qtc_llama_from_model_frozen(f, frozen_keep, &b, err);
+}
+
+qtc_llama *qtc_peft_load_base(qtc_peft *p, const qtc_model_file *f, const qtc_qscheme *s, qtc_dtype t, qtc_error *err)
+{
+    qtc_target to = {s != NULL, t, {0}};
+    if (s)
+        to.scheme = *s;
+    return qtc_peft_load_frozen(p, f, &to, NULL, err);
 }
 
 size_t qtc_peft_base_bytes(const qtc_peft *p)
@@ -263,7 +332,7 @@ static qtc_tensor *peft_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tenso
 {
     qtc_peft *p = ctx;
     int i = layer * QTC_N_LINEAR + (int)kind;
-    qtc_tensor *y = layer >= 0 && !w && p->base ? qtc_qmatmul(g, x, &p->base[i]) : qtc_matmul(g, x, w, 0, 1);
+    qtc_tensor *y = w ? qtc_matmul(g, x, w, 0, 1) : qtc_qmatmul(g, x, layer >= 0 ? &p->base[i] : p->base_head);
     if (layer < 0 || !p->lora_a || !p->lora_a[i])
         return y;
     qtc_tensor *xa = p->training && p->c.dropout > 0 ? qtc_dropout(g, x, p->c.dropout, &p->rng) : x;
@@ -309,12 +378,24 @@ static size_t peft_hook_state(void *ctx, void *buf, int save)
     return n;
 }
 
+static qtc_tensor *peft_embed_rows(void *ctx, qtc_graph *g, const qtc_tensor *ids)
+{
+    return qtc_qembedding(g, ((qtc_peft *)ctx)->base_embed, ids);
+}
+
+static qtc_tensor *peft_head_loss(void *ctx, qtc_graph *g, qtc_tensor *x, const qtc_tensor *targets)
+{
+    return qtc_qlinear_cross_entropy(g, x, ((qtc_peft *)ctx)->base_head, targets, 0);
+}
+
 void qtc_peft_attach(qtc_peft *p, qtc_llama *m)
 {
     m->linear = peft_linear;
     m->linear_ctx = p;
     m->sublayer = p->down ? peft_sublayer : NULL;
     m->extend_kv = p->prefix_k ? peft_extend_kv : NULL;
+    m->embed_rows = p->base_embed ? peft_embed_rows : NULL;
+    m->head_loss = p->base_head ? peft_head_loss : NULL;
     m->hook_ctx = p;
     m->hook_state = peft_hook_state;
 }
@@ -325,6 +406,8 @@ void qtc_peft_detach(qtc_llama *m)
     m->sublayer = NULL;
     m->extend_kv = NULL;
     m->hook_state = NULL;
+    m->embed_rows = NULL;
+    m->head_loss = NULL;
     m->linear_ctx = m->hook_ctx = NULL;
 }
 

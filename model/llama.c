@@ -27,7 +27,7 @@ const char *qtc_linear_path(qtc_linear_kind kind)
     static const char *const path[QTC_N_LINEAR] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
                                                     "mlp.down_proj"};
-    return kind < QTC_N_LINEAR ? path[kind] : "lm_head";
+    return kind < QTC_N_LINEAR ? path[kind] : kind == QTC_LIN_EMBED ? "embed_tokens" : "lm_head";
 }
 
 const char *qtc_linear_weight_name(int layer, qtc_linear_kind kind, char *buf, size_t cap)
@@ -39,7 +39,7 @@ qtc_tensor **qtc_llama_linear_slot(qtc_llama *m, int layer, qtc_linear_kind kind
 {
     qtc_llama_layer *L = &m->layers[layer];
     qtc_tensor **w[QTC_N_LINEAR] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-    return kind < QTC_N_LINEAR ? w[kind] : &m->output;
+    return kind < QTC_N_LINEAR ? w[kind] : kind == QTC_LIN_EMBED ? &m->embed : &m->output;
 }
 
 qtc_tensor *qtc_llama_linear_weight(const qtc_llama *m, int layer, qtc_linear_kind kind)
@@ -64,11 +64,32 @@ void qtc_llama_free(qtc_llama *m)
     free(m->layers);
     free(m->k_cache);
     free(m->v_cache);
+    qtc_model_close(m->file); /* after the views of its mapping */
     free(m);
 }
 
-/* Loads tensor `name` as a contiguous f32 copy of the expected shape. */
-static qtc_tensor *take(const qtc_model_file *f, const char *name, int64_t rows, int64_t cols, qtc_error *err)
+/* Index of the first NaN or Inf among n f16 (bf16 when bf) values, or -1:
+ * an all-ones exponent. */
+static int64_t find_nonfinite16(const uint16_t *h, int64_t n, int bf)
+{
+    const uint16_t exp = bf ? 0x7f80 : 0x7c00;
+    for (int64_t i = 0; i < n; i++)
+        if ((h[i] & exp) == exp)
+            return i;
+    return -1;
+}
+
+static int little_endian(void)
+{
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 1;
+}
+
+/* Loads tensor `name` of the expected shape: a contiguous f32 copy or, when
+ * frozen, what can be used as stored: a view of f32 data (aligned, little
+ * endian) or the f16/bf16 tensor itself. Every value is checked finite. */
+static qtc_tensor *take(const qtc_model_file *f, const char *name, int64_t rows, int64_t cols, int frozen,
+                        qtc_error *err)
 {
     int i = qtc_model_find(f, name);
     if (i < 0) {
@@ -83,23 +104,56 @@ static qtc_tensor *take(const qtc_model_file *f, const char *name, int64_t rows,
                       (long long)cols);
         return NULL;
     }
-    qtc_tensor *t = qtc_model_tensor(f, i, err), *x = t ? qtc_tensor_to_f32(t, err) : NULL;
-    qtc_tensor_free(t);
-    if (x && qtc_tensor_find_nonfinite(x) >= 0) {
-        qtc_error_set(err, QTC_ERR_NUMERIC, "%s: tensor '%s': element %lld is not finite", f->path, name,
-                      (long long)qtc_tensor_find_nonfinite(x));
-        qtc_tensor_free(x);
+    qtc_tensor *t = qtc_model_tensor(f, i, err);
+    if (!t)
+        return NULL;
+    int64_t bad = -1;
+    int half = t->dtype == QTC_F16 || t->dtype == QTC_BF16;
+    int usable = qtc_tensor_is_contiguous(t) && little_endian() &&
+                 (t->dtype == QTC_F32 ? (uintptr_t)t->data % sizeof(float) == 0 && (frozen || qtc_tensor_owns_data(t))
+                                      : frozen && half && (uintptr_t)t->data % 2 == 0);
+    if (usable) { /* scanned in place: the mapping is not copied */
+        bad = half ? find_nonfinite16(t->data, qtc_tensor_numel(t), t->dtype == QTC_BF16) : qtc_tensor_find_nonfinite(t);
+    } else {
+        qtc_tensor *x = qtc_tensor_to_f32(t, err);
+        qtc_tensor_free(t);
+        if (!(t = x))
+            return NULL;
+        bad = qtc_tensor_find_nonfinite(t);
+    }
+    if (bad >= 0) {
+        qtc_error_set(err, QTC_ERR_NUMERIC, "%s: tensor '%s': element %lld is not finite", f->path, name, (long long)bad);
+        qtc_tensor_free(t);
         return NULL;
     }
-    return x;
+    return t;
 }
 
-qtc_llama *qtc_llama_from_model(const qtc_model_file *f, qtc_error *err)
+/* Offers w (layer, kind) to keep: 1 when kept (w freed, *slot NULL), 0 when
+ * the llama holds it (as f32: an f16/bf16 one is converted now), -1 on error. */
+static int offer(const qtc_model_file *f, const char *name, qtc_llama_weight_fn keep, void *keep_ctx, int layer,
+                 qtc_linear_kind kind, qtc_tensor **slot, qtc_error *err)
 {
-    return qtc_llama_from_model_with(f, NULL, NULL, err);
+    int kept = keep ? keep(keep_ctx, layer, kind, *slot, err) : 0;
+    if (kept) {
+        if (kept > 0) {
+            qtc_tensor_free(*slot);
+            *slot = NULL;
+            qtc_model_forget(f, qtc_model_find(f, name));
+        }
+        return kept;
+    }
+    if ((*slot)->dtype != QTC_F32) {
+        qtc_tensor *x = qtc_tensor_to_f32(*slot, err);
+        qtc_tensor_free(*slot);
+        if (!(*slot = x))
+            return -1;
+    }
+    return 0;
 }
 
-qtc_llama *qtc_llama_from_model_with(const qtc_model_file *f, qtc_llama_weight_fn keep, void *keep_ctx, qtc_error *err)
+static qtc_llama *from_model(const qtc_model_file *f, qtc_llama_weight_fn keep, void *keep_ctx, int frozen,
+                             qtc_error *err)
 {
     if (!f->has_config) {
         qtc_error_set(err, QTC_ERR_INPUT, "%s: no llama configuration (config.json, GGUF llama.* keys or a llama2.c header)", f->path);
@@ -112,15 +166,24 @@ qtc_llama *qtc_llama_from_model_with(const qtc_model_file *f, qtc_llama_weight_f
         return NULL;
     }
     m->c = f->config;
+    if (frozen) /* views of the mapping stay valid as long as the llama */
+        m->file = qtc_model_ref(f);
     const qtc_llama_config *c = &m->c;
     const int64_t D = c->dim, H = c->hidden, QD = (int64_t)c->n_heads * c->head_dim,
                   KV = (int64_t)c->n_kv_heads * c->head_dim;
     char name[QTC_NAME_MAX];
-    if (!(m->embed = take(f, "model.embed_tokens.weight", c->vocab, D, err)) ||
-        !(m->norm = take(f, "model.norm.weight", D, 0, err)))
+    /* the embedding and head are offered only by the frozen loader (keep's
+     * older callers expect the layers' projections alone) */
+    qtc_llama_weight_fn keep_io = frozen ? keep : NULL;
+    const int tied = qtc_model_find(f, "lm_head.weight") < 0;
+    if (!(m->embed = take(f, "model.embed_tokens.weight", c->vocab, D, frozen, err)) ||
+        offer(f, "model.embed_tokens.weight", keep_io, keep_ctx, -1, QTC_LIN_EMBED, &m->embed, err) < 0 ||
+        !(m->norm = take(f, "model.norm.weight", D, 0, frozen, err)) ||
+        offer(f, "model.norm.weight", NULL, NULL, -1, QTC_LIN_OUTPUT, &m->norm, err) < 0)
         goto fail;
-    if (qtc_model_find(f, "lm_head.weight") >= 0) {
-        if (!(m->output = take(f, "lm_head.weight", c->vocab, D, err)))
+    if (!tied) {
+        if (!(m->output = take(f, "lm_head.weight", c->vocab, D, frozen, err)) ||
+            offer(f, "lm_head.weight", keep_io, keep_ctx, -1, QTC_LIN_OUTPUT, &m->output, err) < 0)
             goto fail;
     } else {
         m->output = m->embed;
@@ -136,24 +199,32 @@ qtc_llama *qtc_llama_from_model_with(const qtc_model_file *f, qtc_llama_weight_f
         };
         for (int k = 0; k < LAYER_TENSORS; k++) {
             qtc_layer_weight_name(l, layer_part(k), name, sizeof name);
-            if (!(*want[k].dst = take(f, name, want[k].rows, want[k].cols, err)))
+            if (!(*want[k].dst = take(f, name, want[k].rows, want[k].cols, frozen, err)) ||
+                offer(f, name, layer_kind[k] >= 0 ? keep : NULL, keep_ctx, l, (qtc_linear_kind)layer_kind[k],
+                      want[k].dst, err) < 0)
                 goto fail;
-            if (keep && layer_kind[k] >= 0) { /* the caller may hold it in another form */
-                int kept = keep(keep_ctx, l, (qtc_linear_kind)layer_kind[k], *want[k].dst, err);
-                if (kept < 0)
-                    goto fail;
-                if (kept) {
-                    qtc_tensor_free(*want[k].dst);
-                    *want[k].dst = NULL;
-                    qtc_model_forget(f, qtc_model_find(f, name));
-                }
-            }
         }
     }
     return m;
 fail:
     qtc_llama_free(m);
     return NULL;
+}
+
+qtc_llama *qtc_llama_from_model(const qtc_model_file *f, qtc_error *err)
+{
+    return from_model(f, NULL, NULL, 0, err);
+}
+
+qtc_llama *qtc_llama_from_model_with(const qtc_model_file *f, qtc_llama_weight_fn keep, void *keep_ctx, qtc_error *err)
+{
+    return from_model(f, keep, keep_ctx, 0, err);
+}
+
+qtc_llama *qtc_llama_from_model_frozen(const qtc_model_file *f, qtc_llama_weight_fn keep, void *keep_ctx,
+                                       qtc_error *err)
+{
+    return from_model(f, keep, keep_ctx, 1, err);
 }
 
 /* A new (rows, cols) matrix ~ N(0, std^2), or with cols 0 a norm weight ~ N(1, 0.1^2). */
@@ -242,6 +313,12 @@ int qtc_llama_params(qtc_llama *m, qtc_tensor **out, int cap)
         ADD(m->output);
 #undef ADD
     return n;
+}
+
+/* The embedding rows of ids, from a hook's table when the llama has none. */
+static qtc_tensor *embed(const qtc_llama *m, qtc_graph *g, const qtc_tensor *ids)
+{
+    return m->embed ? qtc_embedding(g, m->embed, ids) : m->embed_rows(m->hook_ctx, g, ids);
 }
 
 static qtc_tensor *linear(const qtc_llama *m, qtc_graph *g, qtc_tensor *x, qtc_tensor *w, int layer, qtc_linear_kind kind)
@@ -339,7 +416,7 @@ static qtc_tensor *checkpointed_block(qtc_llama *m, qtc_graph *g, int layer, qtc
 
 qtc_tensor *qtc_llama_hidden(qtc_llama *m, qtc_graph *g, const qtc_tensor *tokens, int64_t pos0)
 {
-    qtc_tensor *x = qtc_embedding(g, m->embed, tokens);
+    qtc_tensor *x = embed(m, g, tokens);
     for (int l = 0; l < m->c.n_layers; l++)
         x = m->grad_checkpoint ? checkpointed_block(m, g, l, x, pos0) : qtc_llama_block(m, g, l, x, pos0);
     return qtc_rmsnorm(g, x, m->norm, m->c.norm_eps);
@@ -368,7 +445,7 @@ const float *qtc_llama_step(qtc_llama *m, qtc_graph *g, int32_t token, int64_t p
     qtc_graph_reset(g);
     qtc_graph_set_recording(g, 0);
     qtc_tensor ids = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(1, 1), &token);
-    qtc_tensor *x = qtc_embedding(g, m->embed, &ids);
+    qtc_tensor *x = embed(m, g, &ids);
     for (int l = 0; l < c->n_layers && x; l++) {
         float *kc = m->k_cache + (int64_t)l * ctx * kv, *vc = m->v_cache + (int64_t)l * ctx * kv;
         /* the cache up to and including this position, as (1, pos + 1, kv) views */

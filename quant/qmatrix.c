@@ -140,7 +140,8 @@ size_t qtc_qmatrix_bytes(const qtc_qmatrix *q)
 
 void qtc_qmatrix_free(qtc_qmatrix *q)
 {
-    free(q->data);
+    if (!q->borrowed)
+        free(q->data);
     free(q->scale);
     free(q->zero);
     free(q->absmax_q);

@@ -36,6 +36,17 @@ void qtc_adamw_free(qtc_adamw *opt)
     free(opt);
 }
 
+/* Zeroed moments for param i; 0 when out of memory. */
+static int moments(qtc_adamw *opt, int i)
+{
+    size_t n = (size_t)qtc_tensor_numel(opt->params[i]);
+    if (!opt->m[i])
+        opt->m[i] = calloc(n ? n : 1, sizeof(float));
+    if (!opt->v[i])
+        opt->v[i] = calloc(n ? n : 1, sizeof(float));
+    return opt->m[i] && opt->v[i];
+}
+
 qtc_adamw *qtc_adamw_new(qtc_tensor *const *params, int n_params, qtc_adamw_config cfg,
                          qtc_error *err)
 {
@@ -57,12 +68,9 @@ qtc_adamw *qtc_adamw_new(qtc_tensor *const *params, int n_params, qtc_adamw_conf
             qtc_adamw_free(opt);
             return NULL;
         }
-        size_t n = (size_t)qtc_tensor_numel(p);
         opt->params[i] = p;
         opt->wd[i] = cfg.weight_decay;
-        opt->m[i] = calloc(n ? n : 1, sizeof(float));
-        opt->v[i] = calloc(n ? n : 1, sizeof(float));
-        if (!opt->m[i] || !opt->v[i])
+        if ((p->flags & QTC_TENSOR_REQUIRES_GRAD) && !moments(opt, i)) /* frozen ones: none */
             goto nomem;
     }
     return opt;
@@ -87,8 +95,8 @@ void qtc_adamw_step(qtc_adamw *opt, float lr)
     float step_size = (float)(lr / bc1);
     for (int i = 0; i < opt->n; i++) {
         qtc_tensor *p = opt->params[i];
-        if (!(p->flags & QTC_TENSOR_REQUIRES_GRAD) || !p->grad)
-            continue;
+        if (!(p->flags & QTC_TENSOR_REQUIRES_GRAD) || !p->grad || !moments(opt, i))
+            continue; /* frozen (or unfrozen since, and no memory for its moments: left as it is) */
         float *w = p->data, *m = opt->m[i], *v = opt->v[i];
         const float *gr = p->grad->data;
         float decay = 1.0f - lr * opt->wd[i];

@@ -642,3 +642,243 @@ TEST(sft_jsonl_masks_the_loss_to_responses)
     unlink(path);
     qtc_tokenizer_free(t);
 }
+
+/* --- frozen bases: mapped, f16, quantized embedding and head ----------------------------- */
+
+TEST(quantized_embedding_and_fused_head_match_the_f32_ops_on_the_dequantized_table)
+{
+    qtc_error err;
+    enum { V = 301, D = 64, B = 2, T = 9 }; /* V is no multiple of the tiles below */
+    float *w = malloc((size_t)V * D * sizeof *w);
+    fill_uniform(w, (int64_t)V * D, 31, -1, 1);
+    qtc_qscheme nf4;
+    qtc_qscheme_parse("nf4", &nf4);
+    const struct { const qtc_qscheme *s; qtc_dtype t; } types[] = {{&nf4, QTC_F32}, {NULL, QTC_Q8_0}, {NULL, QTC_F16}};
+    int32_t ids[B * T], tg[B * T];
+    for (int i = 0; i < B * T; i++) {
+        ids[i] = (int32_t)((i * 97 + 13) % V);
+        tg[i] = i % 5 == 3 ? -1 : (int32_t)((i * 53 + 7) % V); /* some ignored */
+    }
+    qtc_tensor idt = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), ids), tgt = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), tg);
+    for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+        qtc_qmatrix q;
+        CHECK_MSG(qtc_qmatrix_quantize(w, V, D, types[k].s, types[k].t, &q, &err) == QTC_OK, "%s", err.msg);
+        qtc_tensor *wd = qtc_tensor_new(QTC_F32, 2, QTC_SHAPE(V, D), &err);
+        qtc_qmatrix_rows(&q, 0, V, wd->data);
+        qtc_graph *g = qtc_graph_new(&err), *g2 = qtc_graph_new(&err);
+        /* the looked-up rows are exactly the dequantized table's */
+        qtc_tensor *e = qtc_qembedding(g, &q, &idt), *e2 = qtc_embedding(g2, wd, &idt);
+        CHECK(e && e->ndim == 3 && e->ne[2] == D && memcmp(e->data, e2->data, sizeof(float) * B * T * D) == 0);
+        for (int64_t tile = 0; tile <= 37; tile += 37) { /* the default (one tile) and 9 tiles */
+            qtc_graph_reset(g);
+            qtc_graph_reset(g2);
+            qtc_tensor *x = qtc_tensor_new(QTC_F32, 3, QTC_SHAPE(B, T, D), &err),
+                       *x2 = qtc_tensor_new(QTC_F32, 3, QTC_SHAPE(B, T, D), &err);
+            fill_uniform(x->data, B * T * D, 32, -1, 1);
+            memcpy(x2->data, x->data, sizeof(float) * B * T * D);
+            CHECK(qtc_tensor_require_grad(x, &err) == QTC_OK && qtc_tensor_require_grad(x2, &err) == QTC_OK);
+            qtc_tensor *l = qtc_qlinear_cross_entropy(g, x, &q, &tgt, tile), *l2 = qtc_linear_cross_entropy(g2, x2, wd, &tgt, 0);
+            CHECK(l && l2);
+            double want = ((float *)l2->data)[0];
+            CHECK_CLOSE("fused quantized head loss", (const float *)l->data, &want, 1, 1e-6, 0);
+            CHECK(qtc_graph_backward(g, l, &err) == QTC_OK && qtc_graph_backward(g2, l2, &err) == QTC_OK);
+            double *dx = to_double(x2->grad);
+            CHECK_CLOSE("x gradient", (const float *)x->grad->data, dx, B * T * D, 1e-5, 1e-7);
+            free(dx);
+            qtc_tensor_free(x);
+            qtc_tensor_free(x2);
+        }
+        /* every target ignored: the loss is 0 and the backward adds nothing */
+        int32_t none[B * T];
+        for (int i = 0; i < B * T; i++)
+            none[i] = -1;
+        qtc_tensor nt = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), none);
+        qtc_graph_reset(g);
+        qtc_tensor *x = qtc_tensor_new(QTC_F32, 3, QTC_SHAPE(B, T, D), &err);
+        CHECK(qtc_tensor_require_grad(x, &err) == QTC_OK);
+        qtc_tensor *l = qtc_qlinear_cross_entropy(g, x, &q, &nt, 0);
+        CHECK(l && ((float *)l->data)[0] == 0.0f && qtc_graph_backward(g, l, &err) == QTC_OK);
+        for (int64_t i = 0; i < B * T * D; i++)
+            CHECK(((float *)x->grad->data)[i] == 0.0f);
+        qtc_tensor_free(x);
+        qtc_graph_free(g);
+        qtc_graph_free(g2);
+        qtc_tensor_free(wd);
+        qtc_qmatrix_free(&q);
+    }
+    free(w);
+}
+
+/* One training step's loss (fused head) and the adapter's gradients. */
+static float train_step(qtc_llama *m, qtc_peft *p, qtc_graph *g, const qtc_tensor *tok, const qtc_tensor *tg)
+{
+    qtc_error err;
+    qtc_tensor *ps[512];
+    int n = qtc_peft_params(p, ps, 512);
+    for (int i = 0; i < n; i++)
+        qtc_tensor_zero_grad(ps[i]);
+    qtc_graph_reset(g);
+    qtc_graph_set_recording(g, 1);
+    qtc_lm_loss loss = {m, NULL, NULL, NULL, NULL, 1};
+    qtc_tensor *l = qtc_lm_loss_fn(&loss, g, tok, tg);
+    if (!l || qtc_graph_backward(g, l, &err) != QTC_OK)
+        return NAN;
+    return ((float *)l->data)[0];
+}
+
+static void step_tokens(int32_t *tok, int32_t *tg, int n, int vocab)
+{
+    for (int i = 0; i < n; i++) {
+        tok[i] = (int32_t)((i * 37 + 5) % vocab);
+        tg[i] = (int32_t)((i * 37 + 42) % vocab);
+    }
+}
+
+TEST(lora_on_a_mapped_f32_base_is_bit_identical_to_the_copied_base)
+{
+    qtc_error err;
+    qtc_model_file *f = qtc_model_open(shared_path("models/stories260K-hf"), &err);
+    CHECK_MSG(f, "%s", err.msg);
+    qtc_peft_config c = {.method = QTC_PEFT_LORA, .r = 4, .alpha = 8, .target = "all-linear"};
+    qtc_peft *pa = qtc_peft_new(&f->config, &c, 5, &err), *pb = qtc_peft_new(&f->config, &c, 5, &err);
+    CHECK(pa && pb);
+    randomize(pa, 77);
+    randomize(pb, 77);
+    qtc_llama *a = qtc_llama_from_model(f, &err), *b = qtc_peft_load_frozen(pb, f, NULL, NULL, &err);
+    CHECK_MSG(a && b, "%s", err.msg);
+    qtc_model_close(f); /* b and pb hold the file: its mapping outlives the opener's close */
+    /* every frozen weight of b views the mapping; a's are copies */
+    qtc_tensor *wa[128], *wb[128];
+    int n = qtc_llama_params(a, wa, 128);
+    CHECK(qtc_llama_params(b, wb, 128) == n);
+    for (int i = 0; i < n; i++) {
+        CHECK(qtc_tensor_owns_data(wa[i]) && !qtc_tensor_owns_data(wb[i]));
+        CHECK(!(wb[i]->flags & QTC_TENSOR_REQUIRES_GRAD) && !wb[i]->grad); /* no gradient for frozen weights */
+    }
+    qtc_peft_attach(pa, a);
+    qtc_peft_attach(pb, b);
+    enum { B = 2, T = 12 };
+    int32_t tok[B * T], tg[B * T];
+    step_tokens(tok, tg, B * T, 512);
+    qtc_tensor tt = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), tok), gt = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), tg);
+    qtc_graph *g = qtc_graph_new(&err);
+    float la = train_step(a, pa, g, &tt, &gt), lb = train_step(b, pb, g, &tt, &gt);
+    CHECK_MSG(memcmp(&la, &lb, sizeof la) == 0, "loss %.9g on the copies, %.9g on the mapping", la, lb);
+    qtc_tensor *ga[512], *gb[512];
+    int np = qtc_peft_params(pa, ga, 512);
+    qtc_peft_params(pb, gb, 512);
+    for (int i = 0; i < np; i++)
+        CHECK_MSG(memcmp(ga[i]->grad->data, gb[i]->grad->data, qtc_tensor_nbytes(ga[i])) == 0, "gradient %d differs", i);
+    qtc_graph_free(g);
+    qtc_llama_free(a);
+    qtc_llama_free(b);
+    qtc_peft_free(pa);
+    qtc_peft_free(pb);
+}
+
+/* stories260K-hf written with every matrix in f16 (norms stay f32), at path. */
+static int write_f16_model(char *path)
+{
+    qtc_error err;
+    int fd = mkstemps(path, 12);
+    if (fd < 0)
+        return 0;
+    close(fd);
+    qtc_model_file *f = qtc_model_open(shared_path("models/stories260K-hf"), &err);
+    qtc_target to = {0, QTC_F16, {0}};
+    qtc_convert_summary s;
+    int ok = f && qtc_convert(f, path, QTC_FMT_SAFETENSORS, 0, &to, NULL, 0, NULL, &s, &err) == QTC_OK;
+    qtc_model_close(f);
+    return ok;
+}
+
+TEST(an_f16_base_is_used_as_stored_and_matches_its_f32_conversion)
+{
+    qtc_error err;
+    char path[] = "/tmp/qtc-f16-XXXXXX.safetensors";
+    CHECK(write_f16_model(path));
+    qtc_model_file *f = qtc_model_open(path, &err);
+    CHECK_MSG(f, "%s", err.msg);
+    qtc_peft_config c = {.method = QTC_PEFT_LORA, .r = 4, .alpha = 8, .target = "all-linear"};
+    qtc_peft *pa = qtc_peft_new(&f->config, &c, 5, &err), *pb = qtc_peft_new(&f->config, &c, 5, &err);
+    randomize(pa, 78);
+    randomize(pb, 78);
+    qtc_llama *a = qtc_llama_from_model(f, &err), *b = qtc_peft_load_frozen(pb, f, NULL, NULL, &err);
+    CHECK_MSG(a && b, "%s", err.msg);
+    qtc_model_close(f);
+    unlink(path); /* the mapping stays readable */
+    /* b's matrices stay f16 views of the file: in the adapter's base and its embedding (tied head) */
+    CHECK(!b->layers[0].wq && pb->base[0].dtype == QTC_F16 && pb->base[0].borrowed);
+    CHECK(!b->embed && !b->output && pb->base_embed && pb->base_head == pb->base_embed && pb->base_embed->dtype == QTC_F16);
+    qtc_peft_attach(pa, a);
+    qtc_peft_attach(pb, b);
+    enum { B = 2, T = 12 };
+    int32_t tok[B * T], tg[B * T];
+    step_tokens(tok, tg, B * T, 512);
+    qtc_tensor tt = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), tok), gt = qtc_tensor_borrow(QTC_I32, 2, QTC_SHAPE(B, T), tg);
+    qtc_graph *g = qtc_graph_new(&err), *g2 = qtc_graph_new(&err);
+    /* logits through the linear hook (generation and evaluation) */
+    qtc_graph_set_recording(g, 0);
+    qtc_graph_set_recording(g2, 0);
+    qtc_tensor *ya = qtc_llama_forward(a, g, &tt, 0), *yb = qtc_llama_forward(b, g2, &tt, 0);
+    CHECK(ya && yb);
+    double *want = to_double(ya);
+    CHECK_CLOSE("logits", (const float *)yb->data, want, qtc_tensor_numel(ya), 1e-5, 1e-5);
+    free(want);
+    float la = train_step(a, pa, g, &tt, &gt), lb = train_step(b, pb, g2, &tt, &gt);
+    double wl = la;
+    CHECK_CLOSE("loss", &lb, &wl, 1, 1e-6, 0);
+    qtc_tensor *ga[512], *gb[512];
+    int np = qtc_peft_params(pa, ga, 512);
+    qtc_peft_params(pb, gb, 512);
+    for (int i = 0; i < np; i++) {
+        double *gw = to_double(ga[i]->grad);
+        /* the two heads' exps differ (libm's in the tiled head, the vector kernels' in
+         * the f32 one): a few ulp per logit, up to ~5e-6 where a gradient cancels */
+        CHECK_CLOSE("adapter gradient", (const float *)gb[i]->grad->data, gw, qtc_tensor_numel(ga[i]), 1e-4, 1e-5);
+        free(gw);
+    }
+    /* generation reads the f16 table through the hooks too */
+    const float *s1 = qtc_llama_step(a, g, 1, 0, &err);
+    CHECK(s1);
+    double *ws = malloc(512 * sizeof *ws);
+    for (int i = 0; i < 512; i++)
+        ws[i] = s1[i];
+    const float *s2 = qtc_llama_step(b, g2, 1, 0, &err);
+    CHECK(s2);
+    CHECK_CLOSE("step logits", s2, ws, 512, 1e-5, 1e-5);
+    free(ws);
+    qtc_graph_free(g);
+    qtc_graph_free(g2);
+    qtc_llama_free(a);
+    qtc_llama_free(b);
+    qtc_peft_free(pa);
+    qtc_peft_free(pb);
+}
+
+TEST(an_f16_model_with_a_nan_weight_is_refused_naming_the_tensor)
+{
+    qtc_error err;
+    char path[] = "/tmp/qtc-f16n-XXXXXX.safetensors";
+    CHECK(write_f16_model(path));
+    qtc_model_file *f = qtc_model_open(path, &err);
+    CHECK_MSG(f, "%s", err.msg);
+    int i = qtc_model_find(f, "model.layers.1.mlp.up_proj.weight");
+    CHECK(i >= 0 && f->tensors[i].dtype == QTC_F16);
+    long off = (long)(f->tensors[i].data - f->inputs[f->tensors[i].input].data) + 2 * 7; /* element 7 */
+    qtc_model_close(f);
+    FILE *fp = fopen(path, "r+b");
+    CHECK(fp && fseek(fp, off, SEEK_SET) == 0 && fputc(0x00, fp) != EOF && fputc(0x7e, fp) != EOF); /* f16 NaN, little endian */
+    fclose(fp);
+    f = qtc_model_open(path, &err);
+    CHECK_MSG(f, "%s", err.msg);
+    qtc_peft_config c = {.method = QTC_PEFT_LORA, .r = 4, .alpha = 8, .target = "all-linear"};
+    qtc_peft *p = qtc_peft_new(&f->config, &c, 5, &err);
+    CHECK(p);
+    qtc_llama *m = qtc_peft_load_frozen(p, f, NULL, NULL, &err);
+    CHECK(!m && err.code == QTC_ERR_NUMERIC);
+    CHECK_MSG(strstr(err.msg, "model.layers.1.mlp.up_proj.weight") && strstr(err.msg, "element 7"), "%s", err.msg);
+    qtc_peft_free(p);
+    qtc_model_close(f);
+    unlink(path);
+}

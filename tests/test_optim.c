@@ -77,6 +77,18 @@ TEST(adamw_matches_a_double_reference_over_many_steps_and_skips_frozen)
     }
     CHECK_CLOSE("adamw weights", (float *)p->data, w, N, 1e-4, 1e-6);
     CHECK(((float *)frozen->data)[0] == 0.0f);
+    /* moments exist for the trainable parameter only */
+    CHECK(qtc_adamw_moment(opt, 0, 1) && qtc_adamw_moment(opt, 0, 2));
+    CHECK(!qtc_adamw_moment(opt, 1, 1) && !qtc_adamw_moment(opt, 1, 2));
+    /* unfrozen, it gets zeroed moments: its first step is a fresh AdamW's first (decay 0.1, then
+     * m/(1-b1^t) over sqrt(v/(1-b2^t)) with t the optimizer's step count) */
+    qtc_tensor_set_trainable(frozen, 1);
+    ((float *)frozen->data)[0] = 1.0f;
+    qtc_adamw_step(opt, 0.01f);
+    double m1 = 0.1, v1 = 0.05, t = STEPS + 1;
+    double want = 1.0 * (1 - 0.01 * 0.1) - 0.01 * (m1 / (1 - pow(0.9, t))) / (sqrt(v1 / (1 - pow(0.95, t))) + 1e-8);
+    CHECK_CLOSE("unfrozen parameter", (float *)frozen->data, &want, 1, 1e-5, 1e-7);
+    CHECK(qtc_adamw_moment(opt, 1, 1));
     qtc_adamw_free(opt);
     qtc_tensor_free(p);
     qtc_tensor_free(frozen);

@@ -196,7 +196,8 @@ int main(int argc, char **argv)
     qtc_model_file *src = qtc_model_open(argv[optind], &err);
     qtc_adamw *opt = NULL;
     if (!src || !(q.student = qtc_llama_from_model(src, &err)) ||
-        ((q.distill || tf.eval || data_free) && !(q.teacher = qtc_llama_from_model(src, &err)))) {
+        /* the teacher is never written: its f32 weights are read from the file's mapping */
+        ((q.distill || tf.eval || data_free) && !(q.teacher = qtc_llama_from_model_frozen(src, NULL, NULL, &err)))) {
         rc = cli_fail(&err);
         goto done;
     }
@@ -256,11 +257,10 @@ int main(int argc, char **argv)
             on |= regexec(&train[k], name, 0, NULL, 0) == 0;
         for (int k = 0; k < n_freeze; k++)
             on &= regexec(&freeze[k], name, 0, NULL, 0) != 0;
-        if (qtc_tensor_require_grad(params[i], &err) != QTC_OK) {
+        if (on && qtc_tensor_require_grad(params[i], &err) != QTC_OK) { /* frozen ones get no gradient */
             rc = cli_fail(&err);
             goto done;
         }
-        qtc_tensor_set_trainable(params[i], on);
         n_trainable += on;
     }
     if (!n_trainable) {

@@ -37,7 +37,11 @@ static const char *usage_text =
     "  --dropout P        dropout on LoRA's input while training (default 0)\n"
     "  --prefix-len N     prefix tuning's virtual tokens per layer (default 8)\n"
     "  --base-type TYPE   keep the frozen base quantized: nf4 (qlora's default), nf4-single, int8,\n"
-    "                     int4-g32, q4_0, q8_0, ... (default f32 for the other methods)\n"
+    "                     int4-g32, q4_0, q8_0, ... (default f32 for the other methods); a float\n"
+    "                     base is used as the file stores it (f32 mapped, f16/bf16 converted a\n"
+    "                     tile at a time), never copied\n"
+    "  --embed-type TYPE  the frozen embedding and output head: kept in TYPE (default: the\n"
+    "                     --base-type; f32 keeps them float as stored)\n"
     "  --steps N --batch B --ctx T --lr LR --warmup W --clip C --weight-decay D --grad-accum K --seed S\n"
     "                     (defaults 200, 8, 128, 1e-3, steps/10, 1.0, 0.0, 1, 0)\n"
     "  --grad-checkpoint  activation checkpointing: keep only each block's input and recompute\n"
@@ -89,6 +93,19 @@ static double megabytes(double b)
     return b / (1024.0 * 1024.0);
 }
 
+/* "nf4 4.61 MB", "f32 36.86 MB mapped": how a frozen embedding or head is held. */
+static void describe_io(const qtc_qmatrix *q, const qtc_tensor *t, char *buf, size_t cap)
+{
+    char name[64];
+    if (q) {
+        qtc_target tg = {q->is_scheme, q->dtype, q->s};
+        qtc_target_name(&tg, name, sizeof name);
+        snprintf(buf, cap, "%s %.2f MB%s", name, megabytes((double)qtc_qmatrix_bytes(q)), q->borrowed ? " mapped" : "");
+    } else {
+        snprintf(buf, cap, "f32 %.2f MB%s", megabytes((double)qtc_tensor_nbytes(t)), qtc_tensor_owns_data(t) ? "" : " mapped");
+    }
+}
+
 int main(int argc, char **argv)
 {
     cli_init("qlora-train", usage_text, argv);
@@ -97,10 +114,11 @@ int main(int argc, char **argv)
         {"alpha", required_argument, 0, 'A'},    {"target", required_argument, 0, 'T'},
         {"rslora", no_argument, 0, 'S'},         {"dropout", required_argument, 0, 'D'},
         {"prefix-len", required_argument, 0, 'P'}, {"base-type", required_argument, 0, 'b'},
+        {"embed-type", required_argument, 0, 'E'},
         {"format", required_argument, 0, 'f'},   {"output", required_argument, 0, 'o'},
         {"help", no_argument, 0, 'h'},           CLI_TRAIN_OPTIONS,
         {0, 0, 0, 0}};
-    const char *out = NULL, *base_type = NULL;
+    const char *out = NULL, *base_type = NULL, *embed_type = NULL;
     const char *method = "lora", *format = NULL;
     qtc_peft_config pc;
     memset(&pc, 0, sizeof pc);
@@ -125,6 +143,7 @@ int main(int argc, char **argv)
         case 'D': pc.dropout = strtof(optarg, &end); if (*end || pc.dropout < 0 || pc.dropout >= 1) cli_usage("--dropout is in [0, 1)"); break;
         case 'P': pc.prefix_len = (int)strtol(optarg, &end, 10); if (*end || pc.prefix_len < 1) cli_usage("--prefix-len takes a positive number"); break;
         case 'b': base_type = optarg; break;
+        case 'E': embed_type = optarg; break;
         case 'f': format = optarg; if (strcmp(format, "peft") != 0 && strcmp(format, "gguf") != 0) cli_usage("--format is peft or gguf"); break;
         case 'o': out = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
@@ -161,6 +180,9 @@ int main(int argc, char **argv)
         cli_usage("unknown --base-type");
     if (qlora && !base.is_scheme && base.dtype == QTC_F32)
         cli_usage("--method qlora needs a quantized --base-type (nf4 by default)");
+    qtc_target io = base;
+    if (embed_type && qtc_target_parse(embed_type, &io) != 0)
+        cli_usage("unknown --embed-type");
     cli_trainer tr;
     cli_trainer_init(&tr, &tf);
     const qtc_train_opts o = tf.o;
@@ -168,13 +190,11 @@ int main(int argc, char **argv)
     qtc_error err;
     int rc = 0;
     qtc_model_file *src = qtc_model_open(argv[optind], &err);
-    int quantized = base.is_scheme || base.dtype != QTC_F32;
     if (src && !src->has_config)
         qtc_error_set(&err, QTC_ERR_INPUT, "%s: no llama configuration (config.json, GGUF llama.* keys or a llama2.c header)",
                       src->path);
     if (!src || !src->has_config || !(r.p = qtc_peft_new(&src->config, &pc, o.seed ^ 0x10a4u, &err)) ||
-        !(r.m = quantized ? qtc_peft_load_base(r.p, src, base.is_scheme ? &base.scheme : NULL, base.dtype, &err)
-                          : qtc_llama_from_model(src, &err)) ||
+        !(r.m = qtc_peft_load_frozen(r.p, src, &base, &io, &err)) ||
         cli_trainer_load_text(&tr, &tf, src, &err) != QTC_OK) {
         rc = cli_fail(&err);
         goto done;
@@ -222,11 +242,34 @@ int main(int argc, char **argv)
         goto done;
     char bname[64] = "f32";
     qtc_target_name(&base, bname, sizeof bname);
-    double base_bytes = r.p->base ? (double)qtc_peft_base_bytes(r.p) : f32_base;
-    fprintf(stderr, "qlora-train: %s, %s, %lld trainable weights in %d tensors; linear base %s %.2f MB (f32: %.2f MB); "
-                    "%lld training tokens%s\n",
+    double base_bytes = (double)qtc_peft_base_bytes(r.p), mapped = 0; /* mapped: views of the file, no copy */
+    for (int l = 0; l < mc->n_layers; l++)
+        for (int k = 0; k < QTC_N_LINEAR; k++) {
+            const qtc_tensor *w = qtc_llama_linear_weight(r.m, l, (qtc_linear_kind)k);
+            const qtc_qmatrix *q = &r.p->base[l * QTC_N_LINEAR + k];
+            base_bytes += w ? (double)qtc_tensor_nbytes(w) : 0;
+            mapped += w && !qtc_tensor_owns_data(w) ? (double)qtc_tensor_nbytes(w)
+                      : !w && q->borrowed        ? (double)qtc_qmatrix_bytes(q)
+                                                 : 0;
+        }
+    if (!base.is_scheme && base.dtype == QTC_F32 && !qtc_llama_linear_weight(r.m, 0, QTC_LIN_Q)) /* f16/bf16 as stored */
+        snprintf(bname, sizeof bname, "%s", qtc_dtype_info(r.p->base[0].dtype)->name);
+    char mapped_note[48] = "";
+    if (mapped > 0)
+        snprintf(mapped_note, sizeof mapped_note, ", %.2f MB of it mapped", megabytes(mapped));
+    char ename[64], hname[80];
+    describe_io(r.p->base_embed, r.m->embed, ename, sizeof ename);
+    if (r.p->base_head && r.p->base_head == r.p->base_embed)
+        snprintf(hname, sizeof hname, "tied");
+    else if (!r.p->base_head && r.m->output == r.m->embed)
+        snprintf(hname, sizeof hname, "tied");
+    else
+        describe_io(r.p->base_head, r.m->output, hname, sizeof hname);
+    fprintf(stderr, "qlora-train: %s, %s, %lld trainable weights in %d tensors; linear base %s %.2f MB%s (f32: %.2f MB); "
+                    "embedding %s, head %s; %lld training tokens%s\n",
             argv[optind], qlora ? "qlora" : method, (long long)n_trainable, r.np, bname, megabytes(base_bytes),
-            megabytes(f32_base), (long long)tr.data.n, tr.data.loss_mask ? " (prompt/response pairs: responses scored)" : "");
+            mapped_note, megabytes(f32_base), ename, hname, (long long)tr.data.n,
+            tr.data.loss_mask ? " (prompt/response pairs: responses scored)" : "");
     if (pc.method == QTC_PEFT_LORA)
         fprintf(stderr, "qlora-train: LoRA rank %d, alpha %g (scale %g%s), targets %s, dropout %g\n", pc.r, pc.alpha,
                 r.p->scaling, pc.rslora ? ", rsLoRA" : "", pc.target, pc.dropout);

@@ -89,7 +89,11 @@ qtc_status qtc_checkpoint_save_params(const char *path, const qtc_model_file *sr
     }
     for (int i = 0; i < n && rc == QTC_OK; i++)
         for (int k = 0; k < 3 && rc == QTC_OK; k++) {
-            qtc_tensor *t = k == 0 ? ps[i] : qtc_tensor_wrap(QTC_F32, ps[i]->ndim, ps[i]->ne, qtc_adamw_moment(opt, i, k), NULL, err);
+            const float *mo = k ? qtc_adamw_moment(opt, i, k) : NULL;
+            /* a parameter frozen all along has no moments: they are zero */
+            qtc_tensor *t = k == 0 ? ps[i]
+                            : mo   ? qtc_tensor_wrap(QTC_F32, ps[i]->ndim, ps[i]->ne, (void *)(uintptr_t)mo, NULL, err)
+                                   : qtc_tensor_new(QTC_F32, ps[i]->ndim, ps[i]->ne, err);
             rc = t ? qtc_writer_put(w, 3 * i + k, t, err) : err->code;
             if (k)
                 qtc_tensor_free(t);
@@ -129,7 +133,9 @@ qtc_status qtc_checkpoint_load_params(const char *path, qtc_tensor *const *ps, c
                 rc = qtc_error_set(err, QTC_ERR_INPUT, "%s: tensor '%s' is missing or does not match the model", path, full);
                 break;
             }
-            memcpy(k == 0 ? ps[i]->data : (void *)qtc_adamw_moment(opt, i, k), x->data, x->nbytes);
+            float *to = k == 0 ? ps[i]->data : qtc_adamw_moment(opt, i, k);
+            if (to) /* a frozen parameter's moments are not kept */
+                memcpy(to, x->data, x->nbytes);
         }
     }
     if (rc == QTC_OK) {

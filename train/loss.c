@@ -4,16 +4,22 @@
 qtc_tensor *qtc_lm_loss_fn(void *ctx, qtc_graph *g, const qtc_tensor *tokens, const qtc_tensor *targets)
 {
     const qtc_lm_loss *l = ctx;
-    /* the teacher's head is fused too only when it is a plain x W^T */
-    const int fused = l->fused_head && (!l->teacher || !l->teacher->linear);
+    /* distillation fuses both heads only when both are a plain x W^T held as
+     * f32 (a head held quantized outside the llama has its own fused loss,
+     * for cross-entropy only) */
+    const int fused = l->fused_head &&
+                      (!l->teacher || (!l->teacher->linear && l->teacher->output && l->model->output));
     if (l->training)
         l->training(l->training_ctx, 1);
     qtc_tensor *out = fused ? qtc_llama_hidden(l->model, g, tokens, 0) : qtc_llama_forward(l->model, g, tokens, 0);
     if (l->training)
         l->training(l->training_ctx, 0);
-    if (!l->teacher)
-        return fused ? qtc_linear_cross_entropy(g, out, l->model->output, targets, 0)
-                     : qtc_cross_entropy(g, out, targets);
+    if (!l->teacher) {
+        if (!fused)
+            return qtc_cross_entropy(g, out, targets);
+        return l->model->output ? qtc_linear_cross_entropy(g, out, l->model->output, targets, 0)
+                                : l->model->head_loss(l->model->hook_ctx, g, out, targets);
+    }
     qtc_graph_reset(l->teacher_graph);
     qtc_graph_set_recording(l->teacher_graph, 0);
     if (!fused)

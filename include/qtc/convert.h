@@ -142,10 +142,16 @@ typedef struct qtc_model_file {
     char *config_json;   /* an HF folder's config.json, carried along */
     char *tokenizer_json;/* an HF folder's tokenizer.json, carried along */
     char *tokenizer_bin; /* a llama2.c tokenizer beside the checkpoint (path), or NULL */
+    int refs;            /* holders beyond the opener (qtc_model_ref) */
 } qtc_model_file;
 
 qtc_model_file *qtc_model_open(const char *path, qtc_error *err);
+/* Drops the caller's hold: the file is unmapped and freed when the last
+ * holder (the opener, or one of qtc_model_ref's) closes it. */
 void qtc_model_close(qtc_model_file *m);
+/* One more hold on m (for a model whose weights view m's mapping); returns m.
+ * Released with qtc_model_close. The count is not atomic: one thread. */
+qtc_model_file *qtc_model_ref(const qtc_model_file *m);
 /* Index of a tensor by canonical name, or -1. */
 int qtc_model_find(const qtc_model_file *m, const char *name);
 /* Tensor i in HF layout: a view of the mapped bytes, or a copy when its rows

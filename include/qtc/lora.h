@@ -14,6 +14,10 @@
  * quantization): qtc_peft_quantize_base replaces the llama's linear weights
  * by qtc_qmatrix copies, and the matmul dequantizes them a tile of rows at a
  * time (qtc_qmatmul), so the float base never exists in memory.
+ * qtc_peft_load_frozen does that while loading for any base: a float one is
+ * used as the file stores it (f32 from its mapping, f16/bf16 a tile at a
+ * time), and the embedding and output head may be quantized too (looked up
+ * by qtc_qembedding, fused into the loss by qtc_qlinear_cross_entropy).
  *
  * Files: a PEFT folder (adapter_config.json + adapter_model.safetensors with
  * PEFT's key names: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight,
@@ -53,8 +57,13 @@ typedef struct qtc_peft {
     qtc_tensor **down, **down_b, **up, **up_b;
     /* prefix tuning, per layer: (prefix_len, n_kv_heads * head_dim) */
     qtc_tensor **prefix_k, **prefix_v;
-    /* a quantized base, per layer * QTC_N_LINEAR + kind (NULL: the llama's f32 weights) */
+    /* a quantized base, per layer * QTC_N_LINEAR + kind (NULL: the llama's f32 weights;
+       an entry with no data: that weight's f32 is the llama's) */
     qtc_qmatrix *base;
+    /* the frozen embedding and output head held here (quantized, or f16/bf16
+       as stored) and not in the llama; NULL: the llama's. head == embed when tied */
+    qtc_qmatrix *base_embed, *base_head;
+    qtc_model_file *file;    /* a hold on the file whose mapping base entries view, or NULL */
     int training;            /* dropout on */
     qtc_rng rng;             /* dropout masks */
 } qtc_peft;
@@ -79,6 +88,17 @@ qtc_status qtc_peft_quantize_base(qtc_peft *p, qtc_llama *m, const qtc_qscheme *
  * (a GGUF's q/k rows of blocks permuted back to HF's order), so training
  * sees exactly the file's weights. f must be the configuration p was made for. */
 qtc_llama *qtc_peft_load_base(qtc_peft *p, const qtc_model_file *f, const qtc_qscheme *s, qtc_dtype t, qtc_error *err);
+/* The base of a model whose weights are all frozen, never copied to f32
+ * (qtc_llama_from_model_frozen): each linear weight becomes `linear`'s type
+ * as qtc_peft_load_base makes it, or with linear NULL (or f32) stays as
+ * stored: f32 as a view of f's mapping (in the llama), f16/bf16 in p->base as
+ * a matrix viewing the mapping, converted a tile at a time in the matmul. The
+ * embedding and output head (tied or not) go the same way under `io`
+ * (p->base_embed, p->base_head; the llama's hooks look rows up and fuse the
+ * head's cross-entropy). The llama and p each hold f (qtc_model_ref), so the
+ * caller may close f. A NaN/Inf weight is refused naming the tensor. */
+qtc_llama *qtc_peft_load_frozen(qtc_peft *p, const qtc_model_file *f, const qtc_target *linear, const qtc_target *io,
+                                qtc_error *err);
 /* Bytes the quantized base holds (0 without one). */
 size_t qtc_peft_base_bytes(const qtc_peft *p);
 
@@ -107,6 +127,18 @@ qtc_peft *qtc_peft_load(const char *path, const qtc_llama_config *mc, qtc_error 
  * W is dequantized a tile of rows at a time into scratch memory; the gradient
  * reaches x through the same dequantized tiles (W is frozen). */
 qtc_tensor *qtc_qmatmul(qtc_graph *g, qtc_tensor *x, const qtc_qmatrix *w);
+/* Rows of a frozen table (V, D) picked by ids (i32, any shape, each in [0, V)):
+ * (ids' shape..., D), only the picked rows dequantized. No gradient. */
+qtc_tensor *qtc_qembedding(qtc_graph *g, const qtc_qmatrix *table, const qtc_tensor *ids);
+/* qtc_linear_cross_entropy (qtc/graph.h) with a frozen quantized head w (V, D):
+ * the mean cross-entropy of x W^T (x (..., D)) against targets (a negative one
+ * is ignored) without the (rows, V) logits: W is dequantized tile_rows of the
+ * vocabulary at a time (<= 0: about 4M floats of logits or weights per tile),
+ * each tile's logits of every row folded into a running log-sum-exp; the
+ * backward recomputes them tile by tile. The gradient reaches x. w must
+ * outlive the graph's backward pass. */
+qtc_tensor *qtc_qlinear_cross_entropy(qtc_graph *g, qtc_tensor *x, const qtc_qmatrix *w, const qtc_tensor *targets,
+                                      int64_t tile_rows);
 /* Inverted dropout: x * mask / (1 - p), the mask drawn from r (Bernoulli 1 - p). */
 qtc_tensor *qtc_dropout(qtc_graph *g, qtc_tensor *x, float p, qtc_rng *r);
 /* [prefix; x] along the time axis: prefix (P, D) for every batch row of x

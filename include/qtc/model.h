@@ -1,7 +1,9 @@
 /* qtc/model.h: the llama model, tokenizers and evaluation.
  *
  * A qtc_llama holds the configuration and f32 weights in HF layout (loaded from
- * any format qtc reads; quantized weights are dequantized on load). Its
+ * any format qtc reads; quantized weights are dequantized on load), or, for a
+ * llama that is never trained (qtc_llama_from_model_frozen), views of the
+ * file's f32 data and weights a hook holds in their stored or a quantized form. Its
  * forward pass is built from qtc_graph ops, so the same code trains (with
  * recording on) and evaluates (recording off). Generation decodes one token at
  * a time against a KV cache.
@@ -28,10 +30,12 @@ typedef struct qtc_llama_layer {
 
 /* Which projection a linear layer is (for hooks). */
 typedef enum qtc_linear_kind {
-    QTC_LIN_Q, QTC_LIN_K, QTC_LIN_V, QTC_LIN_O, QTC_LIN_GATE, QTC_LIN_UP, QTC_LIN_DOWN, QTC_LIN_OUTPUT
+    QTC_LIN_Q, QTC_LIN_K, QTC_LIN_V, QTC_LIN_O, QTC_LIN_GATE, QTC_LIN_UP, QTC_LIN_DOWN, QTC_LIN_OUTPUT,
+    QTC_LIN_EMBED /* the token embedding: offered to a loader's keep(), never to the linear hook */
 } qtc_linear_kind;
 #define QTC_N_LINEAR 7 /* a layer's projections: q k v o gate up down (QTC_LIN_Q .. QTC_LIN_DOWN) */
-/* "self_attn.q_proj", ... "mlp.down_proj": the module path of a layer's projection kind */
+/* "self_attn.q_proj", ... "mlp.down_proj": the module path of a layer's projection kind
+ * ("lm_head", "embed_tokens" for the head and the embedding) */
 const char *qtc_linear_path(qtc_linear_kind kind);
 /* The HF name of a layer's projection weight (kind < QTC_N_LINEAR), as
  * qtc_layer_weight_name (qtc/convert.h) writes it. */
@@ -53,6 +57,13 @@ typedef struct qtc_llama {
      * be NULL when the linear hook holds it in another form (a quantized base). */
     qtc_tensor *(*sublayer)(void *ctx, qtc_graph *g, qtc_tensor *out, int layer, int which);
     void (*extend_kv)(void *ctx, qtc_graph *g, int layer, qtc_tensor **k, qtc_tensor **v);
+    /* A frozen embedding or output head a hook holds in another form (embed /
+     * output NULL: a quantized table, qtc/lora.h): `embed_rows` gives the rows
+     * (ids' shape..., dim) of token ids, `head_loss` the fused cross-entropy
+     * of hidden states x through the head (as qtc_linear_cross_entropy; used
+     * by qtc_lm_loss_fn). The head's logits go through `linear` (layer -1). */
+    qtc_tensor *(*embed_rows)(void *ctx, qtc_graph *g, const qtc_tensor *ids);
+    qtc_tensor *(*head_loss)(void *ctx, qtc_graph *g, qtc_tensor *x, const qtc_tensor *targets);
     void *hook_ctx;
     /* Activation checkpointing: with grad_checkpoint set, a recorded forward
      * (qtc_llama_hidden, qtc_llama_forward) keeps only each block's input and
@@ -74,6 +85,7 @@ typedef struct qtc_llama {
     /* KV cache for generation: per layer (ctx, n_kv_heads*head_dim), allocated on first use */
     float *k_cache, *v_cache;
     int64_t cache_len;
+    qtc_model_file *file;             /* a hold on the file whose mapping frozen weights view, or NULL */
 } qtc_llama;
 
 /* Loads a llama from a path any qtc reader accepts (or an open model file).
@@ -86,6 +98,20 @@ qtc_llama *qtc_llama_from_model(const qtc_model_file *m, qtc_error *err);
  * Memory then stays near one f32 weight above what the caller keeps. */
 typedef int (*qtc_llama_weight_fn)(void *ctx, int layer, qtc_linear_kind kind, const qtc_tensor *w, qtc_error *err);
 qtc_llama *qtc_llama_from_model_with(const qtc_model_file *m, qtc_llama_weight_fn keep, void *keep_ctx, qtc_error *err);
+/* A llama whose weights are never written (an adapter's base, a teacher): no
+ * f32 copy of what the file stores as f32. A weight m stores as contiguous,
+ * aligned little-endian f32 (not rotary-permuted) is a read-only view of m's
+ * mapping; the llama holds m (qtc_model_ref) until qtc_llama_free, so the
+ * caller may close m at once. keep (may be NULL) is offered every linear
+ * weight, the output head (layer -1, QTC_LIN_OUTPUT, when the file has one)
+ * and the embedding (layer -1, QTC_LIN_EMBED; when kept and tied, the head
+ * goes with it), f16 and bf16 ones in their stored type (a view or a permuted
+ * copy) and others as f32; what keep leaves is held as f32 (views where the
+ * file allows). Every weight is scanned for NaN/Inf first (QTC_ERR_NUMERIC
+ * naming the tensor and element). Weights require no gradient: training one
+ * needs qtc_llama_from_model's copies. */
+qtc_llama *qtc_llama_from_model_frozen(const qtc_model_file *m, qtc_llama_weight_fn keep, void *keep_ctx,
+                                       qtc_error *err);
 void qtc_llama_free(qtc_llama *m);
 /* A llama of configuration c with seeded random weights: matrices ~ N(0, std^2),
  * norm weights ~ N(1, 0.1^2), the output head tied to the embedding. */

@@ -4,7 +4,9 @@
  * decay applied first, then the bias-corrected Adam update), so runs can be
  * compared with PyTorch's. Parameters are f32 tensors with a gradient
  * (qtc_tensor_require_grad); frozen ones (not QTC_TENSOR_REQUIRES_GRAD) are
- * skipped, and keep their moments for when they are unfrozen.
+ * skipped. Moments exist for trainable parameters only: one frozen when the
+ * optimizer is made gets them (zeroed) at its first step as a trainable one,
+ * and one frozen later keeps them for when it is unfrozen.
  */
 #ifndef QTC_OPTIM_H
 #define QTC_OPTIM_H
@@ -34,7 +36,8 @@ void qtc_adamw_set_weight_decay(qtc_adamw *opt, int param, float weight_decay);
 void qtc_adamw_step(qtc_adamw *opt, float lr);
 /* Steps taken so far. */
 int64_t qtc_adamw_steps(const qtc_adamw *opt);
-/* The moment buffers of param i (numel floats each), for checkpoints. */
+/* The moment buffers of param i (numel floats each), for checkpoints; NULL
+ * while it has none (frozen since the optimizer was made: zero moments). */
 float *qtc_adamw_moment(qtc_adamw *opt, int param, int which /* 1 or 2 */);
 void qtc_adamw_set_steps(qtc_adamw *opt, int64_t steps);
 

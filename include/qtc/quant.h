@@ -184,6 +184,7 @@ typedef struct qtc_qmatrix {
     float *nested_absmax;
     float nested_offset;
     float dyn_map[256];     /* NF4 double quant: the dynamic map */
+    int borrowed;           /* data views memory the matrix does not own (a file's mapping): not freed */
 } qtc_qmatrix;
 
 /* Quantizes w (rows x cols, f32) with scheme s, or to dtype t when s is NULL.

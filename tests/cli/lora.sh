@@ -44,6 +44,7 @@ expect 0 "merge --help" "$G" --help
 expect 1 "no data" "$Q" "$M" -o "$T/x"
 expect 1 "bad method" "$Q" "$M" --data "$T/train.txt" --method dora -o "$T/x"
 expect 1 "GGUF for a bottleneck adapter" "$Q" "$M" --data "$T/train.txt" --method adapter -o "$T/x.gguf"
+expect 1 "bad --embed-type" "$Q" "$M" --data "$T/train.txt" --embed-type f12 -o "$T/x"
 expect 1 "qlora on f32" "$Q" "$M" --data "$T/train.txt" --method qlora --base-type f32 -o "$T/x"
 expect 1 "bad target regex" "$Q" "$M" --data "$T/train.txt" --target "(" -o "$T/x"
 absent "bad target regex leaves no adapter" "$T/x"
@@ -51,6 +52,8 @@ absent "bad target regex leaves no adapter" "$T/x"
 # LoRA on the f32 base, all linear layers
 expect 0 "LoRA run" "$Q" "$M" $RUN --target all-linear --plot "$T/lora.svg" --log-json "$T/log.jsonl" -o "$T/lora"
 stderr_has "LoRA run" "LoRA rank 8, alpha 16 (scale 2)"
+# a float base is read from the file's mapping (no f32 copy), but for llama2.c's q/k rows, which are permuted
+stderr_has "LoRA run" "linear base f32 0.86 MB, 0.75 MB of it mapped (f32: 0.86 MB); embedding f32 0.12 MB mapped, head tied"
 eval_improved "LoRA"
 scores_as_trained "LoRA" "$T/lora"
 if have_numpy; then
@@ -68,9 +71,11 @@ if [ -d tests/oracle/node_modules/@huggingface/gguf ] && command -v node >/dev/n
     check "@huggingface/gguf reads the GGUF LoRA" node tests/oracle/gguf_lora_oracle.mjs "$T/lora.gguf" 16 8 35
 else skip=$((skip + 1)); fi
 
-# QLoRA: the base held in NF4 (an eighth of the f32 bytes), the adapter as before
-expect 0 "QLoRA run" "$Q" "$M" $RUN --method qlora --target q_proj,v_proj -o "$T/qlora"
-stderr_has "QLoRA run" "linear base nf4 0.11 MB (f32: 0.86 MB)"
+
+# QLoRA: the base held in NF4 (an eighth of the f32 bytes), the adapter as before; qconv keeps the
+# embedding float (schemes are for linear layers), so the comparison with its file keeps it float too
+expect 0 "QLoRA run" "$Q" "$M" $RUN --method qlora --embed-type f32 --target q_proj,v_proj -o "$T/qlora"
+stderr_has "QLoRA run" "linear base nf4 0.11 MB (f32: 0.86 MB); embedding f32 0.12 MB mapped, head tied"
 eval_improved "QLoRA"
 "$C" "$M" --to nf4 -o "$T/base-nf4.safetensors" 2>/dev/null
 want=$(grep "step 16 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
@@ -80,7 +85,7 @@ got=$("$E" "$T/base-nf4.safetensors" --adapter "$T/qlora" --text "$T/eval.txt" -
 # a base file already quantized trains against exactly its stored weights (codes and blocks taken as stored,
 # a GGUF's q/k rows of blocks permuted): the first evaluation equals qeval's score of the file
 "$C" "$M" --to q8_0 --tensor-type 'embed_tokens=f32' -o "$T/bq8.gguf" 2>/dev/null
-for f in "$T/base-nf4.safetensors qlora" "$T/bq8.gguf lora --base-type q8_0"; do
+for f in "$T/base-nf4.safetensors qlora --embed-type f32" "$T/bq8.gguf lora --base-type q8_0 --embed-type f32"; do
     set -- $f
     file=$1 method=$2
     shift 2
@@ -91,16 +96,27 @@ for f in "$T/base-nf4.safetensors qlora" "$T/bq8.gguf lora --base-type q8_0"; do
     [ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "training on $(basename "$file") starts at $got, the file scores $want"
 done
 
-# other quantized bases: each scores through qeval as qconv's file of that type does
+# other quantized bases: each scores through qeval as qconv's file of that type does; q4_0 quantizes
+# the tied embedding and head too (looked up and fused from the q4_0 table), as qconv's GGUF stores them
 for bt in int4-g32 q4_0 int8; do
-    case $bt in q4_0) ext=gguf ;; *) ext=safetensors ;; esac
+    case $bt in q4_0) ext=gguf io=q4_0 ;; *) ext=safetensors io=f32 ;; esac
     expect 0 "LoRA on a $bt base" "$Q" "$M" --data "$T/train.txt" --eval "$T/eval.txt" --eval-windows 8 --steps 4 \
-        --batch 2 --ctx 64 --base-type $bt -o "$T/lora-$bt"
+        --batch 2 --ctx 64 --base-type $bt --embed-type $io -o "$T/lora-$bt"
     want=$(grep "step 4 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
-    "$C" "$M" --to $bt --tensor-type 'embed_tokens=f32' -o "$T/base-$bt.$ext" 2>/dev/null # the base keeps its embedding
+    "$C" "$M" --to $bt --tensor-type "embed_tokens=$io" -o "$T/base-$bt.$ext" 2>/dev/null # the base keeps its embedding
     got=$("$E" "$T/base-$bt.$ext" --tokenizer "$TOK" --adapter "$T/lora-$bt" --text "$T/eval.txt" --ctx 64 --windows 8 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
     [ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "LoRA on $bt: qeval on qconv's $bt file $got, training $want"
 done
+
+# an f16 base is trained as stored (converted a tile at a time, never copied) and scores through
+# qeval as the f16 file does
+"$C" "$M" --to f16 -o "$T/base-f16.safetensors" 2>/dev/null
+expect 0 "LoRA on an f16 base" "$Q" "$T/base-f16.safetensors" --tokenizer "$TOK" --data "$T/train.txt" --eval "$T/eval.txt" \
+    --eval-windows 8 --steps 4 --batch 2 --ctx 64 -o "$T/lora-f16"
+stderr_has "LoRA on an f16 base" "linear base f16 0.43 MB, 0.43 MB of it mapped (f32: 0.86 MB); embedding f16 0.06 MB mapped, head tied"
+want=$(grep "step 4 eval" "$T/err" | sed -E 's/.*perplexity ([0-9.]+) .*/\1/')
+got=$("$E" "$T/base-f16.safetensors" --tokenizer "$TOK" --adapter "$T/lora-f16" --text "$T/eval.txt" --ctx 64 --windows 8 2>/dev/null | sed -E 's/perplexity ([0-9.]+) .*/\1/')
+[ -n "$want" ] && [ "$want" = "$got" ] && ok || bad "LoRA on f16: qeval on the f16 file $got, training $want"
 
 # bottleneck adapters and prefix tuning
 expect 0 "adapter run" "$Q" "$M" $RUN --method adapter --rank 8 -o "$T/adapter"
