@@ -60,7 +60,9 @@ typedef struct fig {
     double tps;    /* tokens/s of steps 2..n; NAN with one step */
     double rss_mb; /* the child's peak RSS */
     double wall;   /* the child's whole life, seconds */
+    double base_mb; /* qlora-train: the linear base it reports */
 } fig;
+#define NO_FIG ((fig){0, NAN, NAN, NAN, NAN, NAN})
 
 static const char *shared_dir, *bin_dir, *python;
 static double ceiling;
@@ -178,7 +180,7 @@ static int train_job(const job *j, fig *f)
 
 static fig run_job(const job *j)
 {
-    fig f = {0, NAN, NAN, NAN, NAN};
+    fig f = NO_FIG;
     int fd[2];
     if (pipe(fd) != 0)
         return f;
@@ -262,7 +264,7 @@ static int run_cmd(char *const argv[], char *out, size_t cap, const char *errfil
 /* PyTorch on one configuration, in a fresh python process. */
 static fig run_torch(const char *shape_name, const char *mode_name, int B, int T, int steps, int nthreads)
 {
-    fig f = {0, NAN, NAN, NAN, NAN};
+    fig f = NO_FIG;
     if (!python)
         return f;
     char b[16], t[16], s[16], th[16], out[4096];
@@ -497,7 +499,7 @@ static double mem_available_mb(void)
  * step times from its --log-json events. */
 static fig run_qlora_train(const char *model, const char *method, int steps, const char *tmp)
 {
-    fig f = {0, NAN, NAN, NAN, NAN};
+    fig f = NO_FIG;
     char tool[4096], data[4096], vocab[4096], log[4096], out[4096], errf[4096], st[16], th[16], buf[256];
     snprintf(tool, sizeof tool, "%s/qlora-train", bin_dir);
     snprintf(data, sizeof data, "%s/data/tinystories-eval.txt", shared_dir);
@@ -531,6 +533,16 @@ static fig run_qlora_train(const char *model, const char *method, int steps, con
         fclose(lf);
     f.tps = later ? later * 4.0 * 512 / total : NAN;
     f.ok = rc == 0 && isfinite(f.step1);
+    f.base_mb = NAN;
+    FILE *bf = fopen(errf, "r");
+    while (bf && fgets(line, sizeof line, bf)) {
+        const char *b = strstr(line, "linear base ");
+        char type[32];
+        if (b && sscanf(b, "linear base %31s %lf MB", type, &f.base_mb) == 2)
+            break;
+    }
+    if (bf)
+        fclose(bf);
     if (!f.ok) {
         fprintf(stderr, "bench_sizes: qlora-train --method %s exited with status %d; its last messages:\n", method, rc);
         FILE *ef = fopen(errf, "r");
@@ -554,6 +566,17 @@ static void remove_tree(const char *path)
         fprintf(stderr, "bench_sizes: could not remove %s\n", path);
 }
 
+/* the 1.1B model file while it exists: removed if the run is interrupted */
+static char model_path[4200];
+
+static void on_signal(int sig)
+{
+    if (model_path[0])
+        unlink(model_path);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static void row_4(void)
 {
     qtc_llama_config c = config_1B();
@@ -572,10 +595,14 @@ static void row_4(void)
         return;
     }
     snprintf(model, sizeof model, "%s/tinyllama-shape.safetensors", tmp);
+    snprintf(model_path, sizeof model_path, "%s", model);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
     double bytes, gen_s;
     if (gen_1B(model, &bytes, &gen_s) != 0) {
         printf("   skipped: the model could not be written (%s)\n", model);
         remove_tree(tmp);
+        model_path[0] = 0;
         return;
     }
     printf("   the model: %.0f MB of f32 safetensors written in %.1f s (%.0f MB/s)\n", bytes / 1048576.0, gen_s,
@@ -583,18 +610,19 @@ static void row_4(void)
     fig q = run_qlora_train(model, "qlora", 2, tmp);
     /* LoRA on the f32 base holds the base in memory (today a copy beside the mapping): run it only where it fits */
     double need = 2.5 * bytes / 1048576.0, avail = mem_available_mb();
-    fig l = {0, NAN, NAN, NAN, NAN};
+    fig l = NO_FIG;
     if (avail >= need)
         l = run_qlora_train(model, "lora", 1, tmp);
     else
         printf("   LoRA on the f32 base skipped: %.0f MB available, %.0f MB wanted\n", avail, need);
     remove_tree(tmp);
+    model_path[0] = 0;
     double lin = 0;
     lin = (double)c.n_layers * ((double)c.dim * c.head_dim * (c.n_heads * 2 + c.n_kv_heads * 2) + 3.0 * c.dim * c.hidden);
     double params = lin + (double)c.vocab * c.dim; /* the linear layers and the head: what the matmuls see */
     double flops = 4 * params + 6.0 * c.n_layers * c.n_heads * c.head_dim * 512, qg = flops * q.tps * 1e-9;
-    printf("   %-38s qtc %9.1f MB    target <= 1536 MB   %s\n", "QLoRA (NF4 base) peak RSS", q.rss_mb,
-           verdict(q.ok, q.rss_mb <= 1536));
+    printf("   %-38s qtc %9.1f MB    target <= 1536 MB   %s   (linear base: NF4 %.1f MB, f32 %.1f MB)\n",
+           "QLoRA (NF4 base) peak RSS", q.rss_mb, verdict(q.ok, q.rss_mb <= 1536), q.base_mb, l.base_mb);
     print_ratio("QLoRA peak RSS vs LoRA on the f32 base", q.rss_mb, l.rss_mb, "MB", "LoRA", "<= 0.35x",
                 q.rss_mb <= 0.35 * l.rss_mb);
     printf("   %-38s qtc %9.1f tok/s  %6.1f GFLOP/s = %5.1f%% of the sgemm ceiling (4 params + attention per token)   "
