@@ -22,7 +22,8 @@
  * reported apart, tokens/s is the mean of the steps after it. The losses are
  * the trainers' own: cross-entropy with the output head fused into the loss.
  *
- *   bench_sizes [--rows 1,2,...]      the rows to run (default all)
+ *   bench_sizes [--rows 1,2,...]      the rows to run (default all, or $QTC_BENCH_ROWS:
+ *                                     `QTC_BENCH_ROWS=12356 make bench` leaves out the 1.1B row)
  *   bench_sizes --gen-1b PATH         only write the 1.1B-shape model (f32 safetensors)
  *
  * Env: QTC_SHARED (../shared), QTC_BIN (bin), QTC_PYTHON (a python3 with
@@ -741,7 +742,7 @@ int main(int argc, char **argv)
     if (!getenv("OMP_WAIT_POLICY"))
         setenv("QTC_BENCH_SET_WAIT", "1", 1); /* the re-executed process knows the policy was ours */
     cli_process_setup(argv); /* the tools' OpenMP wait policy */
-    const char *rows = "123456";
+    const char *rows = getenv("QTC_BENCH_ROWS") ? getenv("QTC_BENCH_ROWS") : "123456";
     if (argc == 3 && strcmp(argv[1], "--rows") == 0) {
         rows = argv[2];
     } else if (argc == 3 && strcmp(argv[1], "--gen-1b") == 0) {
