@@ -768,8 +768,11 @@ int main(int argc, char **argv)
     for (const char *r = rows; *r; r++) {
         double ts = bench_now(), cs = children_cpu();
         switch (*r) {
-        case '1':
-        case '2': row_1_2(); break;
+        case '2':
+            if (strchr(rows, '1'))
+                continue; /* printed with row 1 */
+            /* fall through */
+        case '1': row_1_2(); break;
         case '3': row_3(); break;
         case '4': row_4(); break;
         case '5': row_5(); break;
