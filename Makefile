@@ -3,7 +3,7 @@
 #   make test       builds and runs every test; ends with "N passed, N failed"
 #   make check      the same tests built with -fsanitize=address,undefined
 #   make demo       qconv's pipeline on ../shared/models/stories260K (examples/demo.sh)
-#   make bench      benchmarks (ratios against a baseline measured in the same run; ~10 min)
+#   make bench      benchmarks (ratios against a baseline measured in the same run; few steps each)
 #   make bench-tables  the examples' fine-tuning and calibration tables (long)
 #   make install    PREFIX=/usr/local DESTDIR= : tools, library, headers, qtc.pc, man pages
 # Options: NATIVE=1 adds -march=native; WERROR=1 makes warnings errors in the
@@ -134,7 +134,8 @@ check:
 demo: all
 	@QTC_BIN=$(BINDIR) sh examples/demo.sh build/demo
 
-# make bench stays near 10 minutes on 2 cores (few steps per configuration);
+# make bench runs few steps per configuration (QTC_BENCH_ROWS=12356 leaves out
+# bench_sizes' 1.1B row, minutes a step on 2 cores);
 # bench-tables reruns the examples' long tables (minutes each).
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; QTC_BIN=$(BINDIR) $$b || exit 1; done
