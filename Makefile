@@ -3,7 +3,8 @@
 #   make test       builds and runs every test; ends with "N passed, N failed"
 #   make check      the same tests built with -fsanitize=address,undefined
 #   make demo       qconv's pipeline on ../shared/models/stories260K (examples/demo.sh)
-#   make bench      benchmarks (ratios against a baseline measured in the same run)
+#   make bench      benchmarks (ratios against a baseline measured in the same run; few steps each)
+#   make bench-tables  the examples' fine-tuning and calibration tables (long)
 #   make install    PREFIX=/usr/local DESTDIR= : tools, library, headers, qtc.pc, man pages
 # Options: NATIVE=1 adds -march=native; WERROR=1 makes warnings errors in the
 # library and tools too (tests always build with -Werror).
@@ -96,7 +97,7 @@ BINDIR := $(BUILD)/bin
 endif
 TOOL_BIN := $(addprefix $(BINDIR)/,$(TOOLS))
 
-.PHONY: all lib test check bench install uninstall clean unit demo
+.PHONY: all lib test check bench bench-tables install uninstall clean unit demo
 all: lib $(TOOL_BIN)
 lib: $(BUILD)/libqtc.a $(BUILD)/libqtc.so
 
@@ -168,16 +169,21 @@ check:
 demo: all
 	@QTC_BIN=$(BINDIR) sh examples/demo.sh build/demo
 
+# make bench runs few steps per configuration (QTC_BENCH_ROWS=12356 leaves out
+# bench_sizes' 1.1B row, minutes a step on 2 cores);
+# bench-tables reruns the examples' long tables (minutes each).
 bench: all $(BENCH_BIN)
-	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+	@for b in $(BENCH_BIN); do echo "== $$b"; QTC_BIN=$(BINDIR) $$b || exit 1; done
+	@echo "== bench/torch_train.py (the peer baseline for bench_train and bench_lora)"
+	@py=; for p in python3 /usr/bin/python3; do if $$p -c "import torch" 2>/dev/null; then py=$$p; break; fi; done; \
+	  if [ -n "$$py" ]; then $$py bench/torch_train.py; else echo "skipped: no python3 with torch"; fi
+
+bench-tables: all
 	@echo "== examples/finetune.sh: the fine-tuning table (500 steps per method, several minutes)"
 	@STEPS=500 BATCH=16 WINDOWS=all QTC_BIN=$(BINDIR) sh examples/finetune.sh build/finetune
 	@echo "== examples/calibrate.sh: the calibration table (every method, all tokens, a few minutes)"
 	@TOKENS=0 WINDOWS=all SCHEMES="int4-g32 int4 int3-g32" METHODS="minmax percentile mse kl" GGML_TYPES="q4_0 q4_1 q5_0" QTC_BIN=$(BINDIR) \
 	  sh examples/calibrate.sh build/calibrate
-	@echo "== bench/torch_train.py (the peer baseline for bench_train and bench_lora)"
-	@py=; for p in python3 /usr/bin/python3; do if $$p -c "import torch" 2>/dev/null; then py=$$p; break; fi; done; \
-	  if [ -n "$$py" ]; then $$py bench/torch_train.py; else echo "skipped: no python3 with torch"; fi
 
 qtc.pc: qtc.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define QTC_VERSION "\(.*\)"/\1/p' include/qtc/runtime.h)|' $< > $@

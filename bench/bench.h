@@ -43,6 +43,15 @@ static inline double bench_sgemm_ceiling(void)
     return 2.0 * n * n * n / t * 1e-9;
 }
 
+/* Training FLOPs per token of a llama trained whole: 3x the forward's
+ * (matmuls and causal attention over T). */
+static inline double bench_train_flops(const qtc_llama_config *c, int T)
+{
+    double d = c->dim, qd = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    double per_layer = 2 * d * (qd + 2 * kv) + 2 * qd * d + 3 * 2 * d * c->hidden + 2 * 2 * qd * (T / 2.0);
+    return 3 * (c->n_layers * per_layer + 2 * d * c->vocab);
+}
+
 /* stories260K from QTC_SHARED (default ../shared); NULL with a message on stderr. */
 static inline qtc_llama *bench_load_stories260K(const char *who)
 {

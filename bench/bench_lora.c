@@ -199,9 +199,9 @@ int main(int argc, char **argv)
         close(fd);
     rc = rc || in_child("stories260K LoRA, f32 base", s260, 0, 0, 12) ||
          in_child("stories260K QLoRA, NF4 base", s260, 1, 0, 12) || save_15M(m15) ||
-         in_child("generated 15M llama LoRA, f32 base", m15, 0, 0, 4) ||
-         in_child("generated 15M llama QLoRA, NF4 base", m15, 1, 0, 4) ||
-         in_child("  the same, --grad-checkpoint", m15, 1, 1, 4) || in_child("merge", m15, 0, 0, 0);
+         in_child("generated 15M llama LoRA, f32 base", m15, 0, 0, 3) ||
+         in_child("generated 15M llama QLoRA, NF4 base", m15, 1, 0, 3) ||
+         in_child("  the same, --grad-checkpoint", m15, 1, 1, 3) || in_child("merge", m15, 0, 0, 0);
     unlink(m15);
     return rc;
 }

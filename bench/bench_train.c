@@ -27,14 +27,6 @@ static qtc_tensor *fq_linear(void *ctx, qtc_graph *g, qtc_tensor *x, qtc_tensor 
     return qtc_matmul(g, x, qtc_fake_quant(g, w, &int4, NULL, NULL, 0), 0, 1);
 }
 
-/* training FLOPs per token: 3x the forward's (matmuls and attention) */
-static double flops_per_token(const qtc_llama_config *c, int T)
-{
-    double d = c->dim, qd = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
-    double per_layer = 2 * d * (qd + 2 * kv) + 2 * qd * d + 3 * 2 * d * c->hidden + 2 * 2 * qd * (T / 2.0);
-    return 3 * (c->n_layers * per_layer + 2 * d * c->vocab);
-}
-
 static void run(const char *what, qtc_llama *m, int fake_quant, int steps, double ceiling)
 {
     qtc_error err;
@@ -55,7 +47,7 @@ static void run(const char *what, qtc_llama *m, int fake_quant, int steps, doubl
     o.ctx = T;
     bench_steps st = {0};
     qtc_train(&o, opt, params, np, &data, 0, bench_ce, m, bench_on_step, &st, &err);
-    double tps = (double)B * T * (double)(st.steps - 1) / (st.last - st.first), gflops = flops_per_token(&m->c, T) * tps * 1e-9;
+    double tps = (double)B * T * (double)(st.steps - 1) / (st.last - st.first), gflops = bench_train_flops(&m->c, T) * tps * 1e-9;
     printf("%-42s %8.0f tokens/s %8.1f GFLOP/s %6.1f%% of sgemm (steps 2..%d; step 1 %.2f s)\n", what, tps, gflops,
            100 * gflops / ceiling, steps, st.first);
     qtc_adamw_free(opt);
@@ -77,8 +69,8 @@ int main(int argc, char **argv)
     run("stories260K int4-g32 fake quant", s, 1, 12, ceiling);
     qtc_llama_free(s);
     qtc_llama *m = bench_new_15M();
-    run("generated 15M llama fp32", m, 0, 4, ceiling);
-    run("generated 15M llama int4-g32 fake quant", m, 1, 4, ceiling);
+    run("generated 15M llama fp32", m, 0, 3, ceiling);
+    run("generated 15M llama int4-g32 fake quant", m, 1, 3, ceiling);
     qtc_llama_free(m);
     return 0;
 }

@@ -7,7 +7,15 @@ and on an NF4 base dequantized in the forward as bitsandbytes' reference
 backend does (codes looked up in the NF4 table, times the block's absmax), on
 2 threads.
 Tokens/s is the mean over the steps after the first, as bench_train reports.
-Skips itself when torch is missing."""
+Skips itself when torch is missing.
+
+With arguments it runs one configuration and prints one line for a caller
+(bench_sizes, which runs each configuration in a fresh process and takes its
+peak RSS from wait4):
+  torch_train.py --shape 15M|260K --batch B --ctx T --steps N [--mode full|lora|qlora]
+                 [--rank R] [--threads N]
+  -> "torch_train: step1_s S tokens_per_s X torch VERSION" (X is nan for one step)"""
+import argparse
 import math
 import sys
 import time
@@ -18,8 +26,7 @@ except ImportError:
     print("torch_train: python3-torch not installed, skipped")
     sys.exit(0)
 
-torch.set_num_threads(2)
-B, T = 16, 256
+SHAPES = {"15M": (288, 768, 6, 6, 6, 32000), "260K": (64, 172, 5, 8, 4, 512)}
 
 
 def fake_quant(w, group=32, bits=4):
@@ -53,8 +60,9 @@ def nf4_dequant(packed):
     return (NF4[codes.long()] * absmax[:, None]).reshape(shape)
 
 
-def run(name, dim, hidden, layers, heads, kv, vocab, quant, steps, mode="full"):
-    """mode: full (every weight trains), lora (rank 8 adapters on a frozen f32 base), qlora (the same on NF4)"""
+def run(name, dim, hidden, layers, heads, kv, vocab, quant, steps, mode="full", B=16, T=256, rank=8):
+    """mode: full (every weight trains), lora (rank-r adapters, alpha 2r, on a frozen f32 base), qlora (the same
+    on NF4). Prints the line for `name`, or with name None returns (step 1 seconds, tokens/s after it)."""
     hd = dim // heads
     g = torch.Generator().manual_seed(1)
     w = lambda *shape: (0.02 * torch.randn(*shape, generator=g)).requires_grad_(mode == "full")
@@ -67,7 +75,7 @@ def run(name, dim, hidden, layers, heads, kv, vocab, quant, steps, mode="full"):
         P[f"{l}.n2"] = torch.ones(dim, requires_grad=mode == "full")
     lin = (lambda x, k: x @ fake_quant(P[k]).T) if quant else (lambda x, k: x @ P[k].T)
     if mode != "full":  # LoRA on every linear layer: A Kaiming-like, B zero; the base frozen (NF4 for qlora)
-        r, scale, L = 8, 16 / 8, {}
+        r, scale, L = rank, 2.0, {}
         for k in [k for k in P if k.split(".")[-1] in ("q", "k", "v", "o", "gate", "up", "down")]:
             L[k] = ((torch.rand(r, P[k].shape[1], generator=g) * 2 - 1) / math.sqrt(P[k].shape[1])).requires_grad_(), \
                 torch.zeros(P[k].shape[0], r, requires_grad=True)
@@ -112,17 +120,35 @@ def run(name, dim, hidden, layers, heads, kv, vocab, quant, steps, mode="full"):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         times.append(time.perf_counter() - t0)
-    tps = B * T * (steps - 1) / sum(times[1:])
+    tps = B * T * (steps - 1) / sum(times[1:]) if steps > 1 else float("nan")
+    if name is None:
+        return times[0], tps
     print(f"{name:<42} {tps:8.0f} tokens/s (PyTorch {torch.__version__}, steps 2..{steps})")
 
 
-print(f"PyTorch baseline, threads {torch.get_num_threads()}; batch {B}, ctx {T}")
+if len(sys.argv) > 1:
+    ap = argparse.ArgumentParser(description="one configuration of the PyTorch peer")
+    ap.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--mode", choices=["full", "lora", "qlora"], default="full")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    step1, tps = run(None, *SHAPES[a.shape], False, a.steps, a.mode, a.batch, a.ctx, a.rank)
+    print(f"torch_train: step1_s {step1:.6f} tokens_per_s {tps:.3f} torch {torch.__version__}")
+    sys.exit(0)
+
+torch.set_num_threads(2)
+print(f"PyTorch baseline, threads {torch.get_num_threads()}; batch 16, ctx 256")
 run("stories260K fp32", 64, 172, 5, 8, 4, 512, False, 12)
 run("stories260K int4-g32 fake quant", 64, 172, 5, 8, 4, 512, True, 12)
-run("generated 15M llama fp32", 288, 768, 6, 6, 6, 32000, False, 4)
-run("generated 15M llama int4-g32 fake quant", 288, 768, 6, 6, 6, 32000, True, 4)
+run("generated 15M llama fp32", 288, 768, 6, 6, 6, 32000, False, 3)
+run("generated 15M llama int4-g32 fake quant", 288, 768, 6, 6, 6, 32000, True, 3)
 print("PyTorch LoRA baselines (bench_lora): rank 8, alpha 16, all linear layers")
 run("stories260K LoRA, f32 base", 64, 172, 5, 8, 4, 512, False, 12, "lora")
 run("stories260K QLoRA, NF4 base", 64, 172, 5, 8, 4, 512, False, 12, "qlora")
-run("generated 15M llama LoRA, f32 base", 288, 768, 6, 6, 6, 32000, False, 4, "lora")
-run("generated 15M llama QLoRA, NF4 base", 288, 768, 6, 6, 6, 32000, False, 4, "qlora")
+run("generated 15M llama LoRA, f32 base", 288, 768, 6, 6, 6, 32000, False, 3, "lora")
+run("generated 15M llama QLoRA, NF4 base", 288, 768, 6, 6, 6, 32000, False, 3, "qlora")

@@ -8,7 +8,7 @@
 # Usage: examples/calibrate.sh [OUTDIR]
 #   env: QTC_BIN, QTC_SHARED, TOKENS (calibration tokens, default 16384; 0: all),
 #   WINDOWS (eval windows of 128, default 64; all: every window), SCHEMES (default
-#   int4-g32), METHODS (default minmax percentile), GGML_TYPES (default q4_0). `make bench`
+#   int4-g32), METHODS (default minmax percentile), GGML_TYPES (default q4_0). `make bench-tables`
 #   runs the whole table: TOKENS=0 WINDOWS=all SCHEMES="int4-g32 int4 int3-g32"
 #   METHODS="minmax percentile mse kl" GGML_TYPES="q4_0 q4_1 q5_0".
 set -eu

@@ -6,7 +6,7 @@
 # Usage: examples/finetune.sh [OUTDIR]
 #   env: QTC_BIN, QTC_SHARED, STEPS (default 20), BATCH (default 8), WINDOWS (held-out
 #   windows of 128 scored, default 64); the table used STEPS=500 BATCH=16
-#   WINDOWS=all (`make bench` runs that).
+#   WINDOWS=all (`make bench-tables` runs that).
 set -eu
 BIN=${QTC_BIN:-bin}
 SHARED=${QTC_SHARED:-../shared}
