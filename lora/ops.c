@@ -10,10 +10,11 @@
 
 #include "qtc/lora.h"
 
-/* Rows of W dequantized per tile: about 256 KB of floats, at least one row. */
+/* Rows of W dequantized per tile: about 4M floats (16 MiB), at least one row;
+ * thinner tiles leave sgemm memory-bound (the backward re-reads dx per tile). */
 static int64_t tile_rows(const qtc_qmatrix *w)
 {
-    int64_t r = (int64_t)65536 / w->cols;
+    int64_t r = ((int64_t)1 << 22) / w->cols;
     return r < 1 ? 1 : r > w->rows ? w->rows : r;
 }
 
